@@ -1,0 +1,68 @@
+# torchrl_seer — every target creates .venv on first use and installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# Rendering DMC pixels without a GPU goes through Mesa EGL.
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: help sysdeps venv install install-dev install-docs test test-all lint format demo bench docs clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+# Mesa's EGL (software rendering for dm_control) is usually present; install it when it is not.
+sysdeps:  ## system libraries for headless MuJoCo rendering (apt, only when missing)
+	@if ! ldconfig -p | grep -q libEGL_mesa; then \
+		echo "installing Mesa EGL for headless MuJoCo rendering"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+
+# One stamp per extras set: reinstall when pyproject.toml changes.
+$(VENV)/.stamp-base: pyproject.toml | $(PY)
+	$(PIP) install -q -e .
+	@touch $@
+$(VENV)/.stamp-dev: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[dev]"
+	@touch $@ $(VENV)/.stamp-base
+$(VENV)/.stamp-docs: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[dev,docs]"
+	@touch $@ $(VENV)/.stamp-dev $(VENV)/.stamp-base
+
+venv: $(PY)  ## create .venv
+install: sysdeps $(VENV)/.stamp-base  ## install the package into .venv
+install-dev: sysdeps $(VENV)/.stamp-dev  ## install the package with test and lint tools
+install-docs: $(VENV)/.stamp-docs  ## install the package with the docs toolchain
+
+test: install-dev  ## run the test suite (fast; slow tests excluded)
+	$(PY) -m pytest -m "not slow" -n 2 --timeout 600 -q
+
+test-all: install-dev  ## run every test, slow ones included
+	$(PY) -m pytest -n 2 --timeout 1200 -q
+
+lint: install-dev  ## ruff check + ruff format --check + mypy
+	$(PY) -m ruff check torchrl_seer tests examples benchmarks
+	$(PY) -m ruff format --check torchrl_seer tests examples benchmarks
+	$(PY) -m mypy
+
+format: install-dev  ## apply ruff fixes and formatting
+	$(PY) -m ruff check --fix torchrl_seer tests examples benchmarks
+	$(PY) -m ruff format torchrl_seer tests examples benchmarks
+
+demo: install  ## run the flagship recipe on CPU (short budget) and print where its report is
+	$(PY) -m torchrl_seer.demo
+
+bench: install-dev  ## run the benchmarks and rewrite docs/benchmarks*.md
+	$(PY) -m benchmarks.run_all
+
+docs: install-docs  ## build the docs with warnings as errors
+	$(VENV)/bin/mkdocs build --strict
+
+clean:  ## remove build outputs (keeps .venv)
+	rm -rf site build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs
