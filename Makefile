@@ -56,13 +56,13 @@ format: install-dev  ## apply ruff fixes and formatting
 	$(PY) -m ruff format torchrl_seer tests examples benchmarks
 
 demo: install  ## run the flagship recipe on CPU (short budget) and print where its report is
-	$(PY) -m torchrl_seer.demo
+	$(PY) examples/atari_rollout.py
 
 bench: install-dev  ## run the benchmarks and rewrite docs/benchmarks*.md
 	$(PY) -m benchmarks.run_all
 
 docs: install-docs  ## build the docs with warnings as errors
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf site build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache runs
