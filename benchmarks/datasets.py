@@ -12,6 +12,7 @@ The cache lives in ``benchmarks/.cache/`` (git-ignored); delete it to capture ag
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -76,7 +77,10 @@ def load_rollout(name: str, *, num_steps: int | None = None, seed: int = 0) -> T
     env.close()
     rollout = torch.stack(frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    rollout.save(str(path))
+    # write then rename, so a concurrent reader never sees a partial dataset
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    rollout.save(str(partial))
+    os.replace(partial, path)
     return rollout
 
 
