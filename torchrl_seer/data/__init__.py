@@ -1,0 +1,40 @@
+"""Replay-buffer storages for image observations."""
+
+from torchrl_seer.data.delta_checkpointer import DeltaFrameStorageCheckpointer
+from torchrl_seer.data.delta_frame_storage import DeltaFrameStorage
+from torchrl_seer.data.frame_codecs import (
+    FrameCodec,
+    KeyframeSparseCodec,
+    RawCodec,
+    ZstdChunkCodec,
+    make_frame_codec,
+)
+from torchrl_seer.data.latent_capacity import (
+    equal_budget_capacity,
+    grow_replay_buffer,
+    reference_capacity_atari,
+    reference_capacity_dmc,
+    storage_nbytes,
+)
+from torchrl_seer.data.latent_encode_transform import LatentEncodeTransform
+from torchrl_seer.data.latent_migration import LatentMigrationReport, migrate_to_latent_replay
+from torchrl_seer.data.quantized_storage import QuantizedStorage
+
+__all__ = [
+    "DeltaFrameStorage",
+    "DeltaFrameStorageCheckpointer",
+    "FrameCodec",
+    "KeyframeSparseCodec",
+    "LatentEncodeTransform",
+    "LatentMigrationReport",
+    "QuantizedStorage",
+    "RawCodec",
+    "ZstdChunkCodec",
+    "equal_budget_capacity",
+    "grow_replay_buffer",
+    "make_frame_codec",
+    "migrate_to_latent_replay",
+    "reference_capacity_atari",
+    "reference_capacity_dmc",
+    "storage_nbytes",
+]
