@@ -1,0 +1,225 @@
+"""hAdam: Adam rewritten so that the squared gradient is never formed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+__all__ = ["HAdam"]
+
+
+class HAdam(Optimizer):
+    r"""Adam in "hypot form", safe to run entirely in fp16 (Björck et al., 2021).
+
+    Adam keeps :math:`v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2`. In fp16, :math:`g^2`
+    overflows for :math:`|g| > 256` and rounds to zero below :math:`|g| \approx 1.7e{-4}`.
+    hAdam keeps instead a moment that lives in gradient units,
+
+    .. math::
+
+        s_t = \operatorname{hypot}\big((1-\beta_1)|g_t|,\ \sqrt{\beta_2}\, s_{t-1}\big)
+            = M \sqrt{1 + \big(\mu / (M + \epsilon)\big)^2},
+
+    with :math:`M = \max(a, b)`, :math:`\mu = \min(a, b)`, :math:`a = (1-\beta_1)|g_t|` and
+    :math:`b = \sqrt{\beta_2}\, s_{t-1}`; the ratio :math:`\mu / (M + \epsilon)` is at most
+    one, so nothing overflows (the :math:`\epsilon` guards :math:`0/0` and perturbs
+    :math:`s` by a relative :math:`O(\epsilon/M)` only). The parameter update is
+
+    .. math::
+
+        \theta_t = \theta_{t-1} - \frac{\alpha (1-\beta_1)}{\sqrt{1-\beta_2}\,(1-\beta_1^t)}
+            \cdot \frac{m_t}{s_t / \sqrt{1-\beta_2^t} + \epsilon}.
+
+    Since :math:`s_t = \frac{1-\beta_1}{\sqrt{1-\beta_2}} \sqrt{v_t}`, this is exactly Adam
+    with :math:`\epsilon` replaced by :math:`\epsilon \sqrt{1-\beta_2} / (1-\beta_1)`
+    (:math:`\approx 0.316\,\epsilon` for the default betas). Both moments are linear in the
+    gradient, which is what lets :class:`~torchrl_seer.optim.CompoundLossScaler` rescale
+    them together with the loss scale (Adam's :math:`v` would grow with the square of the
+    scale and overflow fp16). No ``exp_avg_sq`` is allocated.
+
+    With ``kahan=True`` the update :math:`\Delta` is added to each parameter with Kahan
+    summation: a compensation buffer :math:`c` (same dtype as the parameter) carries the
+    rounding error of the previous additions, so that updates smaller than half a unit in
+    the last place of the weight are not lost::
+
+        y = Δ - c;  t = p + y;  c = (t - p) - y;  p = t
+
+    The reference applies it to the critic and the temperature (``crit_kahan``,
+    ``alpha_kahan``); in bf16 (8-bit mantissa) it matters for every network.
+
+    Args:
+        params (iterable): parameters or parameter groups to optimize.
+        lr (float, optional): learning rate :math:`\alpha`. Defaults to ``1e-3``.
+        betas (tuple of float, optional): :math:`(\beta_1, \beta_2)`. Defaults to
+            ``(0.9, 0.999)``.
+        eps (float, optional): :math:`\epsilon`, in the units of :math:`s` (see above).
+            When paired with a :class:`~torchrl_seer.optim.CompoundLossScaler`, it must be
+            scaled like the loss (the reference uses ``1e-4`` for a loss scale of ``1e4``),
+            and the scaler then halves and doubles it with the scale. Defaults to ``1e-8``.
+        weight_decay (float, optional): L2 penalty added to the gradient. Defaults to ``0``.
+        amsgrad (bool, optional): keep the running maximum of :math:`s` (the hypot-form
+            AMSGrad). Defaults to ``False``.
+
+    Keyword Args:
+        maximize (bool, optional): maximize the objective instead of minimizing it.
+            Defaults to ``False``.
+        kahan (bool, optional): apply the update with Kahan-compensated summation, keeping
+            one compensation buffer per parameter. Defaults to ``False``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_seer.optim import HAdam
+        >>> weight = torch.nn.Parameter(torch.ones(3, dtype=torch.float16))
+        >>> optimizer = HAdam([weight], lr=1e-3, eps=1e-4, kahan=True)
+        >>> weight.grad = torch.tensor([300.0, 1e-4, -2.0], dtype=torch.float16)
+        >>> optimizer.step()
+        >>> bool(torch.isfinite(weight).all())
+        True
+        >>> sorted(optimizer.state[weight])
+        ['exp_avg', 'exp_avg_hypot', 'kahan_compensation', 'step']
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        kahan: bool = False,
+    ) -> None:
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: expected lr >= 0, got {lr}.")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid epsilon: expected eps >= 0, got {eps}.")
+        if not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid betas: expected both in [0, 1), got {betas}.")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay: expected >= 0, got {weight_decay}.")
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "kahan": kahan,
+        }
+        super().__init__(params, defaults)
+
+    def linear_moments(self) -> list[torch.Tensor]:
+        r"""Return the optimizer state tensors that scale linearly with the gradient.
+
+        These are ``exp_avg`` (:math:`m`), ``exp_avg_hypot`` (:math:`s`) and, with
+        ``amsgrad``, ``max_exp_avg_hypot``. A loss scaler multiplies them by the same factor
+        as the loss scale so that the update :math:`m / (s + \epsilon)` is unchanged.
+
+        Returns:
+            The moment tensors of every parameter that has taken a step.
+
+        Examples:
+            >>> import torch
+            >>> from torchrl_seer.optim import HAdam
+            >>> weight = torch.nn.Parameter(torch.zeros(2))
+            >>> optimizer = HAdam([weight])
+            >>> weight.grad = torch.ones(2)
+            >>> optimizer.step()
+            >>> len(optimizer.linear_moments())
+            2
+        """
+        moments = []
+        for state in self.state.values():
+            for name in ("exp_avg", "exp_avg_hypot", "max_exp_avg_hypot"):
+                if name in state:
+                    moments.append(state[name])
+        return moments
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """Perform a single optimization step.
+
+        Args:
+            closure (callable, optional): re-evaluates the model and returns the loss.
+
+        Returns:
+            The loss returned by ``closure``, or ``None``.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                self._update_param(param, group, beta1, beta2)
+        return loss
+
+    def _update_param(
+        self, param: torch.Tensor, group: dict[str, Any], beta1: float, beta2: float
+    ) -> None:
+        grad = param.grad
+        if grad is None:
+            return
+        if group["maximize"]:
+            grad = -grad
+        if grad.is_sparse:
+            raise RuntimeError("HAdam does not support sparse gradients.")
+        if group["weight_decay"] != 0:
+            grad = grad.add(param, alpha=group["weight_decay"])
+        eps = group["eps"]
+        finfo = torch.finfo(param.dtype)
+        if 0 < eps < finfo.smallest_normal * finfo.eps / 2:
+            raise ValueError(
+                f"HAdam eps={eps:g} rounds to zero in {param.dtype}, so a parameter whose "
+                "gradients are all zero would get 0/0. Use a larger eps (with compound loss "
+                "scaling the reference uses 1e-4 for a loss scale of 1e4)."
+            )
+        state = self.state[param]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_hypot"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            if group["amsgrad"]:
+                state["max_exp_avg_hypot"] = torch.zeros_like(
+                    param, memory_format=torch.preserve_format
+                )
+            if group["kahan"]:
+                state["kahan_compensation"] = torch.zeros_like(
+                    param, memory_format=torch.preserve_format
+                )
+        state["step"] += 1
+        step = state["step"]
+        exp_avg, exp_avg_hypot = state["exp_avg"], state["exp_avg_hypot"]
+
+        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+        # s_t = hypot((1 - b1)|g|, sqrt(b2) s_{t-1}) = M sqrt(1 + (mu / (M + eps))^2)
+        scaled_grad = grad.abs().mul_(1 - beta1)
+        exp_avg_hypot.mul_(math.sqrt(beta2))
+        larger = torch.maximum(scaled_grad, exp_avg_hypot)
+        ratio = torch.minimum(scaled_grad, exp_avg_hypot).div_(larger + eps)
+        exp_avg_hypot.copy_(ratio.mul_(ratio).add_(1).sqrt_().mul_(larger))
+        hypot = exp_avg_hypot
+        if group["amsgrad"]:
+            torch.maximum(state["max_exp_avg_hypot"], exp_avg_hypot, out=state["max_exp_avg_hypot"])
+            hypot = state["max_exp_avg_hypot"]
+
+        step_size = group["lr"] * (1 - beta1) / (math.sqrt(1 - beta2) * (1 - beta1**step))
+        denom = hypot.div(math.sqrt(1 - beta2**step)).add_(eps)
+        update = exp_avg.div(denom).mul_(-step_size)
+        if group["kahan"]:
+            compensation = state["kahan_compensation"]
+            corrected = update.sub_(compensation)
+            total = param.add(corrected)
+            compensation.copy_(total.sub(param).sub_(corrected))
+            param.copy_(total)
+        else:
+            param.add_(update)
