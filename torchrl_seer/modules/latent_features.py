@@ -57,7 +57,9 @@ class LatentOrPixelFeatures(TensorDictModuleBase):
         self.pre_encoder = pre_encoder
         self.pixels_key = pixels_key
         self.latent_key = latent_key
-        self.in_keys = [pixels_key]
+        # both keys are listed so that losses which ``select(*in_keys, strict=False)`` (e.g.
+        # SACLoss) forward whichever one the batch holds
+        self.in_keys = [pixels_key, latent_key]
         self.out_keys = [out_key]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:

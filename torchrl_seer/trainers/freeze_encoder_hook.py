@@ -24,7 +24,7 @@ from torchrl_seer.trainers.encoder_convergence import ParameterConvergence
 __all__ = ["FreezeEncoderHook"]
 
 _FROZEN_NAME = "frozen_part"
-_TARGET_SYNC = ("full", "encoder", "none")
+_TARGET_SYNC = ("full", "encoder")
 
 
 def _is_frozen_name(name: str | tuple) -> bool:
@@ -55,10 +55,11 @@ class FreezeEncoderHook(TrainerHookBase):
        own copies: e.g. ``SACLoss.qvalue_network_params`` stacked ``[num_q, ...]``);
     2. removes those parameters from every optimizer's param groups and drops their optimizer
        state (Adam moments are freed);
-    3. syncs targets (SEER spec §7): ``"full"`` hard-copies every online parameter of each
-       loss into its ``target_*_params`` (DMC default, τ = 1), ``"encoder"`` copies only the
-       frozen layers (Atari: target convs equal online convs, target heads untouched), ``"none"``
-       leaves targets alone; ``target_modules`` pairs are synced the same way;
+    3. copies the encoder's frozen weights into every other copy in ``modules`` (actor, each
+       stacked Q copy, target copies), since one set of latents serves them all; then syncs
+       targets (SEER spec §7): ``"full"`` hard-copies every online parameter of each loss into
+       its ``target_*_params`` (DMC default, τ = 1), ``"encoder"`` leaves the target heads alone
+       (Atari: target convs equal online convs, target heads keep their periodic update);
     4. migrates ``replay_buffer`` to latents with
        :func:`~torchrl_seer.data.migrate_to_latent_replay` (every stored transition encoded,
        pixel storage released, capacity re-sized to the memory budget, encode-on-write
@@ -87,8 +88,7 @@ class FreezeEncoderHook(TrainerHookBase):
         replay_buffer (ReplayBuffer, optional): the pixel buffer to migrate.
         latent_transform (LatentEncodeTransform, optional): encode-on-write transform. Defaults to
             ``LatentEncodeTransform(encoder)`` built at the freeze.
-        target_sync (str): ``"full"``, ``"encoder"`` or ``"none"``. Defaults to ``"full"``.
-        target_modules (sequence of (nn.Module, nn.Module)): extra ``(online, target)`` pairs.
+        target_sync (str): ``"full"`` or ``"encoder"``. Defaults to ``"full"``.
         budget_bytes (int, optional): latent-buffer memory budget; defaults to the measured
             bytes of the pixel storage.
         max_capacity (int, optional): cap on the latent capacity.
@@ -139,7 +139,6 @@ class FreezeEncoderHook(TrainerHookBase):
         replay_buffer: ReplayBuffer | None = None,
         latent_transform: LatentEncodeTransform | None = None,
         target_sync: str = "full",
-        target_modules: Sequence[tuple[nn.Module, nn.Module]] = (),
         budget_bytes: int | None = None,
         max_capacity: int | None = None,
         reference_capacity: Callable[[int], int] | None = None,
@@ -164,7 +163,6 @@ class FreezeEncoderHook(TrainerHookBase):
         self.replay_buffer = replay_buffer
         self.latent_transform = latent_transform
         self.target_sync = target_sync
-        self.target_modules = list(target_modules)
         self.budget_bytes = budget_bytes
         self.max_capacity = max_capacity
         self.reference_capacity = reference_capacity
@@ -277,23 +275,47 @@ class FreezeEncoderHook(TrainerHookBase):
             optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
         return dropped
 
-    def _sync_targets(self) -> int:
-        if self.target_sync == "none":
-            return 0
+    def _sync_frozen_copies(self) -> int:
+        """Copies the encoder's frozen weights into every other copy (stacked ones broadcast).
+
+        Latents are computed once, by ``encoder``; every network that consumes them (actor,
+        each stacked Q copy, targets) must hold the same frozen weights (spec §7).
+        """
+        source = {
+            name: tensor
+            for name, tensor in [
+                *self.encoder.frozen_part.named_parameters(),
+                *self.encoder.frozen_part.named_buffers(),
+            ]
+        }
         synced = 0
         with torch.no_grad():
             for module in self.modules:
+                for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+                    if not _is_frozen_name(name):
+                        continue
+                    suffix = name.split(f"{_FROZEN_NAME}.", 1)[1]
+                    value = source.get(suffix)
+                    if value is None or value is tensor:
+                        continue
+                    if value.shape != tensor.shape[tensor.ndim - value.ndim :]:
+                        raise ValueError(
+                            f"{name} has shape {tuple(tensor.shape)}, which does not hold the "
+                            f"encoder's {suffix} of shape {tuple(value.shape)}."
+                        )
+                    tensor.data.copy_(value.expand_as(tensor))
+                    synced += 1
+        return synced
+
+    def _sync_targets(self) -> int:
+        synced = self._sync_frozen_copies()
+        if self.target_sync != "full":
+            return synced
+        with torch.no_grad():
+            for module in self.modules:
                 for online, target in _target_pairs(module):
-                    for key in target.keys(True, True):
-                        if self.target_sync == "full" or _is_frozen_name(key):
-                            target.get(key).data.copy_(online.get(key).data)
-                            synced += 1
-            for online_module, target_module in self.target_modules:
-                online_state = online_module.state_dict()
-                for name, tensor in target_module.state_dict().items():
-                    if self.target_sync == "full" or _is_frozen_name(name):
-                        tensor.copy_(online_state[name])
-                        synced += 1
+                    target.data.update_(online.data)
+                    synced += len(list(target.keys(True, True)))
         return synced
 
     def _make_transform(self) -> LatentEncodeTransform:
