@@ -190,7 +190,7 @@ def test_sac_stacked_q_copies_and_targets_are_frozen_and_synced():
 
 
 def test_checkpoint_after_freeze_restores_and_resumes_on_latents(tmp_path):
-    encoder, head, loss, optim = make_dqn()
+    encoder, _head, loss, optim = make_dqn()
     rb = ReplayBuffer(storage=LazyTensorStorage(64), batch_size=16)
     hook = FreezeEncoderHook(
         encoder,
@@ -283,7 +283,7 @@ def test_auto_freeze_fires_when_parameters_stop_moving():
 
 
 def test_bad_arguments():
-    encoder, _, loss, _ = make_dqn()
+    encoder, _, _loss, _ = make_dqn()
     with pytest.raises(ValueError, match="freeze_at"):
         FreezeEncoderHook(encoder, freeze_at=-1)
     with pytest.raises(ValueError, match="target_sync"):
