@@ -54,7 +54,10 @@ def test_hadam_hypot_matches_sqrt_of_adam_second_moment():
         ref.step()
     c = (1 - 0.9) / math.sqrt(1 - 0.999)
     torch.testing.assert_close(
-        opt.state[w]["exp_avg_hypot"], c * ref.state[ref_param]["exp_avg_sq"].sqrt(), rtol=1e-5, atol=0
+        opt.state[w]["exp_avg_hypot"],
+        c * ref.state[ref_param]["exp_avg_sq"].sqrt(),
+        rtol=1e-5,
+        atol=0,
     )
 
 
@@ -82,7 +85,7 @@ def test_hadam_kahan_keeps_tiny_updates_in_fp16():
         HAdam([w_ref], lr=1e-4, eps=1e-4),
     ]
     for _ in range(100):
-        for w, opt in zip((w_plain, w_kahan, w_ref), opts):
+        for w, opt in zip((w_plain, w_kahan, w_ref), opts, strict=False):
             w.grad = torch.ones_like(w)
             opt.step()
     err_plain = (w_plain.double() - w_ref).abs().max()
@@ -132,7 +135,7 @@ def test_compound_scaler_halves_on_injected_inf():
 
 def test_compound_scaler_checks_headroom():
     # the check multiplies g by headroom * beta1 / sqrt(beta2) = 1.1 * 0.9005 = 0.99 in fp16
-    w, opt, scaler = _scaled_setup()
+    w, _opt, scaler = _scaled_setup()
     w.grad = torch.full((4,), 65504.0, dtype=torch.float16)
     assert scaler.step()  # 65504 * 0.99 is finite
     w.grad = torch.full((4,), 65504.0, dtype=torch.float16)
@@ -224,7 +227,7 @@ def test_stepper_state_dict_roundtrip():
     out = stepper.optimize(TensorDict({"loss_w": (w**2).sum()}, []))
     assert int(out["skipped_steps"]) == 0
     state = stepper.state_dict()
-    w2, opt2, scaler2 = _scaled_setup(init_scale=1.0)
+    _w2, opt2, scaler2 = _scaled_setup(init_scale=1.0)
     stepper2 = LossScalingStepper({"loss_w": (opt2, scaler2)})
     stepper2.load_state_dict(state)
     assert scaler2.loss_scale == scaler.loss_scale

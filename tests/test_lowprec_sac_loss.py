@@ -1,0 +1,177 @@
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torchrl.data import Bounded, LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.objectives import SACLoss, SoftUpdate
+
+from torchrl_seer.modules import StableTanhNormal
+from torchrl_seer.objectives import PRECISION_PRESETS, KahanSoftUpdate, LowPrecisionSACLoss
+from torchrl_seer.optim import AmpStyleLossScaler, CompoundLossScaler, HAdam
+
+N_OBS, N_ACT = 5, 2
+
+
+def _networks(seed=0, hidden=32):
+    torch.manual_seed(seed)
+    spec = Bounded(-1.0, 1.0, (N_ACT,))
+    actor_net = torch.nn.Sequential(
+        MLP(
+            in_features=N_OBS,
+            out_features=2 * N_ACT,
+            num_cells=[hidden, hidden],
+            activation_class=torch.nn.ReLU,
+        ),
+        NormalParamExtractor(),
+    )
+    actor = ProbabilisticActor(
+        TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        in_keys=["loc", "scale"],
+        spec=spec,
+        distribution_class=TanhNormal,
+    )
+    qnet = MLP(
+        in_features=N_OBS + N_ACT,
+        out_features=1,
+        num_cells=[hidden, hidden],
+        activation_class=torch.nn.ReLU,
+    )
+    qvalue = ValueOperator(qnet, in_keys=["observation", "action"])
+    return actor, qvalue, spec
+
+
+def _batch(n=16, seed=0, reward_scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    return TensorDict(
+        {
+            "observation": torch.randn(n, N_OBS, generator=gen),
+            "action": torch.rand(n, N_ACT, generator=gen) * 2 - 1,
+            ("next", "observation"): torch.randn(n, N_OBS, generator=gen),
+            ("next", "reward"): torch.randn(n, 1, generator=gen) * reward_scale,
+            ("next", "done"): torch.zeros(n, 1, dtype=torch.bool),
+            ("next", "terminated"): torch.zeros(n, 1, dtype=torch.bool),
+        },
+        [n],
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_loss_keys_and_dtypes(dtype):
+    actor, qvalue, _ = _networks()
+    loss = LowPrecisionSACLoss(actor, qvalue, dtype=dtype, alpha_init=0.1)
+    data = _batch()
+    out = loss(data)
+    for key in ("loss_actor", "loss_qvalue", "loss_alpha", "alpha", "entropy"):
+        assert out[key].dtype == dtype, key
+        assert torch.isfinite(out[key])
+    assert loss.log_alpha.dtype == dtype and isinstance(loss.log_alpha, torch.nn.Parameter)
+    assert all(p.dtype == dtype for p in loss.qvalue_network_params.values(True, True))
+    assert all(p.dtype == dtype for p in loss.target_qvalue_network_params.values(True, True))
+    assert data["value_target"].dtype == dtype  # TD target built in low precision
+    assert data["td_error"].shape == (16,)
+    assert data["observation"].dtype == torch.float32  # the caller's batch is not cast
+    assert actor.module[-1].distribution_class is StableTanhNormal
+
+
+def test_fp32_reference_matches_torchrl_sac():
+    actor, qvalue, _ = _networks()
+    ours = LowPrecisionSACLoss(actor, qvalue, **{**PRECISION_PRESETS["fp32"], "alpha_init": 0.1})
+    actor2, qvalue2, _ = _networks()
+    ref = SACLoss(actor2, qvalue2, alpha_init=0.1)
+    data = _batch()
+    torch.manual_seed(3)
+    out = ours(data.clone())
+    torch.manual_seed(3)
+    expected = ref(data.clone())
+    for key in ("loss_actor", "loss_qvalue", "loss_alpha"):
+        torch.testing.assert_close(out[key], expected[key])
+
+
+def test_set_keys():
+    actor, qvalue, _ = _networks()
+    loss = LowPrecisionSACLoss(actor, qvalue, dtype=torch.bfloat16)
+    loss.set_keys(reward="rew", value_target=("diag", "target"), priority="prio")
+    assert loss.tensor_keys.value_target == ("diag", "target")
+    assert ("next", "rew") in loss.in_keys
+    data = _batch().rename_key_(("next", "reward"), ("next", "rew"))
+    loss(data)
+    assert data["diag", "target"].dtype == torch.bfloat16
+    assert "prio" in data.keys()
+    with pytest.raises(ValueError, match="not an accepted"):
+        loss.set_keys(not_a_key="x")
+
+
+def test_factories_follow_switches():
+    actor, qvalue, _ = _networks()
+    loss = LowPrecisionSACLoss(actor, qvalue, **PRECISION_PRESETS["fp16"])
+    stepper = loss.make_optimization_stepper()
+    assert set(stepper.optimizers) == {"loss_qvalue", "loss_actor", "loss_alpha"}
+    assert all(isinstance(o, HAdam) for o in stepper.optimizers.values())
+    assert all(isinstance(s, CompoundLossScaler) for s in stepper.scalers.values())
+    kahan = {k: o.param_groups[0]["kahan"] for k, o in stepper.optimizers.items()}
+    assert kahan == {"loss_qvalue": True, "loss_actor": False, "loss_alpha": True}
+    assert stepper.optimizers["loss_qvalue"].param_groups[0]["eps"] == pytest.approx(1e-4)
+    # the critic optimizer holds SACLoss's stacked copies, not the original module
+    critic = stepper.optimizers["loss_qvalue"].param_groups[0]["params"]
+    assert all(p.shape[0] == 2 for p in critic)
+    assert isinstance(loss.make_target_updater(tau=0.005), KahanSoftUpdate)
+
+    actor, qvalue, _ = _networks()
+    naive = LowPrecisionSACLoss(actor, qvalue, **PRECISION_PRESETS["naive-fp16"])
+    stepper = naive.make_optimization_stepper()
+    assert all(type(o) is torch.optim.Adam for o in stepper.optimizers.values())
+    assert all(isinstance(s, AmpStyleLossScaler) for s in stepper.scalers.values())
+    assert type(naive.make_target_updater(tau=0.005)) is SoftUpdate
+    assert actor.module[-1].distribution_class is TanhNormal
+
+
+def test_invalid_configurations():
+    actor, qvalue, _ = _networks()
+    with pytest.raises(ValueError, match="dtype"):
+        LowPrecisionSACLoss(actor, qvalue, dtype=torch.int8)
+    with pytest.raises(ValueError, match="use_num_adam"):
+        LowPrecisionSACLoss(actor, qvalue, use_num_adam=False)
+    with pytest.raises(ValueError, match="exclusive"):
+        LowPrecisionSACLoss(actor, qvalue, use_grad_scaler_naive=True)
+
+
+def _train(precision, *, updates=40, overflow_at=20, seed=0):
+    actor, qvalue, _ = _networks(seed=seed)
+    loss = LowPrecisionSACLoss(
+        actor, qvalue, **PRECISION_PRESETS[precision], alpha_init=0.1, loss_function="l2"
+    )
+    loss.make_value_estimator(gamma=0.99)
+    stepper = loss.make_optimization_stepper(lr=1e-3)
+    updater = loss.make_target_updater(tau=0.005)
+    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(256), batch_size=16)
+    buffer.extend(_batch(256, seed=seed))
+    skipped = 0
+    for step in range(updates):
+        batch = buffer.sample()
+        if step == overflow_at:  # inject an overflow: a reward at the edge of fp16's range
+            batch.set(("next", "reward"), torch.full_like(batch["next", "reward"], 6e4))
+        metrics = stepper.optimize(loss(batch))
+        skipped += int(metrics["skipped_steps"])
+        if step % 2 == 0:
+            updater.step()
+    params = [
+        *loss.actor_network_params.values(True, True),
+        *loss.qvalue_network_params.values(True, True),
+        *loss.target_qvalue_network_params.values(True, True),
+        loss.log_alpha,
+    ]
+    return all(bool(torch.isfinite(p).all()) for p in params), skipped
+
+
+def test_fp16_training_survives_injected_overflow_where_naive_fails():
+    finite, skipped = _train("fp16")
+    assert finite
+    assert skipped >= 1  # the overflowing update was skipped and the scale halved
+    naive_finite, _ = _train("naive-fp16")
+    assert not naive_finite
+
+
+def test_bf16_training_stays_finite():
+    finite, _ = _train("bf16", updates=20)
+    assert finite

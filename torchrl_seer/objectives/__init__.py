@@ -1,0 +1,10 @@
+"""Loss modules and target updaters."""
+
+from torchrl_seer.objectives.kahan_soft_update import KahanSoftUpdate
+from torchrl_seer.objectives.low_precision_sac import PRECISION_PRESETS, LowPrecisionSACLoss
+
+__all__ = [
+    "PRECISION_PRESETS",
+    "KahanSoftUpdate",
+    "LowPrecisionSACLoss",
+]
