@@ -1,0 +1,200 @@
+"""DeltaFrameStorage checkpoints, bad input and codecs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_delta_frame_storage import assert_same, fill_both, make_transitions
+from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
+
+from torchrl_seer.data import DeltaFrameStorage, make_frame_codec
+
+
+@pytest.mark.parametrize("codec", ["zstd", "keyframe-sparse", "none"])
+@pytest.mark.parametrize("steps", [30, 130])  # partial and wrapped buffers
+def test_dumps_loads_round_trip(tmp_path, codec, steps):
+    data = make_transitions(num_envs=2, steps=steps // 2, frame_stack=4, channels=1, seed=1)
+    delta = DeltaFrameStorage(50, frame_stack=4, chunk_len=8, codec=codec)
+    lazy = LazyTensorStorage(50)
+    rb, rb_lazy = fill_both(data, delta, lazy, [9, 1], check_every=False)
+    rb.dumps(tmp_path / "rb")
+    restored = ReplayBuffer(storage=DeltaFrameStorage(50, frame_stack=4, chunk_len=8, codec=codec))
+    restored.loads(tmp_path / "rb")
+    assert len(restored) == len(rb)
+    assert restored.writer._cursor == rb.writer._cursor
+    assert_same(restored.storage[:], lazy[:])
+    # the restored buffer keeps working: the next writes land where the original's would
+    more = make_transitions(num_envs=1, steps=20, frame_stack=4, channels=1, seed=7)
+    restored.extend(more)
+    rb_lazy.extend(more)
+    assert_same(restored.storage[:], lazy[:])
+
+
+def test_state_dict_round_trip():
+    data = make_transitions(num_envs=3, steps=40, frame_stack=3, channels=3, seed=2)
+    delta = DeltaFrameStorage(70, frame_stack=3, chunk_len=5)
+    lazy = LazyTensorStorage(70)
+    fill_both(data, delta, lazy, [11], check_every=False)
+    state = delta.state_dict()
+    restored = DeltaFrameStorage(70, frame_stack=3, chunk_len=5)
+    restored.load_state_dict(state)
+    assert_same(restored[:], lazy[:])
+    assert restored._last_cursor_index == delta._last_cursor_index
+    with pytest.raises(ValueError, match="configuration"):
+        DeltaFrameStorage(70, frame_stack=2, chunk_len=5).load_state_dict(state)
+
+
+def test_corrupted_payload_raises(tmp_path):
+    data = make_transitions(num_envs=1, steps=40, frame_stack=2, channels=1, seed=3)
+    rb = ReplayBuffer(storage=DeltaFrameStorage(64, frame_stack=2, chunk_len=8))
+    rb.extend(data)
+    rb.storage.flush()
+    rb.dumps(tmp_path / "rb")
+    state_file = tmp_path / "rb" / "storage" / "delta_frame_storage.pt"
+    state = torch.load(state_file, weights_only=True)
+    payload = state["pixels"][0]["index"]["pool"]["payload"]
+    payload[len(payload) // 2] ^= 0xFF
+    torch.save(state, state_file)
+    restored = ReplayBuffer(storage=DeltaFrameStorage(64, frame_stack=2, chunk_len=8))
+    with pytest.raises(ValueError, match="corrupted"):
+        restored.loads(tmp_path / "rb")
+
+
+def test_corrupted_zstd_payload_raises_on_decode():
+    codec = make_frame_codec("zstd")
+    frames = torch.randint(0, 8, (16, 8, 8), dtype=torch.uint8)
+    payload = bytearray(codec.encode(frames))
+    payload[len(payload) // 2] ^= 0xFF
+    with pytest.raises(Exception, match=r"checksum|corrupt|error"):
+        codec.decode(bytes(payload), 16, (8, 8))
+
+
+def good_batch(n=4, stack=2):
+    data = make_transitions(num_envs=1, steps=n, frame_stack=stack, channels=1, seed=0)
+    return data
+
+
+def bad_batches():
+    good = good_batch()
+    wrong_dtype = good.clone()
+    wrong_dtype["pixels"] = wrong_dtype["pixels"].float()
+    bad_stack = good.clone()
+    bad_stack["pixels"] = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    bad_stack["next", "pixels"] = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    wrong_shape = good.clone()
+    wrong_shape["pixels"] = torch.zeros(4, 2, 8, 9, dtype=torch.uint8)
+    wrong_shape["next", "pixels"] = torch.zeros(4, 2, 8, 9, dtype=torch.uint8)
+    missing_next = good.clone()
+    del missing_next["next", "pixels"]
+    non_contiguous = good.clone()
+    non_contiguous["pixels"] = good["pixels"].transpose(-1, -2)
+    wrong_device = good.clone()
+    wrong_device["pixels"] = torch.zeros(4, 2, 8, 8, dtype=torch.uint8, device="meta")
+    other_shape = good.clone()
+    other_shape["observation"] = torch.zeros(4, 5)
+    return {
+        "dtype": (wrong_dtype, TypeError, "torch.uint8"),
+        "frame_stack": (bad_stack, ValueError, "multiple of frame_stack=2"),
+        "shape": (wrong_shape, ValueError, "shape"),
+        "missing next": (missing_next, KeyError, "expected the pixel key"),
+        "non-contiguous": (non_contiguous, ValueError, "contiguous"),
+        "device": (wrong_device, ValueError, "device cpu"),
+        "other key shape": (other_shape, ValueError, "observation"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(bad_batches()))
+def test_bad_input_is_rejected_and_leaves_storage_untouched(case):
+    batch, error, match = bad_batches()[case]
+    delta = DeltaFrameStorage(6, frame_stack=2)
+    lazy = LazyTensorStorage(6)
+    rb, rb_lazy = fill_both(good_batch(5), delta, lazy, [5], check_every=False)
+    before = delta[:].clone()
+    with pytest.raises(error, match=match):
+        rb.extend(batch)
+    assert len(delta) == 5
+    assert_same(delta[:], before)
+    # the writer cursor was restored: the next good batch lands where LazyTensorStorage's does
+    more = make_transitions(num_envs=1, steps=3, frame_stack=2, channels=1, seed=11)
+    rb.extend(more)
+    rb_lazy.extend(more)
+    assert_same(delta[:], lazy[:])
+
+
+def test_bad_single_add_is_rejected():
+    delta = DeltaFrameStorage(6, frame_stack=2)
+    rb = TensorDictReplayBuffer(storage=delta)
+    rb.extend(good_batch())
+    bad = good_batch()[0].clone()
+    bad["next", "pixels"] = bad["next", "pixels"].to(torch.int16)
+    with pytest.raises(TypeError, match="uint8"):
+        rb.add(bad)
+    assert len(rb) == 4
+    assert rb.writer._cursor == 4
+
+
+def test_non_tensordict_is_rejected():
+    delta = DeltaFrameStorage(10, frame_stack=2)
+    with pytest.raises(TypeError, match="TensorDict"):
+        delta.set(torch.arange(2), {"pixels": torch.zeros(2, 2, 8, 8, dtype=torch.uint8)})
+
+
+def test_two_dimensional_batch_is_rejected():
+    delta = DeltaFrameStorage(10, frame_stack=2)
+    data = good_batch(4).reshape(2, 2)
+    with pytest.raises(ValueError, match="one batch dimension"):
+        delta.set(torch.arange(2), data)
+
+
+def test_bytes_accounts_for_what_is_held():
+    data = make_transitions(num_envs=1, steps=200, frame_stack=4, channels=1, seed=5, levels=4)
+    delta = DeltaFrameStorage(256, frame_stack=4, chunk_len=32, cache_bytes=0)
+    delta.set(torch.arange(200), data)
+    delta.flush()
+    index = delta._indices["pixels"]
+    payloads = sum(len(p) for p in index.pool._payloads if p is not None)
+    raw_keys = sum(v.numel() * v.element_size() for v in delta._storage.values(True, True))
+    assert delta.bytes() >= payloads + raw_keys + index.table.numel() * 4
+    assert delta.bytes() <= payloads + raw_keys + index.table.numel() * 4 + 4096
+    _ = delta[torch.arange(50)]
+    assert delta.bytes() > 0
+
+
+@pytest.mark.parametrize(
+    "codec,options",
+    [
+        ("zstd", {"level": 1}),
+        ("zstd", {"level": 9, "frame_delta": True}),
+        ("keyframe-sparse", {"group_size": 3}),
+        ("keyframe-sparse", {"group_size": 4, "reference": True}),
+        ("none", {}),
+    ],
+)
+def test_codecs_are_lossless(codec, options):
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 255, (3, 84, 84), generator=gen, dtype=torch.uint8)
+    frames = base.repeat(7, 1, 1)[:20].clone()
+    frames[5:, 10:20, 10:20] = 7  # small residuals: sparse
+    frames[9] = torch.randint(0, 255, (84, 84), generator=gen, dtype=torch.uint8)  # dense
+    coder = make_frame_codec(codec, **options)
+    payload = coder.encode(frames)
+    assert torch.equal(coder.decode(payload, 20, (84, 84)), frames)
+    assert coder.config()["codec"] == codec
+
+
+def test_keyframe_sparse_reference_fallback_is_dense_int16():
+    frames = torch.randint(0, 255, (4, 84, 84), dtype=torch.uint8)
+    reference = make_frame_codec("keyframe-sparse", group_size=4, reference=True)
+    default = make_frame_codec("keyframe-sparse", group_size=4)
+    header = 5 * 4
+    assert len(reference.encode(frames)) == header + 84 * 84 * (1 + 3 * 2)
+    assert len(default.encode(frames)) == header + 84 * 84 * 4
+
+
+def test_unknown_codec_and_bad_arguments():
+    with pytest.raises(ValueError, match="unknown codec"):
+        DeltaFrameStorage(10, codec="lz5")
+    with pytest.raises(ValueError, match="frame_stack"):
+        DeltaFrameStorage(10, frame_stack=0)
+    with pytest.raises(ValueError, match="stack_dim"):
+        DeltaFrameStorage(10, stack_dim=0)
