@@ -11,6 +11,7 @@ consume. The parameter names of the frozen layers all contain ``"frozen_part"``,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -96,6 +97,43 @@ class SplitEncoder(nn.Module):
         batch = pixels.shape[:-3]
         latent = self.frozen_part(pixels.reshape(-1, *self.input_shape))
         return latent.reshape(*batch, *latent.shape[1:])
+
+    def save_frozen_part(self, path: str | Path) -> None:
+        """Saves the frozen part (weights, input and latent shapes) for transfer to a new task.
+
+        Args:
+            path (str or Path): destination file.
+        """
+        torch.save(
+            {
+                "encoder": type(self).__name__,
+                "input_shape": list(self.input_shape),
+                "latent_shape": list(self.latent_shape),
+                "frozen_part": self.frozen_part.state_dict(),
+            },
+            path,
+        )
+
+    def load_frozen_part(self, path: str | Path) -> None:
+        """Loads a frozen part saved by :meth:`save_frozen_part` (SEER transfer).
+
+        Combine with :class:`~torchrl_seer.trainers.FreezeEncoderHook` and ``freeze_at=0`` to
+        start an agent on a new task with the encoder frozen from its first transition.
+
+        Args:
+            path (str or Path): a file written by :meth:`save_frozen_part`.
+
+        Raises:
+            ValueError: if the saved encoder has other input or latent shapes.
+        """
+        saved = torch.load(path, weights_only=True)
+        for field, mine in (("input_shape", self.input_shape), ("latent_shape", self.latent_shape)):
+            if list(mine) != saved[field]:
+                raise ValueError(
+                    f"the saved {saved['encoder']} has {field} {tuple(saved[field])}, this "
+                    f"{type(self).__name__} has {tuple(mine)}."
+                )
+        self.frozen_part.load_state_dict(saved["frozen_part"])
 
     def encode_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Runs only the trainable part on a latent of shape ``[*batch, *latent_shape]``."""
