@@ -252,3 +252,36 @@ def test_pixel_storage_is_released_and_rss_drops():
     assert report.latent_storage_bytes < report.pixel_storage_bytes / 10
     freed = report.rss_before_bytes - report.rss_after_bytes
     assert freed > 0.5 * (report.pixel_storage_bytes - report.latent_storage_bytes)
+
+
+def test_migration_from_delta_frame_storage():
+    from torchrl_seer.data import DeltaFrameStorage
+
+    frames = torch.randint(0, 256, (40, 1, SMALL, SMALL), dtype=torch.uint8)
+    idx = torch.arange(36)
+    obs = torch.cat([frames[idx + i] for i in range(4)], 1)
+    nxt = torch.cat([frames[idx + i + 1] for i in range(4)], 1)
+    data = TensorDict(
+        {
+            "pixels": obs,
+            "id": idx,
+            ("next", "pixels"): nxt,
+            ("next", "done"): torch.zeros(36, 1, dtype=torch.bool),
+        },
+        [36],
+    )
+    storage = DeltaFrameStorage(30, frame_stack=4, num_threads=0)
+    rb = ReplayBuffer(storage=storage, batch_size=4)
+    rb.extend(data)  # wraps: keeps ids 6..35
+    held = storage.bytes()
+    encoder = small_encoder()
+    report = migrate_to_latent_replay(
+        rb, LatentEncodeTransform(encoder), budget_bytes=10**7, progress=False
+    )
+    assert report.pixel_storage_bytes == held and report.num_migrated == 30
+    stored = rb.storage.get(torch.arange(30))
+    assert stored["id"].tolist() == list(range(6, 36))
+    with torch.no_grad():
+        expected = encoder.frozen_part_forward(obs[6:])
+    torch.testing.assert_close(stored["latent"], expected)
+    assert storage.num_frames() == 0  # the frame pools were released

@@ -25,8 +25,9 @@ __all__ = [
 def storage_nbytes(storage: Storage) -> int:
     """Bytes a storage holds allocated, measured from its buffers.
 
-    Storages that define ``nbytes()`` (e.g. :class:`~torchrl_seer.data.QuantizedStorage` or
-    a delta-encoded frame storage) report themselves; for a TorchRL
+    Storages that define ``nbytes()`` or ``bytes()`` (e.g.
+    :class:`~torchrl_seer.data.QuantizedStorage`, :class:`~torchrl_seer.data.DeltaFrameStorage`)
+    report themselves (a compressed storage reports what it holds); for a TorchRL
     :class:`~torchrl.data.TensorStorage` (lazy, memmap) the preallocated leaves are summed.
 
     Args:
@@ -44,9 +45,10 @@ def storage_nbytes(storage: Storage) -> int:
         >>> storage_nbytes(storage)
         160
     """
-    nbytes = getattr(storage, "nbytes", None)
-    if callable(nbytes):
-        return int(nbytes())
+    for method in ("nbytes", "bytes"):
+        measure = getattr(storage, method, None)
+        if callable(measure):
+            return int(measure())
     if isinstance(storage, TensorStorage):
         if not storage.initialized:
             return 0

@@ -101,21 +101,12 @@ class LatentMigrationReport:
 
 def _release(storage: Storage) -> None:
     """Frees the buffers of a storage that is no longer used."""
-    if isinstance(storage, LazyMemmapStorage):
+    storage._empty()  # storages with side structures (e.g. frame pools) free them here
+    if isinstance(storage, LazyMemmapStorage) and getattr(storage, "_auto_cleanup", False):
+        storage.cleanup()  # TorchRL's own policy: only storages that own their files
+    if isinstance(storage, TensorStorage):
         storage._storage = None
         storage.initialized = False
-        storage._len = 0
-        storage.cleanup()
-    elif isinstance(storage, TensorStorage):
-        storage._storage = None
-        storage.initialized = False
-        storage._len = 0
-    else:
-        release = getattr(storage, "release", None)
-        if callable(release):
-            release()
-        else:
-            storage._empty()
     _return_freed_memory()
 
 
