@@ -178,7 +178,7 @@ def test_codecs_are_lossless(codec, options):
     frames[9] = torch.randint(0, 255, (84, 84), generator=gen, dtype=torch.uint8)  # dense
     coder = make_frame_codec(codec, **options)
     payload = coder.encode(frames)
-    assert torch.equal(coder.decode(payload, 20, (84, 84)), frames)
+    assert (coder.decode(payload, 20, (84, 84)) == frames.numpy()).all()
     assert coder.config()["codec"] == codec
 
 

@@ -14,13 +14,16 @@ frames are copied out with one vectorized index.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchrl_seer.data.frame_codecs import FrameCodec, make_frame_codec
@@ -75,8 +78,9 @@ class ChunkedFramePool:
         self._open: dict[int, torch.Tensor] = {}
         self._refcount = torch.zeros(0, dtype=torch.int64)
         self._free_slots: list[int] = []
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached_bytes = 0
+        self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
 
     # ------------------------------------------------------------------ writing
@@ -158,54 +162,53 @@ class ChunkedFramePool:
         self._checksums[slot] = 0
         cached = self._cache.pop(slot, None)
         if cached is not None:
-            self._cached_bytes -= cached.numel()
+            self._cached_bytes -= cached.nbytes
         self._free_slots.append(slot)
 
     # ------------------------------------------------------------------ reading
-    def _decode(self, slot: int) -> torch.Tensor:
+    def _decode(self, slot: int) -> np.ndarray:
         payload = self._payloads[slot]
         if payload is None:
             raise RuntimeError(f"frame chunk {slot} was freed but is still referenced")
-        return self.codec.decode(payload, self._lengths[slot], self.frame_shape)
+        frames = self.codec.decode(payload, self._lengths[slot], self.frame_shape)
+        return frames.reshape(-1, self.frame_numel)
 
-    def _chunks(self, slots: list[int]) -> list[torch.Tensor]:
-        """Returns the frames of each chunk, decoding each missing one exactly once."""
-        out: dict[int, torch.Tensor] = {}
-        missing = []
-        for slot in slots:
-            raw = self._open.get(slot)
-            if raw is not None:
-                out[slot] = raw[: self._lengths[slot]]
-            elif slot in self._cache:
+    def _source(self, slot: int) -> np.ndarray:
+        """The frames of one chunk as ``[n, frame_numel]``: open buffer, cached or decoded."""
+        raw = self._open.get(slot)
+        if raw is not None:
+            return raw[: self._lengths[slot]].numpy().reshape(-1, self.frame_numel)
+        with self._lock:
+            cached = self._cache.get(slot)
+            if cached is not None:
                 self._cache.move_to_end(slot)
-                out[slot] = self._cache[slot]
-            else:
-                missing.append(slot)
-        if len(missing) > 1 and self.num_threads > 0:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    self.num_threads, thread_name_prefix="delta-frame-decode"
-                )
-            decoded = list(self._executor.map(self._decode, missing))
-        else:
-            decoded = [self._decode(slot) for slot in missing]
-        for slot, frames in zip(missing, decoded, strict=True):
-            out[slot] = frames
+                return cached
+        frames = self._decode(slot)
+        with self._lock:
             self._remember(slot, frames)
-        return [out[slot] for slot in slots]
+        return frames
 
-    def _remember(self, slot: int, frames: torch.Tensor) -> None:
-        size = frames.numel()
-        if size > self.cache_bytes:
+    def _remember(self, slot: int, frames: np.ndarray) -> None:
+        size = frames.nbytes
+        if size > self.cache_bytes or slot in self._cache:
             return
         self._cache[slot] = frames
         self._cached_bytes += size
         while self._cached_bytes > self.cache_bytes:
             _, evicted = self._cache.popitem(last=False)
-            self._cached_bytes -= evicted.numel()
+            self._cached_bytes -= evicted.nbytes
+
+    def _copy_chunks(
+        self, out: np.ndarray, tasks: list[tuple[int, np.ndarray, np.ndarray]]
+    ) -> None:
+        for slot, rows, offsets in tasks:
+            out[rows] = self._source(slot)[offsets]
 
     def gather(self, ids: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Reads frames by id.
+        """Reads frames by id; each chunk involved is decoded at most once.
+
+        The chunks are split among the decoding threads; each thread decodes its chunks
+        and copies the requested frames straight into the output.
 
         Args:
             ids: tensors of frame ids (any shape, all ids valid and referenced).
@@ -215,14 +218,26 @@ class ChunkedFramePool:
         """
         flat = torch.cat([i.reshape(-1) for i in ids]).to(torch.int64)
         chunk = torch.div(flat, self.chunk_len, rounding_mode="floor")
-        slots, inverse = torch.unique(chunk, return_inverse=True)
-        slot_list = slots.tolist()
-        frames = self._chunks(slot_list)
-        lengths = torch.tensor([f.shape[0] for f in frames], dtype=torch.int64)
-        base = torch.cumsum(lengths, 0) - lengths
-        staged = frames[0] if len(frames) == 1 else torch.cat(frames)
-        rows = base[inverse] + (flat - chunk * self.chunk_len)
-        out = staged.view(-1, self.frame_numel).index_select(0, rows)
+        offset = flat - chunk * self.chunk_len
+        slots, inverse, counts = torch.unique(chunk, return_inverse=True, return_counts=True)
+        order = torch.argsort(inverse, stable=True)
+        rows, offsets = order.numpy(), offset[order].numpy()
+        tasks, start = [], 0
+        for slot, stop in zip(slots.tolist(), torch.cumsum(counts, 0).tolist(), strict=True):
+            tasks.append((slot, rows[start:stop], offsets[start:stop]))
+            start = stop
+        out = torch.empty((flat.numel(), self.frame_numel), dtype=torch.uint8)
+        out_np = out.numpy()
+        workers = min(self.num_threads, len(tasks))
+        if workers > 1:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self.num_threads, thread_name_prefix="delta-frame-decode"
+                )
+            shares = [tasks[w::workers] for w in range(workers)]
+            list(self._executor.map(functools.partial(self._copy_chunks, out_np), shares))
+        else:
+            self._copy_chunks(out_np, tasks)
         results, start = [], 0
         for i in ids:
             results.append(out[start : start + i.numel()].view(*i.shape, *self.frame_shape))
@@ -357,7 +372,12 @@ class ChunkedFramePool:
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_executor"] = None
+        state.pop("_lock")
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def shutdown(self) -> None:
         """Stops the decoding threads."""

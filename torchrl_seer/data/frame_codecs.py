@@ -36,23 +36,24 @@ __all__ = [
 ]
 
 
-def _writable_frames(buffer: bytes, num_frames: int, frame_shape: Sequence[int]) -> torch.Tensor:
-    """Wraps a decoded buffer as a ``[num_frames, *frame_shape]`` uint8 tensor (one copy)."""
-    return torch.frombuffer(bytearray(buffer), dtype=torch.uint8).view(num_frames, *frame_shape)
+def _frames_view(buffer: bytes, num_frames: int, frame_shape: Sequence[int]) -> np.ndarray:
+    """Views a decoded buffer as a read-only ``[num_frames, *frame_shape]`` uint8 array."""
+    return np.frombuffer(buffer, dtype=np.uint8).reshape(num_frames, *frame_shape)
 
 
 class FrameCodec(abc.ABC):
     """Base class of the lossless chunk codecs.
 
     Subclasses implement :meth:`encode`, :meth:`decode` and :meth:`config`. ``decode`` must
-    be thread-safe: the storage decodes several chunks at once on a thread pool.
+    be thread-safe: the storage decodes several chunks at once on a thread pool. It returns
+    a NumPy array, possibly a read-only view of the decompressed buffer (no copy).
 
     Examples:
         >>> import torch
         >>> codec = make_frame_codec("zstd")
         >>> frames = torch.zeros(4, 8, 8, dtype=torch.uint8)
         >>> payload = codec.encode(frames)
-        >>> bool((codec.decode(payload, 4, (8, 8)) == frames).all())
+        >>> bool((codec.decode(payload, 4, (8, 8)) == frames.numpy()).all())
         True
     """
 
@@ -70,7 +71,7 @@ class FrameCodec(abc.ABC):
         """
 
     @abc.abstractmethod
-    def decode(self, payload: bytes, num_frames: int, frame_shape: Sequence[int]) -> torch.Tensor:
+    def decode(self, payload: bytes, num_frames: int, frame_shape: Sequence[int]) -> np.ndarray:
         """Decodes a payload produced by :meth:`encode`.
 
         Args:
@@ -79,7 +80,7 @@ class FrameCodec(abc.ABC):
             frame_shape: the shape of one frame.
 
         Returns:
-            A ``uint8`` tensor of shape ``[num_frames, *frame_shape]``.
+            A ``uint8`` array of shape ``[num_frames, *frame_shape]``, possibly read-only.
         """
 
     @abc.abstractmethod
@@ -105,8 +106,8 @@ class RawCodec(FrameCodec):
 
     def decode(  # noqa: D102
         self, payload: bytes, num_frames: int, frame_shape: Sequence[int]
-    ) -> torch.Tensor:
-        return _writable_frames(payload, num_frames, frame_shape)
+    ) -> np.ndarray:
+        return _frames_view(payload, num_frames, frame_shape)
 
     def config(self) -> dict[str, Any]:  # noqa: D102
         return {"codec": self.name}
@@ -131,7 +132,7 @@ class ZstdChunkCodec(FrameCodec):
         >>> codec = ZstdChunkCodec(level=3, frame_delta=True)
         >>> frames = torch.randint(0, 4, (16, 84, 84), dtype=torch.uint8)
         >>> payload = codec.encode(frames)
-        >>> bool((codec.decode(payload, 16, (84, 84)) == frames).all())
+        >>> bool((codec.decode(payload, 16, (84, 84)) == frames.numpy()).all())
         True
     """
 
@@ -169,10 +170,10 @@ class ZstdChunkCodec(FrameCodec):
 
     def decode(  # noqa: D102
         self, payload: bytes, num_frames: int, frame_shape: Sequence[int]
-    ) -> torch.Tensor:
-        frames = _writable_frames(self._decompressor().decompress(payload), num_frames, frame_shape)
+    ) -> np.ndarray:
+        frames = _frames_view(self._decompressor().decompress(payload), num_frames, frame_shape)
         if self.frame_delta and num_frames > 1:
-            frames = torch.cumsum(frames, 0, dtype=torch.uint8)
+            frames = np.cumsum(frames, axis=0, dtype=np.uint8)
         return frames
 
     def config(self) -> dict[str, Any]:  # noqa: D102
@@ -220,7 +221,7 @@ class KeyframeSparseCodec(FrameCodec):
         >>> frames = torch.zeros(8, 84, 84, dtype=torch.uint8)
         >>> frames[1:, 10, 10] = 200
         >>> payload = codec.encode(frames)
-        >>> bool((codec.decode(payload, 8, (84, 84)) == frames).all())
+        >>> bool((codec.decode(payload, 8, (84, 84)) == frames.numpy()).all())
         True
     """
 
@@ -269,7 +270,7 @@ class KeyframeSparseCodec(FrameCodec):
 
     def decode(  # noqa: D102
         self, payload: bytes, num_frames: int, frame_shape: Sequence[int]
-    ) -> torch.Tensor:
+    ) -> np.ndarray:
         buffer = np.frombuffer(payload, dtype=np.uint8)
         frame_shape = tuple(frame_shape)
         frame_size = int(np.prod(frame_shape))
@@ -306,7 +307,7 @@ class KeyframeSparseCodec(FrameCodec):
             out[position] = (keyframe.astype(np.int16) + residual).astype(np.uint8)
         if offset != len(buffer):
             raise ValueError("corrupted keyframe-sparse payload: length mismatch")
-        return torch.from_numpy(out)
+        return out
 
     def config(self) -> dict[str, Any]:  # noqa: D102
         return {"codec": self.name, "group_size": self.group_size, "reference": self.reference}

@@ -54,6 +54,12 @@ def _fingerprint(frame: Any) -> int:
     return hash(frame.tobytes())
 
 
+def _words(frames: torch.Tensor) -> torch.Tensor:
+    """Views ``[B, F, *frame_shape]`` frames as ``[B, F, words]`` for fast exact comparison."""
+    flat = frames.reshape(*frames.shape[:2], -1)
+    return flat.view(torch.int64) if flat.shape[-1] % 8 == 0 else flat
+
+
 class FrameStackIndex:
     """Per-slot frame ids of observation and next-observation stacks.
 
@@ -134,20 +140,21 @@ class FrameStackIndex:
         obs_frames = obs.reshape(num_rows * stack, -1)
         next_frames = next_obs.reshape(num_rows * stack, -1)
 
-        pred_row, pred_stream = self._find_predecessors(obs, next_obs)
+        obs_words, next_words = _words(obs), _words(next_obs)
+        pred_row, pred_stream = self._find_predecessors(obs, next_obs, obs_words, next_words)
 
         # Each frame position points at an earlier position holding the same frame.
         pos = torch.arange(num_rows * width).view(num_rows, width)
         parent = pos.clone()
         external = torch.full((num_rows, width), -1, dtype=torch.int64)
         if stack > 1:
-            same = (obs[:, 1:] == obs[:, :-1]).flatten(2).all(2)
+            same = (obs_words[:, 1:] == obs_words[:, :-1]).all(2)
             parent[:, 1:stack] = torch.where(same, pos[:, : stack - 1], parent[:, 1:stack])
-            same = (next_obs[:, :-1] == obs[:, 1:]).flatten(2).all(2)
+            same = (next_words[:, :-1] == obs_words[:, 1:]).all(2)
             parent[:, stack:-1] = torch.where(same, pos[:, 1:stack], parent[:, stack:-1])
-            same = (next_obs[:, -1] == next_obs[:, -2]).flatten(1).all(1)
+            same = (next_words[:, -1] == next_words[:, -2]).all(1)
         else:
-            same = (next_obs[:, 0] == obs[:, 0]).flatten(1).all(1)
+            same = (next_words[:, 0] == obs_words[:, 0]).all(1)
         parent[:, -1] = torch.where(same, pos[:, -2], parent[:, -1])
         rows = torch.tensor([i for i, p in enumerate(pred_row) if p >= 0], dtype=torch.int64)
         if rows.numel():
@@ -199,7 +206,11 @@ class FrameStackIndex:
         self._commit(slots, ids, next_obs, row_streams, done, to_seal)
 
     def _find_predecessors(
-        self, obs: torch.Tensor, next_obs: torch.Tensor
+        self,
+        obs: torch.Tensor,
+        next_obs: torch.Tensor,
+        obs_words: torch.Tensor,
+        next_words: torch.Tensor,
     ) -> tuple[list[int], dict[int, _Stream]]:
         """Finds, per row, an earlier row or a stream tail whose next stack equals its stack."""
         num_rows, last = obs.shape[0], self.frame_stack - 1
@@ -218,8 +229,10 @@ class FrameStackIndex:
             latest[_fingerprint(next_np[row, last])] = row
         rows = [i for i in range(num_rows) if pred_row[i] >= 0]
         if rows:
-            earlier_rows = [pred_row[i] for i in rows]
-            proven = (obs[rows] == next_obs[earlier_rows]).flatten(1).all(1).tolist()
+            earlier_rows = torch.tensor([pred_row[i] for i in rows])
+            proven = (
+                (obs_words[torch.tensor(rows)] == next_words[earlier_rows]).flatten(1).all(1)
+            ).tolist()
             for row, ok in zip(rows, proven, strict=True):
                 if not ok:
                     pred_row[row] = -1
