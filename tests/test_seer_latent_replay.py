@@ -131,6 +131,8 @@ def test_int8_latents_quadruple_capacity_under_same_budget():
     assert int8.latent_bytes_per_transition < fp32.latent_bytes_per_transition
     assert fp32.latent_bytes_per_transition - int8.latent_bytes_per_transition == 3 * latent_only
     assert rb.sample()["latent"].dtype == torch.float32
+    # the budget covers the rows and the per-feature scales and offsets
+    assert int8.latent_storage_bytes <= int8.budget_bytes == fp32.budget_bytes
 
 
 def test_prioritized_sampler_priorities_follow_their_transitions():

@@ -195,7 +195,11 @@ def migrate_to_latent_replay(
     else:
         latent_bytes = 0
     if capacity is None:
-        new_capacity = equal_budget_capacity(budget_bytes, latent_bytes, max_capacity=max_capacity)
+        fixed_nbytes = getattr(latent_storage, "fixed_nbytes", None)
+        overhead = int(fixed_nbytes(probe)) if callable(fixed_nbytes) else 0
+        new_capacity = equal_budget_capacity(
+            budget_bytes - overhead, latent_bytes, max_capacity=max_capacity
+        )
         rule = "measured"
     else:
         new_capacity = min(capacity, max_capacity) if max_capacity is not None else capacity

@@ -216,6 +216,19 @@ class QuantizedStorage(LazyTensorStorage):
         encoded = self.encode(row) if self.calibrated else row
         return sum(leaf[0].numel() * leaf.element_size() for leaf in encoded.values(True, True))
 
+    def fixed_nbytes(self, data: TensorDictBase) -> int:
+        """Bytes this storage holds whatever its capacity: the int8 scales and offsets.
+
+        Args:
+            data (TensorDictBase): a batch of float rows holding every quantized key.
+
+        Returns:
+            ``2 * 4 * features`` per quantized key for int8, ``0`` for bf16/fp16.
+        """
+        if self.format != "int8":
+            return 0
+        return sum(2 * 4 * self._get_float(data, key).shape[-1] for key in self.quantized_keys)
+
     def nbytes(self) -> int:
         """Allocated bytes: encoded rows plus the per-feature int8 parameters."""
         params = sum(
