@@ -233,3 +233,25 @@ def test_stepper_state_dict_roundtrip():
     assert scaler2.loss_scale == scaler.loss_scale
     with pytest.raises(KeyError, match="loss_other"):
         LossScalingStepper({"loss_other": opt}).optimize(TensorDict({"loss_w": w.sum()}, []))
+
+
+def test_hadam_slicing_and_non_contiguous_match_whole_tensor_update(monkeypatch):
+    import torchrl_seer.optim.hadam as hadam_module
+
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=gen, dtype=torch.float16)
+    grads = [torch.randn(6, 5, generator=gen, dtype=torch.float16) for _ in range(5)]
+
+    def run(chunk, transpose):
+        monkeypatch.setattr(hadam_module, "_CHUNK", chunk)
+        data = base.t().contiguous().t() if transpose else base.clone()
+        w = torch.nn.Parameter(data)
+        opt = HAdam([w], lr=1e-2, eps=1e-4, kahan=True)
+        for g in grads:
+            w.grad = g.t().contiguous().t() if transpose else g.clone()
+            opt.step()
+        return w.detach().contiguous()
+
+    whole = run(1 << 17, transpose=False)
+    assert torch.equal(run(7, transpose=False), whole)  # 30 elements in slices of 7
+    assert torch.equal(run(7, transpose=True), whole)  # non-contiguous: processed whole

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim import Optimizer
 
 __all__ = ["HAdam"]
+
+# Elements per slice of the update: small work buffers, reused across the slices.
+_CHUNK = 1 << 17
 
 
 class HAdam(Optimizer):
@@ -198,28 +202,99 @@ class HAdam(Optimizer):
                 )
         state["step"] += 1
         step = state["step"]
-        exp_avg, exp_avg_hypot = state["exp_avg"], state["exp_avg_hypot"]
+        constants = _StepConstants(
+            beta1=beta1,
+            sqrt_beta2=math.sqrt(beta2),
+            eps=eps,
+            bias_correction2_sqrt=math.sqrt(1 - beta2**step),
+            step_size=group["lr"] * (1 - beta1) / (math.sqrt(1 - beta2) * (1 - beta1**step)),
+        )
+        for chunk in _chunks(
+            param,
+            grad,
+            state["exp_avg"],
+            state["exp_avg_hypot"],
+            state.get("max_exp_avg_hypot"),
+            state.get("kahan_compensation"),
+        ):
+            _hadam_update(chunk, constants)
 
-        exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-        # s_t = hypot((1 - b1)|g|, sqrt(b2) s_{t-1}) = M sqrt(1 + (mu / (M + eps))^2)
-        scaled_grad = grad.abs().mul_(1 - beta1)
-        exp_avg_hypot.mul_(math.sqrt(beta2))
-        larger = torch.maximum(scaled_grad, exp_avg_hypot)
-        ratio = torch.minimum(scaled_grad, exp_avg_hypot).div_(larger + eps)
-        exp_avg_hypot.copy_(ratio.mul_(ratio).add_(1).sqrt_().mul_(larger))
-        hypot = exp_avg_hypot
-        if group["amsgrad"]:
-            torch.maximum(state["max_exp_avg_hypot"], exp_avg_hypot, out=state["max_exp_avg_hypot"])
-            hypot = state["max_exp_avg_hypot"]
 
-        step_size = group["lr"] * (1 - beta1) / (math.sqrt(1 - beta2) * (1 - beta1**step))
-        denom = hypot.div(math.sqrt(1 - beta2**step)).add_(eps)
-        update = exp_avg.div(denom).mul_(-step_size)
-        if group["kahan"]:
-            compensation = state["kahan_compensation"]
-            corrected = update.sub_(compensation)
-            total = param.add(corrected)
-            compensation.copy_(total.sub(param).sub_(corrected))
-            param.copy_(total)
-        else:
-            param.add_(update)
+@dataclass(frozen=True)
+class _StepConstants:
+    beta1: float
+    sqrt_beta2: float
+    eps: float
+    bias_correction2_sqrt: float
+    step_size: float
+
+
+@dataclass
+class _Slices:
+    """Aligned (slices of) the tensors of one parameter, plus three scratch buffers."""
+
+    param: torch.Tensor
+    grad: torch.Tensor
+    exp_avg: torch.Tensor
+    exp_avg_hypot: torch.Tensor
+    max_exp_avg_hypot: torch.Tensor | None
+    compensation: torch.Tensor | None
+    work: torch.Tensor
+    larger: torch.Tensor
+    shifted: torch.Tensor
+
+
+def _chunks(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_hypot: torch.Tensor,
+    max_exp_avg_hypot: torch.Tensor | None,
+    compensation: torch.Tensor | None,
+) -> Iterator[_Slices]:
+    """Yield aligned slices of ``_CHUNK`` elements of every tensor, plus three work buffers.
+
+    The update makes about twenty elementwise passes. Processing it slice by slice lets
+    three small work buffers hold every intermediate result, instead of allocating several
+    parameter-sized temporaries per step. Non-contiguous tensors are processed whole.
+    """
+    tensors = [param, grad, exp_avg, exp_avg_hypot, max_exp_avg_hypot, compensation]
+    if not all(t.is_contiguous() for t in tensors if t is not None):
+        yield _Slices(*tensors, *(torch.empty_like(param) for _ in range(3)))  # type: ignore[arg-type]
+        return
+    flat = [t.view(-1) if t is not None else None for t in tensors]
+    numel = param.numel()
+    work = torch.empty(3, min(_CHUNK, numel), dtype=param.dtype, device=param.device)
+    for start in range(0, numel, _CHUNK):
+        stop = min(start + _CHUNK, numel)
+        views = [t[start:stop] if t is not None else None for t in flat]
+        yield _Slices(*views, *(w[: stop - start] for w in work))  # type: ignore[arg-type]
+
+
+def _hadam_update(t: _Slices, c: _StepConstants) -> None:
+    """One hAdam step on aligned (slices of) tensors, writing intermediates into the scratch."""
+    work, larger = t.work, t.larger
+    t.exp_avg.mul_(c.beta1).add_(t.grad, alpha=1 - c.beta1)
+    # s_t = hypot(a, b) = M sqrt(1 + (mu / (M + eps))^2), a = (1 - b1)|g|, b = sqrt(b2) s_{t-1}
+    torch.abs(t.grad, out=work).mul_(1 - c.beta1)
+    t.exp_avg_hypot.mul_(c.sqrt_beta2)
+    torch.maximum(work, t.exp_avg_hypot, out=larger)
+    torch.minimum(work, t.exp_avg_hypot, out=work)
+    torch.add(larger, c.eps, out=t.shifted)
+    work.div_(t.shifted).square_().add_(1).sqrt_()
+    torch.mul(work, larger, out=t.exp_avg_hypot)
+    hypot = t.exp_avg_hypot
+    if t.max_exp_avg_hypot is not None:
+        torch.maximum(t.max_exp_avg_hypot, t.exp_avg_hypot, out=t.max_exp_avg_hypot)
+        hypot = t.max_exp_avg_hypot
+    # update = -step_size * m / (s / sqrt(1 - b2^t) + eps)
+    torch.div(hypot, c.bias_correction2_sqrt, out=work).add_(c.eps)
+    torch.div(t.exp_avg, work, out=work).mul_(-c.step_size)
+    if t.compensation is None:
+        t.param.add_(work)
+        return
+    # Kahan: y = update - c; t = p + y; c = (t - p) - y; p = t
+    work.sub_(t.compensation)
+    torch.add(t.param, work, out=larger)
+    torch.sub(larger, t.param, out=t.compensation).sub_(work)
+    t.param.copy_(larger)
