@@ -83,11 +83,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prioritized", action="store_true", help="prioritized replay (alpha .5)")
     p.add_argument("--capacity-rule", choices=["measured", "reference"], default="measured")
     p.add_argument("--max-capacity", type=int, default=None, help="cap on the latent capacity")
+    p.add_argument(
+        "--latent-capacity", type=int, default=None, help="latent capacity if frozen at step 0"
+    )
     p.add_argument("--latent-dtype", choices=["fp32", "bf16", "int8"], default="fp32")
     p.add_argument("--auto-interval", type=int, default=1_000, help="auto: steps between checks")
     p.add_argument("--auto-threshold", type=float, default=0.01, help="auto: relative change")
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on 2 cores)"
+    )
+    p.add_argument("--save-encoder", default=None, help="save the frozen CNN here at the end")
+    p.add_argument(
+        "--load-encoder", default=None, help="start from a saved frozen CNN (use --freeze-at 0)"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logger", default="csv")
@@ -115,6 +122,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     # 2. Q-network: frozen-able CNN + trainable head
     encoder = DataEfficientAtariEncoder(4)
+    if args.load_encoder is not None:  # transfer: the CNN comes from another task
+        encoder.load_frozen_part(args.load_encoder)
     head = TensorDictModule(
         MLP(in_features=576, out_features=num_actions, num_cells=[args.hidden]),
         in_keys=["features"],
@@ -176,6 +185,7 @@ def main(argv: list[str] | None = None) -> Path:
             else None
         ),
         latent_storage=latent_storage,
+        latent_capacity=args.latent_capacity,
         convergence=ParameterConvergence(
             encoder.frozen_part.parameters(),
             check_interval=args.auto_interval,
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None) -> Path:
     episode_returns: list[tuple[int, float]] = []
     update_seconds: list[tuple[bool, float]] = []
     steps = 0
+    hook.step(0)  # with --freeze-at 0 (transfer) the buffer stores latents from the start
     pbar = tqdm(total=args.total_steps, desc="SEER Atari", unit="step")
     for data in collector:
         data = data.reshape(-1)
@@ -237,6 +248,8 @@ def main(argv: list[str] | None = None) -> Path:
             pbar.set_postfix(eps=f"{explore.eps.item():.2f}", frozen=hook.frozen, rb=len(rb))
     pbar.close()
     collector.shutdown()
+    if args.save_encoder is not None:
+        encoder.save_frozen_part(args.save_encoder)
 
     # 7. report
     report = write_seer_report(

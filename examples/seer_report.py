@@ -58,9 +58,7 @@ def write_seer_report(
     axes[1].bar(["before freeze", "after freeze"], [_median_ms(before), _median_ms(after)])
     axes[1].set(ylabel="median ms / update", title=f"Learner update, after/before {ratio:.3f}")
     if "latent_capacity" in freeze:
-        axes[2].bar(
-            ["pixel C", "latent c'"], [freeze["pixel_capacity"], freeze["latent_capacity"]]
-        )
+        axes[2].bar(["pixel C", "latent c'"], [freeze["pixel_capacity"], freeze["latent_capacity"]])
         axes[2].set(ylabel="transitions", title="Replay capacity under one budget")
     fig.tight_layout()
     fig.savefig(run_dir / "report.png", dpi=100)
