@@ -290,3 +290,32 @@ def test_bad_arguments():
         FreezeEncoderHook(encoder, freeze_at=0, target_sync="soft")
     with pytest.raises(TypeError, match="SplitEncoder"):
         FreezeEncoderHook(nn.Linear(2, 2), freeze_at=0)
+
+
+def test_register_in_a_torchrl_trainer():
+    from torchrl.trainers import Trainer
+
+    encoder, _, loss, optim = make_dqn()
+    rb = ReplayBuffer(storage=LazyTensorStorage(64), batch_size=16)
+    rb.extend(batch(0, 16))
+    trainer = Trainer.__new__(Trainer)  # only the hook registry is exercised
+    trainer._modules = {}
+    trainer.checkpoint = None
+    trainer.collected_frames = 0
+    ops = {}
+    trainer.register_op = lambda stage, fn, **kw: ops.setdefault(stage, []).append(fn)
+    hook = FreezeEncoderHook(
+        encoder, freeze_at=32, modules=[loss], optimizers=[optim], replay_buffer=rb, progress=False
+    )
+    hook.register(trainer)
+    assert trainer._modules["freeze_encoder"] is hook
+    assert set(ops) == {"post_steps", "post_steps_log"}
+    ops["post_steps"][0]()
+    assert not hook.frozen
+    trainer.collected_frames = 32
+    ops["post_steps"][0]()
+    assert hook.frozen and hook.freeze_step == 32
+    assert ops["post_steps_log"][0](None) == {
+        "seer_frozen": 1.0,
+        "seer_latent_capacity": float(rb.storage.max_size),
+    }
