@@ -199,6 +199,9 @@ def train(precision: str, args: argparse.Namespace, run_dir: Path) -> dict:
         buffer.extend(batch.reshape(-1))
         steps += batch.numel()
         pbar.update(batch.numel())
+        done = batch["next", "done"].squeeze(-1)
+        for episode_return in batch["next", "episode_reward"][done].flatten().tolist():
+            logger.log_scalar("train_return", episode_return, step=steps)
         if steps >= args.init_random_steps:
             for _ in range(args.frames_per_batch):  # update-to-data ratio 1
                 metrics = stepper.optimize(loss(buffer.sample()))
