@@ -1,0 +1,151 @@
+"""CompressedPolicy: the actor-side policy that runs a compressed copy of the learner's policy."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from tensordict import NestedKey, TensorDictBase
+from tensordict.nn import TensorDictModuleBase
+from torch import nn
+
+from torchrl_seer.collectors.policy_compressor import PolicyCompressor
+
+__all__ = ["CompressedPolicy"]
+
+
+class CompressedPolicy(TensorDictModuleBase):
+    """Acts with a compressed copy of a learner's policy and stamps each step's policy version.
+
+    The wrapped policy is typically a TorchRL ``ProbabilisticActor`` with
+    ``return_log_prob=True``: its log-probability output is then computed by the *compressed*
+    network, which is exactly the behaviour log-probability log μ(a|x) the Corrector (V-trace,
+    Retrace) needs. Every output also carries ``version_key``, the version of the weight packet
+    the actor was running, from which the Monitor measures policy lag.
+
+    The compressed network is rebuilt from weight packets (see
+    :class:`~torchrl_seer.collectors.PolicyCompressor`) on top of a private full-precision
+    *template* of the policy's architecture. The template is not a registered submodule, so
+    ``TensorDict.from_module`` never exposes stale full-precision weights: weights reach a
+    compressed policy only through :meth:`load_packet` (in-process) or
+    :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme` (worker processes).
+
+    Args:
+        policy: the learner's full-precision policy (a ``TensorDictModuleBase``). It is copied.
+        compressor: the initial pipeline; ``None`` means uncompressed (``fp32``).
+
+    Keyword Args:
+        version_key: output key of the policy version. Defaults to ``"policy_version"``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.modules import MLP
+        >>> actor = TensorDictModule(MLP(in_features=4, out_features=2, num_cells=[32]),
+        ...                          in_keys=["observation"], out_keys=["action"])
+        >>> policy = CompressedPolicy(actor, PolicyCompressor.from_spec("int8"))
+        >>> out = policy(TensorDict(observation=torch.randn(3, 4), batch_size=[3]))
+        >>> out["policy_version"].tolist()
+        [0, 0, 0]
+        >>> policy.load_packet(PolicyCompressor.from_spec("bf16").pack(actor, version=7))
+        >>> policy.compressor.spec(), policy.version
+        ('bf16', 7)
+    """
+
+    def __init__(
+        self,
+        policy: TensorDictModuleBase,
+        compressor: PolicyCompressor | None = None,
+        *,
+        version_key: NestedKey = "policy_version",
+    ) -> None:
+        super().__init__()
+        if not isinstance(policy, TensorDictModuleBase):
+            raise TypeError(
+                "CompressedPolicy expects a TensorDictModuleBase policy (e.g. a TorchRL "
+                f"ProbabilisticActor), got {type(policy).__name__}"
+            )
+        self.in_keys = list(policy.in_keys)
+        self.out_keys = [*policy.out_keys, version_key]
+        self.version_key = version_key
+        template = copy.deepcopy(policy).eval()
+        for param in template.parameters():
+            param.requires_grad_(False)
+        object.__setattr__(self, "_template", template)  # deliberately not a submodule
+        self.network: nn.Module
+        self.version = 0
+        self.packet: TensorDictBase | None = None
+        self.load_packet((compressor or PolicyCompressor()).pack(template, version=0))
+
+    @property
+    def compressor(self) -> PolicyCompressor:
+        """The pipeline that produced the running network."""
+        assert self.packet is not None
+        return self.packet["pipeline"]
+
+    def load_packet(self, packet: TensorDictBase) -> None:
+        """Rebuilds the running network from a weight packet.
+
+        Args:
+            packet: a packet made by :meth:`PolicyCompressor.pack`.
+        """
+        self.network = PolicyCompressor.rebuild(self._template, packet)
+        self.version = int(packet["version"])
+        self.packet = packet
+
+    def update_from(
+        self,
+        policy: nn.Module,
+        *,
+        version: int,
+        compressor: PolicyCompressor | None = None,
+    ) -> TensorDictBase:
+        """Compresses the learner's ``policy`` and loads it (in-process collectors).
+
+        Args:
+            policy: the learner's current full-precision policy.
+
+        Keyword Args:
+            version: the version to stamp (e.g. the learner's update count).
+            compressor: a new pipeline; defaults to the current one.
+
+        Returns:
+            The packet that was loaded.
+        """
+        packet = (compressor or self.compressor).pack(policy, version=version)
+        self.load_packet(packet)
+        return packet
+
+    def __getstate__(self) -> dict:
+        # Quantized modules do not survive torch.multiprocessing pickling (spawned workers):
+        # ship the packet (plain tensors) and rebuild the network on arrival.
+        state = self.__dict__.copy()
+        state["_modules"] = {k: v for k, v in state["_modules"].items() if k != "network"}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        assert self.packet is not None
+        self.load_packet(self.packet)
+
+    def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """Runs the compressed network and writes the policy version.
+
+        Args:
+            tensordict: input with the policy's ``in_keys``.
+
+        Returns:
+            The tensordict with the policy's outputs and ``version_key``.
+        """
+        unbatched = tensordict.batch_dims == 0  # int8 kernels need a batch dimension
+        with torch.no_grad():
+            if unbatched:
+                tensordict.update(self.network(tensordict.unsqueeze(0)).squeeze(0))
+            else:
+                tensordict = self.network(tensordict)
+        tensordict.set(
+            self.version_key,
+            torch.full(tensordict.batch_size, self.version, dtype=torch.int64),
+        )
+        return tensordict
