@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ from torchrl_seer.modules import (
     LatentOrPixelFeatures,
     RandomCrop,
 )
-from torchrl_seer.trainers import FreezeEncoderHook
+from torchrl_seer.trainers import FreezeEncoderHook, ParameterConvergence
 
 LATENT_KEYS = ["latent", ("next", "latent")]
 
@@ -248,6 +249,74 @@ def capacity_rows(num: int) -> tuple[list[list], dict]:
     return rows, raw
 
 
+def convergence_evidence(num: int, updates: int, interval: int) -> dict:
+    """Relative parameter change of the DQN convs vs how much their output still drifts.
+
+    DQN trains on a fixed Pong replay (no freeze). Every ``interval`` updates the
+    :class:`~torchrl_seer.trainers.ParameterConvergence` statistic ``r`` is recorded with the
+    conv outputs on a fixed probe batch; at the end each snapshot's latents are compared with
+    the final encoder's: ``drift = ||f_t(x) - f_T(x)|| / ||f_T(x)||``, the error a freeze at
+    ``t`` would have baked into the stored latents relative to training on.
+    """
+    torch.manual_seed(0)
+    encoder = DataEfficientAtariEncoder(4)
+    head = TensorDictModule(
+        MLP(in_features=576, out_features=6, num_cells=[256]),
+        in_keys=["features"],
+        out_keys=["action_value"],
+    )
+    qnet = TensorDictSequential(
+        LatentOrPixelFeatures(encoder), head, QValueModule(spec=Categorical(6))
+    )
+    loss = DQNLoss(qnet, action_space="categorical", delay_value=True, double_dqn=True)
+    loss.make_value_estimator(gamma=0.99)
+    optim = torch.optim.Adam(loss.parameters(), lr=1e-4, eps=1.5e-4)
+    data = atari_transitions(num)
+    rb = pixel_buffer(data, 32)
+    probe = data["pixels"][torch.randperm(num)[:256]]
+    criterion = ParameterConvergence(
+        encoder.frozen_part.parameters(), check_interval=interval, patience=1
+    )
+    snapshots = []
+    for step in range(updates + 1):
+        if step % interval == 0:
+            criterion.update(step)
+            with torch.no_grad():
+                snapshots.append((step, encoder.frozen_part_forward(probe)))
+        if step % 2000 == 0:
+            loss.target_value_network_params.update_(loss.value_network_params.data)
+        losses = loss(rb.sample())
+        optim.zero_grad()
+        losses["loss"].backward()
+        optim.step()
+    final = snapshots[-1][1]
+    drift = {s: float((f - final).norm() / final.norm()) for s, f in snapshots}
+    change = dict(criterion.history)
+    return {"steps": [s for s, _ in snapshots], "change": change, "drift": drift}
+
+
+def plot_evidence(evidence: dict, path: Path, threshold: float = 0.01) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = evidence["steps"]
+    ax.semilogy(
+        list(evidence["change"]), list(evidence["change"].values()), "o-", label="r (per check)"
+    )
+    ax.semilogy(
+        steps[:-1], [evidence["drift"][s] for s in steps[:-1]], "s-", label="drift to final"
+    )
+    ax.axhline(threshold, color="r", ls="--", label=f"threshold {threshold}")
+    ax.set(xlabel="learner updates", ylabel="relative change", title="Data-efficient CNN, DQN")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Runs the SEER benchmark and writes ``docs/benchmarks/seer.{md,json}``."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -334,6 +403,20 @@ def main(argv: list[str] | None = None) -> None:
         "offset; the remaining full-width fields keep the int8/fp32 ratio slightly under 4. "
         "DMC frames are the cached 84x84 rollout padded to 100x100 (replicate) so that the "
         "100 -> 84 random crops of CURL/SEER apply."
+    )
+    updates, interval = (1000, 250) if args.quick else (6000, 500)
+    evidence = convergence_evidence(num, updates, interval)
+    report.raw["auto_freeze_evidence"] = evidence
+    figure = report.out_dir / "seer_auto_freeze.png"
+    plot_evidence(evidence, figure)
+    report.add_figure(figure, "auto-freeze criterion: parameter change r vs latent drift")
+    report.add_table(
+        "Auto-freeze criterion: relative parameter change r vs remaining latent drift",
+        ["learner updates", "r over the last check interval", "drift of latents to the final CNN"],
+        [
+            [s, evidence["change"].get(s, float("nan")), evidence["drift"][s]]
+            for s in evidence["steps"]
+        ],
     )
     print(report.write())
 

@@ -229,9 +229,11 @@ def test_checkpoint_after_freeze_restores_and_resumes_on_latents(tmp_path):
     )
     state = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     loss2.load_state_dict(state["loss"])
+    optim2.load_state_dict(state["optim"])  # before the hook: the tagged state purges first
     hook2.load_state_dict(state["hook"])
-    optim2.load_state_dict(state["optim"])
     rb2.load_state_dict(state["rb"])
+    frozen_ids = {id(p) for p in encoder2.frozen_part.parameters()}
+    assert not any(id(p) in frozen_ids for g in optim2.param_groups for p in g["params"])
     assert hook2.frozen and hook2.freeze_step == 1 and not hook2.step(5)
     assert all(not p.requires_grad for p in encoder2.frozen_part.parameters())
     assert len(rb2) == len(rb) == 24

@@ -74,8 +74,10 @@ class FreezeEncoderHook(TrainerHookBase):
 
     The hook is checkpointed (:meth:`state_dict`): frozen flag, T_f, storage mode and latent
     capacity. Restoring a frozen state re-applies steps 1-2 and prepares an empty latent storage
-    of the saved capacity so the replay buffer's own checkpoint can be loaded into it. Load the
-    model weights first, then this hook, then the optimizers and the replay buffer.
+    of the saved capacity so the replay buffer's own checkpoint can be loaded into it: restore
+    this hook before the replay buffer (in a Trainer, register it before the replay-buffer hook).
+    Optimizer checkpoints taken after the freeze are tagged, and loading one purges the frozen
+    parameters first, so optimizers may be restored before or after the hook.
 
     Args:
         encoder (SplitEncoder): the online encoder (its ``frozen_part`` defines the latents).
@@ -175,6 +177,9 @@ class FreezeEncoderHook(TrainerHookBase):
         if freeze_at == "auto" and convergence is None:
             convergence = ParameterConvergence(encoder.frozen_part.parameters())
         self.convergence = convergence
+        for optimizer in self.optimizers:
+            optimizer.register_state_dict_post_hook(self._tag_optimizer_state)
+            optimizer.register_load_state_dict_pre_hook(self._prepare_optimizer_load)
         self.frozen = False
         self.freeze_step: int | None = None
         self.storage_mode = "pixels"
@@ -262,10 +267,14 @@ class FreezeEncoderHook(TrainerHookBase):
             raise RuntimeError("found no parameter named '*frozen_part*' to freeze.")
         return frozen
 
-    def _purge_optimizers(self, frozen: Sequence[torch.Tensor]) -> int:
+    def _purge_optimizers(
+        self,
+        frozen: Sequence[torch.Tensor],
+        optimizers: Sequence[torch.optim.Optimizer] | None = None,
+    ) -> int:
         frozen_ids = {id(t) for t in frozen}
         dropped = 0
-        for optimizer in self.optimizers:
+        for optimizer in self.optimizers if optimizers is None else optimizers:
             for param in [p for group in optimizer.param_groups for p in group["params"]]:
                 if id(param) in frozen_ids and param in optimizer.state:
                     del optimizer.state[param]
@@ -343,6 +352,26 @@ class FreezeEncoderHook(TrainerHookBase):
         )
 
     # ------------------------------------------------------------------------ checkpointing
+    def _tag_optimizer_state(
+        self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Marks an optimizer checkpoint taken after the freeze (frozen params purged)."""
+        if self.frozen:
+            state_dict["seer_frozen_encoder"] = True
+        return state_dict
+
+    def _prepare_optimizer_load(
+        self, optimizer: torch.optim.Optimizer, state_dict: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Purges the frozen params before a post-freeze optimizer checkpoint is loaded.
+
+        This makes the restore order of optimizers and this hook irrelevant.
+        """
+        state_dict = dict(state_dict)
+        if state_dict.pop("seer_frozen_encoder", False):
+            self._purge_optimizers(self._freeze_parameters(), [optimizer])
+        return state_dict
+
     def state_dict(self) -> dict[str, Any]:
         """Frozen flag, T_f, storage mode, latent capacity, freeze report and criterion state."""
         return {
