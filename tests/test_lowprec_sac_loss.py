@@ -69,7 +69,7 @@ def test_loss_keys_and_dtypes(dtype):
     assert all(p.dtype == dtype for p in loss.qvalue_network_params.values(True, True))
     assert all(p.dtype == dtype for p in loss.target_qvalue_network_params.values(True, True))
     assert data["value_target"].dtype == dtype  # TD target built in low precision
-    assert data["td_error"].shape == (16,)
+    assert data["td_error"].shape == (16,) and data["td_error"].dtype == torch.float32
     assert data["observation"].dtype == torch.float32  # the caller's batch is not cast
     assert actor.module[-1].distribution_class is StableTanhNormal
 
@@ -175,3 +175,68 @@ def test_fp16_training_survives_injected_overflow_where_naive_fails():
 def test_bf16_training_stays_finite():
     finite, _ = _train("bf16", updates=20)
     assert finite
+
+
+class _CastTo(torch.nn.Module):
+    def __init__(self, reference):
+        super().__init__()
+        self.reference = [reference]
+
+    def forward(self, x):
+        return x.to(next(self.reference[0].parameters()).dtype)
+
+
+def test_trainer_with_collector_replay_buffer_and_stepper(tmp_path):
+    from tensordict.nn import TensorDictSequential
+    from torchrl.collectors import Collector
+    from torchrl.testing.mocking_classes import ContinuousActionVecMockEnv
+    from torchrl.trainers import Trainer
+
+    env = ContinuousActionVecMockEnv()
+    obs_dim, act_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    torch.manual_seed(0)
+    trunk = MLP(in_features=obs_dim, out_features=2 * act_dim, num_cells=[16])
+    actor = ProbabilisticActor(
+        TensorDictModule(
+            torch.nn.Sequential(_CastTo(trunk), trunk, NormalParamExtractor()),
+            in_keys=["observation"],
+            out_keys=["loc", "scale"],
+        ),
+        in_keys=["loc", "scale"],
+        spec=env.action_spec,
+        distribution_class=TanhNormal,
+    )
+    qvalue = ValueOperator(
+        MLP(in_features=obs_dim + act_dim, out_features=1, num_cells=[16]),
+        in_keys=["observation", "action"],
+    )
+    loss = LowPrecisionSACLoss(actor, qvalue, **PRECISION_PRESETS["bf16"], alpha_init=0.1)
+    stepper = loss.make_optimization_stepper(lr=1e-3)
+    policy = TensorDictSequential(
+        actor,
+        TensorDictModule(lambda a: a.float(), in_keys=["action"], out_keys=["action"]),
+        selected_out_keys=["action"],
+    )
+    collector = Collector(env, policy, frames_per_batch=16, total_frames=48)
+    buffer = TensorDictReplayBuffer(storage=LazyTensorStorage(64), batch_size=8)
+    before = [p.clone() for p in loss.qvalue_network_params.values(True, True)]
+    trainer = Trainer(
+        collector=collector,
+        total_frames=48,
+        frame_skip=1,
+        optim_steps_per_batch=2,
+        loss_module=loss,
+        optimization_stepper=stepper,
+        replay_buffer=buffer,
+        target_net_updater=loss.make_target_updater(tau=0.005),
+        batch_size=8,
+        progress_bar=False,
+        save_trainer_file=str(tmp_path / "trainer.pt"),
+    )
+    trainer.train()
+    after = list(loss.qvalue_network_params.values(True, True))
+    assert all(a.dtype == torch.bfloat16 for a in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
+    assert all(bool(torch.isfinite(a).all()) for a in after)
+    state = stepper.state_dict()
+    assert set(state["optimizers"]) == {"loss_qvalue", "loss_actor", "loss_alpha"}

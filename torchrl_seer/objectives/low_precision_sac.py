@@ -282,7 +282,9 @@ class LowPrecisionSACLoss(SACLoss):
 
         Returns:
             A tensordict with ``loss_actor``, ``loss_qvalue``, ``loss_alpha``, ``alpha`` and
-            ``entropy`` (and ``loss_value`` for SAC v1), in ``dtype``.
+            ``entropy`` (and ``loss_value`` for SAC v1), in ``dtype``. The input ``tensordict``
+            receives the priority (``td_error``, as float32) and the TD target
+            (``value_target``, in ``dtype``; SAC v2).
         """
         low_precision = tensordict.copy()
         for key in self.in_keys:
@@ -290,9 +292,13 @@ class LowPrecisionSACLoss(SACLoss):
             if isinstance(value, torch.Tensor) and value.is_floating_point():
                 low_precision.set(key, value.to(self.dtype))
         out = super().forward(low_precision)
-        for key in (self.tensor_keys.priority, self.tensor_keys.value_target):
-            if key in low_precision.keys(include_nested=True):
-                tensordict.set(key, low_precision.get(key))
+        # the priority goes back in fp32 (what prioritized samplers store), the target as is
+        tensordict.set(
+            self.tensor_keys.priority, low_precision.get(self.tensor_keys.priority).float()
+        )
+        target = low_precision.get(self.tensor_keys.value_target, None)
+        if target is not None:
+            tensordict.set(self.tensor_keys.value_target, target)
         return out
 
     def make_value_estimator(
