@@ -1,5 +1,6 @@
 """AcceRL compressed actors: compressor, compressed policy, weight sync and monitor."""
 
+from torchrl_seer.collectors.auto_compression import AutoCompressionResult, select_compression
 from torchrl_seer.collectors.compressed_policy import CompressedPolicy
 from torchrl_seer.collectors.compression_steps import (
     Cast,
@@ -9,18 +10,26 @@ from torchrl_seer.collectors.compression_steps import (
     Quantize,
     UnsupportedLayerError,
 )
+from torchrl_seer.collectors.distillation import DistillationLoss
+from torchrl_seer.collectors.divergence import policy_divergence
+from torchrl_seer.collectors.monitor import CompressionMonitor
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 from torchrl_seer.collectors.weight_sync import CompressedWeightStrategy, CompressedWeightSyncScheme
 
 __all__ = [
+    "AutoCompressionResult",
     "Cast",
     "CompressedPolicy",
     "CompressedWeightStrategy",
     "CompressedWeightSyncScheme",
+    "CompressionMonitor",
     "CompressionStep",
     "Distill",
+    "DistillationLoss",
     "PolicyCompressor",
     "Prune",
     "Quantize",
     "UnsupportedLayerError",
+    "policy_divergence",
+    "select_compression",
 ]
