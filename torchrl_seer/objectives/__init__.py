@@ -2,9 +2,11 @@
 
 from torchrl_seer.objectives.kahan_soft_update import KahanSoftUpdate
 from torchrl_seer.objectives.low_precision_sac import PRECISION_PRESETS, LowPrecisionSACLoss
+from torchrl_seer.objectives.retrace_sac import RetraceSACLoss
 
 __all__ = [
     "PRECISION_PRESETS",
     "KahanSoftUpdate",
     "LowPrecisionSACLoss",
+    "RetraceSACLoss",
 ]
