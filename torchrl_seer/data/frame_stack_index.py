@@ -36,6 +36,8 @@ from torchrl_seer.data.frame_codecs import FrameCodec
 __all__ = ["FrameStackIndex"]
 
 _INT32_MAX = 2**31 - 1
+# words of the newest frame hashed to find predecessor candidates (a strided sample)
+_FINGERPRINT_WORDS = 128
 
 
 @dataclass(eq=False)
@@ -44,14 +46,16 @@ class _Stream:
 
     slot: int = -1
     tail_ids: torch.Tensor | None = None
-    tail_frames: torch.Tensor | None = None
+    tail_words: torch.Tensor | None = None
     tail_fingerprint: int | None = None
     last_used: int = 0
     ended: bool = False
 
 
-def _fingerprint(frame: Any) -> int:
-    return hash(frame.tobytes())
+def _fingerprint(frame_words: Any) -> int:
+    """Hash of a strided sample of one frame's words: finds candidates, proves nothing."""
+    stride = max(1, frame_words.shape[-1] // _FINGERPRINT_WORDS)
+    return hash(frame_words[::stride].tobytes())
 
 
 def _words(frames: torch.Tensor) -> torch.Tensor:
@@ -141,20 +145,22 @@ class FrameStackIndex:
         next_frames = next_obs.reshape(num_rows * stack, -1)
 
         obs_words, next_words = _words(obs), _words(next_obs)
-        pred_row, pred_stream = self._find_predecessors(obs, next_obs, obs_words, next_words)
+        pred_row, pred_stream = self._find_predecessors(obs_words, next_words)
 
         # Each frame position points at an earlier position holding the same frame.
         pos = torch.arange(num_rows * width).view(num_rows, width)
         parent = pos.clone()
         external = torch.full((num_rows, width), -1, dtype=torch.int64)
+        # exact comparisons in NumPy: single-threaded, no intra-op thread synchronisation
+        obs_np, next_np = obs_words.numpy(), next_words.numpy()
         if stack > 1:
-            same = (obs_words[:, 1:] == obs_words[:, :-1]).all(2)
+            same = torch.from_numpy((obs_np[:, 1:] == obs_np[:, :-1]).all(2))
             parent[:, 1:stack] = torch.where(same, pos[:, : stack - 1], parent[:, 1:stack])
-            same = (next_words[:, :-1] == obs_words[:, 1:]).all(2)
+            same = torch.from_numpy((next_np[:, :-1] == obs_np[:, 1:]).all(2))
             parent[:, stack:-1] = torch.where(same, pos[:, 1:stack], parent[:, stack:-1])
-            same = (next_words[:, -1] == next_words[:, -2]).all(1)
+            same = torch.from_numpy((next_np[:, -1] == next_np[:, -2]).all(1))
         else:
-            same = (next_words[:, 0] == obs_words[:, 0]).all(1)
+            same = torch.from_numpy((next_np[:, 0] == obs_np[:, 0]).all(1))
         parent[:, -1] = torch.where(same, pos[:, -2], parent[:, -1])
         rows = torch.tensor([i for i, p in enumerate(pred_row) if p >= 0], dtype=torch.int64)
         if rows.numel():
@@ -203,44 +209,37 @@ class FrameStackIndex:
                 start = stop
         ids = ids[parent].view(num_rows, width)
 
-        self._commit(slots, ids, next_obs, row_streams, done, to_seal)
+        self._commit(slots, ids, next_words, row_streams, done, to_seal)
 
     def _find_predecessors(
-        self,
-        obs: torch.Tensor,
-        next_obs: torch.Tensor,
-        obs_words: torch.Tensor,
-        next_words: torch.Tensor,
+        self, obs_words: torch.Tensor, next_words: torch.Tensor
     ) -> tuple[list[int], dict[int, _Stream]]:
-        """Finds, per row, an earlier row or a stream tail whose next stack equals its stack."""
-        num_rows, last = obs.shape[0], self.frame_stack - 1
-        obs_np, next_np = obs.numpy(), next_obs.numpy()
-        tails = {s.tail_fingerprint: s for s in self._streams if s.tail_fingerprint is not None}
+        """Finds, per row, an earlier row or a stream tail whose next stack equals its stack.
+
+        Candidates come from a fingerprint of the newest frame; each is then proven by an
+        exact comparison of the whole stack.
+        """
+        num_rows = obs_words.shape[0]
+        newest_obs = obs_words[:, -1].numpy()
+        newest_next = next_words[:, -1].numpy()
+        tails = {
+            s.tail_fingerprint: (s, s.tail_words)
+            for s in self._streams
+            if s.tail_fingerprint is not None and s.tail_words is not None
+        }
         latest: dict[int, int] = {}
         pred_row = [-1] * num_rows
-        candidates: dict[int, _Stream] = {}
+        pred_stream: dict[int, _Stream] = {}
         for row in range(num_rows):
-            key = _fingerprint(obs_np[row, last])
+            key = _fingerprint(newest_obs[row])
             earlier = latest.get(key)
-            if earlier is not None:
+            if earlier is not None and torch.equal(obs_words[row], next_words[earlier]):
                 pred_row[row] = earlier
-            elif key in tails:
-                candidates[row] = tails[key]
-            latest[_fingerprint(next_np[row, last])] = row
-        rows = [i for i in range(num_rows) if pred_row[i] >= 0]
-        if rows:
-            earlier_rows = torch.tensor([pred_row[i] for i in rows])
-            proven = (
-                (obs_words[torch.tensor(rows)] == next_words[earlier_rows]).flatten(1).all(1)
-            ).tolist()
-            for row, ok in zip(rows, proven, strict=True):
-                if not ok:
-                    pred_row[row] = -1
-        pred_stream = {
-            row: stream
-            for row, stream in candidates.items()
-            if torch.equal(obs[row], stream.tail_frames)  # type: ignore[arg-type]
-        }
+            else:
+                tail = tails.get(key)
+                if tail is not None and torch.equal(obs_words[row], tail[1]):
+                    pred_stream[row] = tail[0]
+            latest[_fingerprint(newest_next[row])] = row
         return pred_row, pred_stream
 
     def _assign_streams(
@@ -292,7 +291,7 @@ class FrameStackIndex:
         self,
         slots: torch.Tensor,
         ids: torch.Tensor,
-        next_obs: torch.Tensor,
+        next_words: torch.Tensor,
         row_streams: list[_Stream],
         done: torch.Tensor,
         to_seal: list[int],
@@ -314,11 +313,11 @@ class FrameStackIndex:
             if stream.tail_ids is not None:
                 old_refs.append(stream.tail_ids)
             if bool(done[row]):
-                stream.tail_ids = stream.tail_frames = stream.tail_fingerprint = None
+                stream.tail_ids = stream.tail_words = stream.tail_fingerprint = None
             else:
                 stream.tail_ids = ids[row, stack:].clone()
-                stream.tail_frames = next_obs[row].clone()
-                stream.tail_fingerprint = _fingerprint(stream.tail_frames[-1].numpy())
+                stream.tail_words = next_words[row].clone()
+                stream.tail_fingerprint = _fingerprint(stream.tail_words[-1].numpy())
                 new_refs.append(stream.tail_ids)
         self.table[target] = ids[keep].to(torch.int32)
         self.pool.incref(torch.cat(new_refs))
@@ -339,7 +338,7 @@ class FrameStackIndex:
     def _close(self, stream: _Stream) -> None:
         if stream.tail_ids is not None:
             self.pool.decref(stream.tail_ids)
-        stream.tail_ids = stream.tail_frames = stream.tail_fingerprint = None
+        stream.tail_ids = stream.tail_words = stream.tail_fingerprint = None
         if stream.slot >= 0:
             self.pool.seal(stream.slot)
             stream.slot = -1
@@ -374,9 +373,9 @@ class FrameStackIndex:
     def nbytes(self) -> int:
         """Bytes held: table, frame pool (payloads, open chunks, cache) and stream tails."""
         tails = sum(
-            s.tail_frames.numel() + s.tail_ids.numel() * 8
+            s.tail_words.numel() * s.tail_words.element_size() + s.tail_ids.numel() * 8
             for s in self._streams
-            if s.tail_ids is not None and s.tail_frames is not None
+            if s.tail_ids is not None and s.tail_words is not None
         )
         return self.table.numel() * self.table.element_size() + self.pool.nbytes() + tails
 

@@ -1,0 +1,442 @@
+"""DeltaFrameStorage against LazyTensorStorage and CompressedListStorage on real frames.
+
+For every Atari game (4-frame gray stacks) and DMC task (3-frame RGB stacks) of the harness
+datasets, the same stacked transitions (observation + next observation, as a ``CatFrames``
+environment emits them) are written to a :class:`~torchrl.data.LazyTensorStorage`, to
+TorchRL's :class:`~torchrl.data.CompressedListStorage` and to
+:class:`~torchrl_seer.data.DeltaFrameStorage`, in one run. Reported: bytes per transition,
+batch-256 ``get`` time (one thread, and with the decoding thread pool), ``extend``
+throughput, the codec and chunk-length comparison, and a check of ``bytes()`` against the
+growth of the process RSS.
+
+Run: ``.venv/bin/python -m benchmarks.bench_delta_storage [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import logging
+import statistics
+import time
+from typing import Any
+
+import torch
+from tensordict import TensorDictBase
+from torchrl.data import CompressedListStorage, LazyTensorStorage, ReplayBuffer
+
+from benchmarks.datasets import ATARI_GAMES, DMC_TASKS, load_rollout, stack_frames
+from benchmarks.harness import BenchmarkReport, interleaved_timings, machine_info, rss_bytes
+from torchrl_seer.data import DeltaFrameStorage
+
+__all__ = ["main"]
+
+BATCH = 256
+EXTEND_BATCH = 1000
+
+
+def _tensor_bytes(td: TensorDictBase) -> int:
+    return sum(v.numel() * v.element_size() for v in td.values(True, True))
+
+
+def _fill(storage: Any, data: TensorDictBase) -> float:
+    """Writes ``data`` in collector-sized batches; returns the seconds it took."""
+    start = time.perf_counter()
+    for begin in range(0, len(data), EXTEND_BATCH):
+        stop = min(len(data), begin + EXTEND_BATCH)
+        storage.set(torch.arange(begin, stop), data[begin:stop])
+    return time.perf_counter() - start
+
+
+def _delta(n: int, frame_stack: int, **kwargs: Any) -> DeltaFrameStorage:
+    kwargs.setdefault("cache_bytes", 0)
+    kwargs.setdefault("num_threads", 0)
+    return DeltaFrameStorage(n, frame_stack=frame_stack, **kwargs)
+
+
+def _steady_bytes(storage: DeltaFrameStorage) -> int:
+    """Bytes once the open chunks are sealed and the cache is empty: the per-transition cost."""
+    storage.flush()
+    storage.clear_cache()
+    return storage.bytes()
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def measure_task(name: str, frame_stack: int, num_steps: int, repeats: int) -> dict[str, Any]:
+    """All figures of one game or task."""
+    data = stack_frames(load_rollout(name)[:num_steps], frame_stack).contiguous()
+    n = len(data)
+    lazy = LazyTensorStorage(n)
+    lazy_extend = _fill(lazy, data)
+    lazy_bytes = _tensor_bytes(lazy._storage)
+    cls_rb = ReplayBuffer(storage=CompressedListStorage(n))
+    cls_rb.extend(data)
+    cls_bytes = cls_rb.storage.bytes()
+
+    # extend throughput: median over fresh storages (the first one also warms up allocations)
+    extend_seconds = []
+    for _ in range(3):
+        delta = _delta(n, frame_stack)
+        extend_seconds.append(_fill(delta, data))
+    delta_extend = statistics.median(extend_seconds)
+    held_bytes = delta.bytes()
+    steady = _steady_bytes(delta)
+    frames = delta.num_frames()
+    payload = delta._indices["pixels"].pool.payload_bytes()
+    threaded = _delta(n, frame_stack, num_threads=2)
+    _fill(threaded, data)
+    threaded.flush()
+
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, n, (BATCH,), generator=gen) for _ in range(16)]
+    counter = iter(range(10**9))
+
+    def batch() -> torch.Tensor:
+        return batches[next(counter) % len(batches)]
+
+    timings = interleaved_timings(
+        {
+            "lazy": lambda: lazy.get(batch()),
+            "delta_1_thread": lambda: delta.get(batch()),
+            "delta_2_threads": lambda: threaded.get(batch()),
+            "compressed_list": lambda: cls_rb[batch()],
+        },
+        repeats=repeats,
+        warmup=2,
+    )
+    return {
+        "task": name,
+        "frame_stack": frame_stack,
+        "transitions": n,
+        "lazy_bytes_per_transition": lazy_bytes / n,
+        "cls_bytes_per_transition": cls_bytes / n,
+        "delta_held_bytes_per_transition": held_bytes / n,
+        "delta_bytes_per_transition": steady / n,
+        "delta_payload_bytes_per_frame": payload / frames,
+        "frames_per_transition": frames / n,
+        "ratio_lazy_over_delta": lazy_bytes / steady,
+        "ratio_lazy_over_delta_held": lazy_bytes / held_bytes,
+        "ratio_lazy_over_cls": lazy_bytes / cls_bytes,
+        "extend_transitions_per_s": n / delta_extend,
+        "lazy_extend_transitions_per_s": n / lazy_extend,
+        "get_ms": {k: v.median * 1e3 for k, v in timings.items()},
+        "get_timings": {k: v.as_dict() for k, v in timings.items()},
+        "get_ratio_1_thread": timings["delta_1_thread"].median / timings["lazy"].median,
+        "get_ratio_2_threads": timings["delta_2_threads"].median / timings["lazy"].median,
+        "get_ratio_cls": timings["compressed_list"].median / timings["lazy"].median,
+    }
+
+
+CODECS = {
+    "zstd-3 (default)": {},
+    "zstd-3 + frame delta": {"frame_delta": True},
+    "zstd-9": {"compression_level": 9},
+    "keyframe-sparse (published)": {"codec": "keyframe-sparse"},
+    "none (dedup only)": {"codec": "none"},
+}
+
+
+def measure_codecs(name: str, frame_stack: int, num_steps: int, repeats: int) -> dict[str, Any]:
+    """Bytes per transition, extend throughput and get time of each codec on one task."""
+    data = stack_frames(load_rollout(name)[:num_steps], frame_stack).contiguous()
+    n = len(data)
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randint(0, n, (BATCH,), generator=gen) for _ in range(8)]
+    out = {}
+    for label, options in CODECS.items():
+        storage = _delta(n, frame_stack, **options)
+        seconds = _fill(storage, data)
+        steady = _steady_bytes(storage)
+        counter = iter(range(10**9))
+        timing = interleaved_timings(
+            {"get": lambda s=storage, c=counter: s.get(batches[next(c) % len(batches)])},
+            repeats=repeats,
+            warmup=1,
+        )["get"]
+        out[label] = {
+            "bytes_per_transition": steady / n,
+            "extend_transitions_per_s": n / seconds,
+            "get_ms": timing.median * 1e3,
+        }
+    return out
+
+
+def measure_chunk_lengths(
+    name: str, frame_stack: int, num_steps: int, repeats: int, lengths: list[int]
+) -> dict[int, dict[str, float]]:
+    """Bytes per transition and batch get time against LazyTensorStorage per chunk length."""
+    data = stack_frames(load_rollout(name)[:num_steps], frame_stack).contiguous()
+    n = len(data)
+    lazy = LazyTensorStorage(n)
+    _fill(lazy, data)
+    gen = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, n, (BATCH,), generator=gen) for _ in range(8)]
+    out = {}
+    for chunk_len in lengths:
+        storage = _delta(n, frame_stack, chunk_len=chunk_len)
+        _fill(storage, data)
+        steady = _steady_bytes(storage)
+        counter = iter(range(10**9))
+        timings = interleaved_timings(
+            {
+                "lazy": lambda c=counter: lazy.get(batches[next(c) % len(batches)]),
+                "delta": lambda s=storage, c=counter: s.get(batches[next(c) % len(batches)]),
+            },
+            repeats=repeats,
+            warmup=1,
+        )
+        out[chunk_len] = {
+            "bytes_per_transition": steady / n,
+            "get_ratio": timings["delta"].median / timings["lazy"].median,
+        }
+    return out
+
+
+def measure_rss(tasks: list[tuple[str, int]], num_steps: int) -> dict[str, float]:
+    """Compares ``bytes()`` with the RSS growth of filling one storage with several tasks."""
+    datasets = [
+        stack_frames(load_rollout(name)[:num_steps], stack).contiguous() for name, stack in tasks
+    ]
+    total = sum(len(d) for d in datasets)
+    gc.collect()
+    _malloc_trim()
+    before = rss_bytes()
+    storages = []
+    for (_, stack), data in zip(tasks, datasets, strict=True):
+        storage = DeltaFrameStorage(len(data), frame_stack=stack, num_threads=0)
+        _fill(storage, data)
+        storage.flush()
+        storages.append(storage)
+    gc.collect()
+    _malloc_trim()
+    grown = rss_bytes() - before
+    reported = sum(s.bytes() for s in storages)
+    return {
+        "transitions": total,
+        "bytes_reported": reported,
+        "rss_growth": grown,
+        "rss_over_reported": grown / reported,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs the benchmark and writes ``docs/benchmarks/delta_storage.{md,json}``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two games, one task, fewer steps")
+    parser.add_argument("--repeats", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.getLogger("torchrl").setLevel(logging.WARNING)
+    torch.set_num_threads(1)
+    if args.quick:
+        atari, dmc, atari_steps, dmc_steps = ["Pong", "MsPacman"], ["cartpole_swingup"], 1000, 500
+    else:
+        atari, dmc, atari_steps, dmc_steps = list(ATARI_GAMES), list(DMC_TASKS), 4000, 1500
+    repeats = args.repeats or (5 if args.quick else 11)
+
+    results = [measure_task(g, 4, atari_steps, repeats) for g in atari]
+    results += [measure_task(t, 3, dmc_steps, repeats) for t in dmc]
+    codecs = {g: measure_codecs(g, 4, atari_steps, max(3, repeats // 2)) for g in atari}
+    codecs |= {t: measure_codecs(t, 3, dmc_steps, max(3, repeats // 2)) for t in dmc}
+    chunks = measure_chunk_lengths(atari[-1], 4, atari_steps, repeats, [8, 16, 32, 64, 128])
+    rss = measure_rss([(g, 4) for g in atari] + [(t, 3) for t in dmc], min(atari_steps, 2000))
+
+    report = BenchmarkReport(
+        "delta_storage",
+        "DeltaFrameStorage: lossless frame-deduplicated replay storage",
+        description=(
+            "The same stacked transitions (obs + next obs; Atari 4x84x84 gray, DMC 9x84x84 "
+            "RGB = 3 frames) held by TorchRL's LazyTensorStorage, TorchRL's "
+            "CompressedListStorage (zlib per transition) and DeltaFrameStorage (chunked zstd-3, "
+            "64 frames per chunk), measured in one run on random-policy frames of the harness "
+            "datasets. torch uses one intra-op thread."
+        ),
+    )
+    atari_rows = [r for r in results if r["frame_stack"] == 4]
+    dmc_rows = [r for r in results if r["frame_stack"] == 3]
+    report.add_table(
+        "Bytes per transition",
+        [
+            "task",
+            "transitions",
+            "LazyTensorStorage",
+            "CompressedListStorage",
+            "DeltaFrameStorage",
+            "Delta as held",
+            "Lazy / Delta",
+            "Lazy / Delta as held",
+            "Lazy / CLS",
+            "frames / transition",
+            "payload B / frame",
+        ],
+        [
+            [
+                r["task"],
+                r["transitions"],
+                round(r["lazy_bytes_per_transition"]),
+                round(r["cls_bytes_per_transition"]),
+                round(r["delta_bytes_per_transition"], 1),
+                round(r["delta_held_bytes_per_transition"], 1),
+                f"{r['ratio_lazy_over_delta']:.0f}x",
+                f"{r['ratio_lazy_over_delta_held']:.0f}x",
+                f"{r['ratio_lazy_over_cls']:.1f}x",
+                round(r["frames_per_transition"], 3),
+                round(r["delta_payload_bytes_per_frame"], 1),
+            ]
+            for r in results
+        ],
+    )
+    atari_median = statistics.median(r["ratio_lazy_over_delta"] for r in atari_rows)
+    dmc_median = statistics.median(r["ratio_lazy_over_delta"] for r in dmc_rows)
+    report.add_table(
+        "Targets",
+        ["figure", "measured", "target", "met"],
+        [
+            [
+                "median Lazy/Delta bytes, Atari",
+                f"{atari_median:.0f}x",
+                ">= 300x",
+                atari_median >= 300,
+            ],
+            ["median Lazy/Delta bytes, DMC", f"{dmc_median:.0f}x", ">= 60x", dmc_median >= 60],
+            [
+                "batch-256 get, 1 thread / Lazy (median over tasks)",
+                f"{statistics.median(r['get_ratio_1_thread'] for r in results):.2f}",
+                "<= 1.5",
+                statistics.median(r["get_ratio_1_thread"] for r in results) <= 1.5,
+            ],
+            [
+                "batch-256 get, 2 threads / Lazy (median over tasks)",
+                f"{statistics.median(r['get_ratio_2_threads'] for r in results):.2f}",
+                "<= 1.0",
+                statistics.median(r["get_ratio_2_threads"] for r in results) <= 1.0,
+            ],
+            [
+                "extend, transitions/s (min over tasks)",
+                round(min(r["extend_transitions_per_s"] for r in results)),
+                ">= 5000",
+                min(r["extend_transitions_per_s"] for r in results) >= 5000,
+            ],
+        ],
+    )
+    report.add_table(
+        "Batch-256 get time (ms, median) and extend throughput",
+        [
+            "task",
+            "Lazy",
+            "Delta 1 thread",
+            "Delta 2 threads",
+            "CLS",
+            "Delta/Lazy 1 thr",
+            "Delta/Lazy 2 thr",
+            "CLS/Lazy",
+            "Delta extend /s",
+            "Lazy extend /s",
+        ],
+        [
+            [
+                r["task"],
+                round(r["get_ms"]["lazy"], 2),
+                round(r["get_ms"]["delta_1_thread"], 2),
+                round(r["get_ms"]["delta_2_threads"], 2),
+                round(r["get_ms"]["compressed_list"], 2),
+                round(r["get_ratio_1_thread"], 2),
+                round(r["get_ratio_2_threads"], 2),
+                round(r["get_ratio_cls"], 2),
+                round(r["extend_transitions_per_s"]),
+                round(r["lazy_extend_transitions_per_s"]),
+            ]
+            for r in results
+        ],
+    )
+    report.add_table(
+        "Codec comparison: bytes per transition (steady state)",
+        ["task", *CODECS],
+        [
+            [task, *(round(c[label]["bytes_per_transition"]) for label in CODECS)]
+            for task, c in codecs.items()
+        ],
+    )
+    report.add_table(
+        "Codec comparison: extend transitions/s / batch-256 get ms (1 thread)",
+        ["task", *CODECS],
+        [
+            [
+                task,
+                *(
+                    f"{c[label]['extend_transitions_per_s']:.0f} / {c[label]['get_ms']:.1f}"
+                    for label in CODECS
+                ),
+            ]
+            for task, c in codecs.items()
+        ],
+    )
+    report.add_table(
+        f"Chunk length ({atari[-1]}, zstd-3)",
+        ["chunk_len", "bytes / transition", "get time / Lazy (1 thread)"],
+        [
+            [k, round(v["bytes_per_transition"], 1), round(v["get_ratio"], 2)]
+            for k, v in chunks.items()
+        ],
+    )
+    report.add_table(
+        "bytes() against process RSS growth (all tasks in one process, storages flushed)",
+        ["transitions", "bytes() reported", "RSS growth", "RSS / reported"],
+        [
+            [
+                rss["transitions"],
+                rss["bytes_reported"],
+                rss["rss_growth"],
+                round(rss["rss_over_reported"], 2),
+            ]
+        ],
+    )
+    report.add_note(
+        "'DeltaFrameStorage' bytes are the steady-state cost: compressed chunk payloads, the "
+        "int32 frame-id table (2 x frame_stack ids per slot), the other keys kept raw, and "
+        "bookkeeping, after sealing the open chunks. 'As held' is bytes() right after the "
+        "writes: it adds the raw open chunk of each trajectory stream (at most chunk_len frames "
+        "per stream, a constant that does not grow with the buffer) -- large relative to these "
+        "small 1,500-4,000-transition datasets, negligible in a 10^5-10^6 buffer. The decoded-"
+        "chunk cache (bounded, 16 MiB by default) is off in these measurements."
+    )
+    report.add_note(
+        "CompressedListStorage.bytes() counts its compressed payloads only (TorchRL's own "
+        "accounting); Lazy bytes are the tensors it allocates. Get times are medians of "
+        f"{repeats} interleaved repeats of a random batch of {BATCH} indices."
+    )
+    report.add_note(
+        "keyframe-sparse is the published scheme (Grossman & Plancher 2024: keyframe every F "
+        "frames, int16 sparse residuals, no entropy coder) with the D5 fallback (new keyframe "
+        "instead of dense int16) and episode-aware groups (D4); it is here for comparison. "
+        "DMC frames are RGB for every codec (no grayscale conversion)."
+    )
+    report.raw.update(
+        {
+            "machine": machine_info(),
+            "tasks": results,
+            "codecs": codecs,
+            "chunk_lengths": chunks,
+            "rss": rss,
+            "quick": args.quick,
+        }
+    )
+    path = report.write()
+    print(f"wrote {path}")
+    for r in results:
+        print(
+            f"{r['task']:>18}: {r['ratio_lazy_over_delta']:6.0f}x smaller "
+            f"({r['delta_bytes_per_transition']:.0f} B/transition), "
+            f"get x{r['get_ratio_1_thread']:.2f} (1 thr) x{r['get_ratio_2_threads']:.2f} (2 thr), "
+            f"extend {r['extend_transitions_per_s']:.0f}/s"
+        )
+
+
+if __name__ == "__main__":
+    main()
