@@ -49,6 +49,14 @@ class StableNormal(D.Normal):
         8.2
     """
 
+    def __init__(
+        self,
+        loc: torch.Tensor | float,
+        scale: torch.Tensor | float,
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(loc, scale, validate_args=validate_args)
+
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         r"""Log-density of ``value``, computed as :math:`-z^2/2 - \log\sigma - \log\sqrt{2\pi}`.
 
