@@ -303,9 +303,13 @@ class _DtypeBoundary(nn.Module):
 
 def _wrap_compute_modules(module: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
     """Wraps the network held by every ``TensorDictModule`` (or ``module`` itself if none)."""
-    from tensordict.nn import TensorDictModule
+    from tensordict.nn import TensorDictModule, TensorDictSequential
 
-    holders = [m for m in module.modules() if isinstance(m, TensorDictModule)]
+    holders = [
+        m
+        for m in module.modules()
+        if isinstance(m, TensorDictModule) and not isinstance(m, TensorDictSequential)
+    ]
     if not holders:
         return wrap(module)
     for holder in holders:
@@ -379,6 +383,9 @@ def _quiet_ao():
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    # rebuilding a static-int8 structure converts uncalibrated observers; the packet's
+    # calibrated scales overwrite the defaults right after
+    warnings.filterwarnings("ignore", message=".*must run observer before calling.*")
     return ctx
 
 
