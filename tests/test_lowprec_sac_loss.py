@@ -13,26 +13,38 @@ from torchrl_seer.optim import AmpStyleLossScaler, CompoundLossScaler, HAdam
 N_OBS, N_ACT = 5, 2
 
 
-def _networks(seed=0, hidden=32):
+class _CastTo(torch.nn.Module):
+    """Casts collector observations to the dtype of the (cast) trunk."""
+
+    def __init__(self, reference):
+        super().__init__()
+        self.reference = [reference]
+
+    def forward(self, x):
+        return x.to(next(self.reference[0].parameters()).dtype)
+
+
+def _networks(seed=0, hidden=32, n_obs=N_OBS, n_act=N_ACT):
     torch.manual_seed(seed)
-    spec = Bounded(-1.0, 1.0, (N_ACT,))
-    actor_net = torch.nn.Sequential(
-        MLP(
-            in_features=N_OBS,
-            out_features=2 * N_ACT,
-            num_cells=[hidden, hidden],
-            activation_class=torch.nn.ReLU,
-        ),
-        NormalParamExtractor(),
+    spec = Bounded(-1.0, 1.0, (n_act,))
+    trunk = MLP(
+        in_features=n_obs,
+        out_features=2 * n_act,
+        num_cells=[hidden, hidden],
+        activation_class=torch.nn.ReLU,
     )
     actor = ProbabilisticActor(
-        TensorDictModule(actor_net, in_keys=["observation"], out_keys=["loc", "scale"]),
+        TensorDictModule(
+            torch.nn.Sequential(_CastTo(trunk), trunk, NormalParamExtractor()),
+            in_keys=["observation"],
+            out_keys=["loc", "scale"],
+        ),
         in_keys=["loc", "scale"],
         spec=spec,
         distribution_class=TanhNormal,
     )
     qnet = MLP(
-        in_features=N_OBS + N_ACT,
+        in_features=n_obs + n_act,
         out_features=1,
         num_cells=[hidden, hidden],
         activation_class=torch.nn.ReLU,
@@ -177,15 +189,6 @@ def test_bf16_training_stays_finite():
     assert finite
 
 
-class _CastTo(torch.nn.Module):
-    def __init__(self, reference):
-        super().__init__()
-        self.reference = [reference]
-
-    def forward(self, x):
-        return x.to(next(self.reference[0].parameters()).dtype)
-
-
 def test_trainer_with_collector_replay_buffer_and_stepper(tmp_path):
     from tensordict.nn import TensorDictSequential
     from torchrl.collectors import Collector
@@ -193,23 +196,8 @@ def test_trainer_with_collector_replay_buffer_and_stepper(tmp_path):
     from torchrl.trainers import Trainer
 
     env = ContinuousActionVecMockEnv()
-    obs_dim, act_dim = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    torch.manual_seed(0)
-    trunk = MLP(in_features=obs_dim, out_features=2 * act_dim, num_cells=[16])
-    actor = ProbabilisticActor(
-        TensorDictModule(
-            torch.nn.Sequential(_CastTo(trunk), trunk, NormalParamExtractor()),
-            in_keys=["observation"],
-            out_keys=["loc", "scale"],
-        ),
-        in_keys=["loc", "scale"],
-        spec=env.action_spec,
-        distribution_class=TanhNormal,
-    )
-    qvalue = ValueOperator(
-        MLP(in_features=obs_dim + act_dim, out_features=1, num_cells=[16]),
-        in_keys=["observation", "action"],
-    )
+    n_obs, n_act = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
+    actor, qvalue, _ = _networks(hidden=16, n_obs=n_obs, n_act=n_act)
     loss = LowPrecisionSACLoss(actor, qvalue, **PRECISION_PRESETS["bf16"], alpha_init=0.1)
     stepper = loss.make_optimization_stepper(lr=1e-3)
     policy = TensorDictSequential(
