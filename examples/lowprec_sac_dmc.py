@@ -22,8 +22,8 @@ their returns side by side. Read top to bottom:
 7. periodic deterministic evaluation, TorchRL CSV logging, and a report (markdown + PNG of
    the return curves of every precision) in the printed run folder.
 
-fp16 has no fast CPU kernels (about 65x slower than fp32 here): on a CPU, fp16 is a
-correctness run, bf16 is the fast low-precision path.
+fp16 is meant for GPUs: on a CPU it is a correctness run (CPU fp16 kernels are slow to very
+slow depending on the CPU and PyTorch build), and bf16 is the low-precision path to use.
 """
 
 from __future__ import annotations
