@@ -2,6 +2,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 RECIPE = Path(__file__).resolve().parents[1] / "examples" / "lowprec_sac_dmc.py"
 
 
@@ -13,6 +15,7 @@ def _load_recipe():
     return module
 
 
+@pytest.mark.slow  # ~15 s on 2 cores, mostly DMC + collector start-up
 def test_recipe_runs_and_reports_naive_divergence(tmp_path, capsys):
     # no evaluation episode (1000 DMC steps): only the training loop and the report
     recipe = _load_recipe()
