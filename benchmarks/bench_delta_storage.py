@@ -294,6 +294,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     atari_median = statistics.median(r["ratio_lazy_over_delta"] for r in atari_rows)
     dmc_median = statistics.median(r["ratio_lazy_over_delta"] for r in dmc_rows)
+    held_median = statistics.median(r["ratio_lazy_over_delta_held"] for r in atari_rows)
+    get_1 = statistics.median(r["get_ratio_1_thread"] for r in results)
+    get_2 = statistics.median(r["get_ratio_2_threads"] for r in results)
+    extend_atari = min(r["extend_transitions_per_s"] for r in atari_rows)
+    extend_dmc = min(r["extend_transitions_per_s"] for r in dmc_rows)
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "no"
+
     report.add_table(
         "Targets",
         ["figure", "measured", "target", "met"],
@@ -302,26 +311,33 @@ def main(argv: list[str] | None = None) -> None:
                 "median Lazy/Delta bytes, Atari",
                 f"{atari_median:.0f}x",
                 ">= 300x",
-                atari_median >= 300,
+                met(atari_median >= 300),
             ],
-            ["median Lazy/Delta bytes, DMC", f"{dmc_median:.0f}x", ">= 60x", dmc_median >= 60],
+            ["median Lazy/Delta bytes, DMC", f"{dmc_median:.0f}x", ">= 60x", met(dmc_median >= 60)],
+            ["(same, Atari, open chunks held raw)", f"{held_median:.0f}x", "-", "-"],
             [
-                "batch-256 get, 1 thread / Lazy (median over tasks)",
-                f"{statistics.median(r['get_ratio_1_thread'] for r in results):.2f}",
+                "batch-256 get / Lazy, 1 thread (median)",
+                f"{get_1:.2f}",
                 "<= 1.5",
-                statistics.median(r["get_ratio_1_thread"] for r in results) <= 1.5,
+                met(get_1 <= 1.5),
             ],
             [
-                "batch-256 get, 2 threads / Lazy (median over tasks)",
-                f"{statistics.median(r['get_ratio_2_threads'] for r in results):.2f}",
+                "batch-256 get / Lazy, 2 threads (median)",
+                f"{get_2:.2f}",
                 "<= 1.0",
-                statistics.median(r["get_ratio_2_threads"] for r in results) <= 1.0,
+                met(get_2 <= 1.0),
             ],
             [
-                "extend, transitions/s (min over tasks)",
-                round(min(r["extend_transitions_per_s"] for r in results)),
+                "extend transitions/s, Atari (min)",
+                round(extend_atari),
                 ">= 5000",
-                min(r["extend_transitions_per_s"] for r in results) >= 5000,
+                met(extend_atari >= 5000),
+            ],
+            [
+                "extend transitions/s, DMC (min)",
+                round(extend_dmc),
+                ">= 5000",
+                met(extend_dmc >= 5000),
             ],
         ],
     )

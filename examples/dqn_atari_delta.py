@@ -43,11 +43,12 @@ from torchrl_seer.data import DeltaFrameStorage
 from torchrl_seer.envs import make_atari_env
 
 DEMO = {
-    "total_steps": 4_000,
-    "buffer_size": 5_000,
+    "total_steps": 2_000,
+    "buffer_size": 2_000,
     "learn_start": 500,
-    "target_update": 500,
-    "eps_decay_steps": 3_000,
+    "target_update": 200,
+    "updates_per_batch": 1,
+    "eps_decay_steps": 1_500,
 }
 STORED_KEYS = [
     "pixels",

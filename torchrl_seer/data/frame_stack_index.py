@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from torchrl_seer.data.chunked_frame_pool import ChunkedFramePool
@@ -154,7 +155,11 @@ class FrameStackIndex:
         # exact comparisons in NumPy: single-threaded, no intra-op thread synchronisation
         obs_np, next_np = obs_words.numpy(), next_words.numpy()
         if stack > 1:
-            same = torch.from_numpy((obs_np[:, 1:] == obs_np[:, :-1]).all(2))
+            # stack padding: only rows whose stack no predecessor provides
+            fresh = [i for i, p in enumerate(pred_row) if p < 0 and i not in pred_stream]
+            padded = np.zeros((num_rows, stack - 1), dtype=bool)
+            padded[fresh] = (obs_np[fresh, 1:] == obs_np[fresh, :-1]).all(2)
+            same = torch.from_numpy(padded)
             parent[:, 1:stack] = torch.where(same, pos[:, : stack - 1], parent[:, 1:stack])
             same = torch.from_numpy((next_np[:, :-1] == obs_np[:, 1:]).all(2))
             parent[:, stack:-1] = torch.where(same, pos[:, 1:stack], parent[:, stack:-1])
