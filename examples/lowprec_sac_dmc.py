@@ -6,8 +6,8 @@ their returns side by side. Read top to bottom:
 
 1. a DMC task from states (``make_dmc_env(..., from_pixels=False)``, action repeat 1);
 2. an actor (MLP -> tanh-squashed Gaussian, log-std in [-5, 2]) and a Q-network (MLP),
-   built in fp32; the actor starts with a ``CastTo`` layer so that the collector can feed it
-   fp32 observations once its weights are cast;
+   built in fp32; the actor starts with a ``CastTo(dtype)`` layer so that the collector can
+   feed it fp32 observations once its weights are cast;
 3. ``LowPrecisionSACLoss`` configured by ``PRECISION_PRESETS[precision]``: it casts the
    networks, the stacked critic copies, their targets and log-alpha to the precision's dtype,
    and swaps in the stable tanh-normal (normal-fix, softplus-fix) when asked;
@@ -83,15 +83,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class CastTo(torch.nn.Module):
-    """Casts its input to the dtype of the layers that follow it (no parameters)."""
+    """Casts its input to a fixed dtype (no parameters): fp32 observations into a 16-bit actor."""
 
-    def __init__(self, reference: torch.nn.Module) -> None:
+    def __init__(self, dtype: torch.dtype) -> None:
         super().__init__()
-        self.reference = [reference]  # a list keeps it out of this module's parameters
+        self.dtype = dtype
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return ``x`` in the dtype of the reference module's parameters."""
-        return x.to(next(self.reference[0].parameters()).dtype)
+        """Return ``x`` in ``self.dtype``."""
+        return x.to(self.dtype)
 
 
 class GaussianParams(torch.nn.Module):
@@ -108,7 +108,7 @@ class GaussianParams(torch.nn.Module):
         return loc, log_std.exp()
 
 
-def make_agent(env, hidden: int):
+def make_agent(env, hidden: int, dtype: torch.dtype):
     obs_dim = env.observation_spec["observation"].shape[-1]
     act_dim = env.action_spec.shape[-1]
     trunk = MLP(
@@ -119,7 +119,7 @@ def make_agent(env, hidden: int):
     )
     actor = ProbabilisticActor(
         TensorDictModule(
-            torch.nn.Sequential(CastTo(trunk), trunk, GaussianParams()),
+            torch.nn.Sequential(CastTo(dtype), trunk, GaussianParams()),
             in_keys=["observation"],
             out_keys=["loc", "scale"],
         ),
@@ -158,7 +158,7 @@ def train(precision: str, args: argparse.Namespace, run_dir: Path) -> dict:
     env, eval_env = make_env(args.seed), make_env(args.seed + 1000)
 
     # 2-3. networks in fp32, then the loss casts them and swaps in the fixed distribution
-    actor, qvalue = make_agent(env, args.hidden)
+    actor, qvalue = make_agent(env, args.hidden, PRECISION_PRESETS[precision]["dtype"])
     loss = LowPrecisionSACLoss(
         actor,
         qvalue,

@@ -14,17 +14,17 @@ N_OBS, N_ACT = 5, 2
 
 
 class _CastTo(torch.nn.Module):
-    """Casts collector observations to the dtype of the (cast) trunk."""
+    """Casts collector observations to the networks' dtype."""
 
-    def __init__(self, reference):
+    def __init__(self, dtype):
         super().__init__()
-        self.reference = [reference]
+        self.dtype = dtype
 
     def forward(self, x):
-        return x.to(next(self.reference[0].parameters()).dtype)
+        return x.to(self.dtype)
 
 
-def _networks(seed=0, hidden=32, n_obs=N_OBS, n_act=N_ACT):
+def _networks(seed=0, hidden=32, n_obs=N_OBS, n_act=N_ACT, dtype=torch.float32):
     torch.manual_seed(seed)
     spec = Bounded(-1.0, 1.0, (n_act,))
     trunk = MLP(
@@ -35,7 +35,7 @@ def _networks(seed=0, hidden=32, n_obs=N_OBS, n_act=N_ACT):
     )
     actor = ProbabilisticActor(
         TensorDictModule(
-            torch.nn.Sequential(_CastTo(trunk), trunk, NormalParamExtractor()),
+            torch.nn.Sequential(_CastTo(dtype), trunk, NormalParamExtractor()),
             in_keys=["observation"],
             out_keys=["loc", "scale"],
         ),
@@ -197,7 +197,7 @@ def test_trainer_with_collector_replay_buffer_and_stepper(tmp_path):
 
     env = ContinuousActionVecMockEnv()
     n_obs, n_act = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    actor, qvalue, _ = _networks(hidden=16, n_obs=n_obs, n_act=n_act)
+    actor, qvalue, _ = _networks(hidden=16, n_obs=n_obs, n_act=n_act, dtype=torch.bfloat16)
     loss = LowPrecisionSACLoss(actor, qvalue, **PRECISION_PRESETS["bf16"], alpha_init=0.1)
     stepper = loss.make_optimization_stepper(lr=1e-3)
     policy = TensorDictSequential(
@@ -228,3 +228,18 @@ def test_trainer_with_collector_replay_buffer_and_stepper(tmp_path):
     assert all(bool(torch.isfinite(a).all()) for a in after)
     state = stepper.state_dict()
     assert set(state["optimizers"]) == {"loss_qvalue", "loss_actor", "loss_alpha"}
+
+
+def test_sac_v1_value_network_in_low_precision():
+    actor, qvalue, _ = _networks(dtype=torch.bfloat16)
+    value = ValueOperator(
+        MLP(in_features=N_OBS, out_features=1, num_cells=[16]), in_keys=["observation"]
+    )
+    loss = LowPrecisionSACLoss(actor, qvalue, value, **PRECISION_PRESETS["bf16"])
+    out = loss(_batch())
+    assert out["loss_value"].dtype == out["loss_qvalue"].dtype == torch.bfloat16
+    stepper = loss.make_optimization_stepper()
+    assert "loss_value" in stepper.optimizers
+    stepper.optimize(out)
+    loss.make_target_updater(tau=0.005).step()
+    assert all(bool(torch.isfinite(p).all()) for p in loss.parameters())
