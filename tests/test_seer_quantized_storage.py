@@ -23,7 +23,7 @@ def states(n, dim=6, scale=1.0, seed=0):
     )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     scale=st.floats(1e-3, 1e3),
     offset=st.floats(-1e3, 1e3),
