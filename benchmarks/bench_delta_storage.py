@@ -420,7 +420,7 @@ def main(argv: list[str] | None = None) -> None:
         "writes: it adds the raw open chunk of each trajectory stream (at most chunk_len frames "
         "per stream, a constant that does not grow with the buffer) -- large relative to these "
         "small 1,500-4,000-transition datasets, negligible in a 10^5-10^6 buffer. The decoded-"
-        "chunk cache (bounded, 16 MiB by default) is off in these measurements."
+        "chunk cache (bounded, 4 MiB by default) is off in these measurements."
     )
     report.add_note(
         "CompressedListStorage.bytes() counts its compressed payloads only (TorchRL's own "

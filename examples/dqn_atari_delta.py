@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> Path:
         frame_stack=4,
         codec=args.codec,
         chunk_len=args.chunk_len,
+        cache_bytes=0,  # uniform sampling rarely revisits a decoded chunk: no cache
     )
     rb = TensorDictReplayBuffer(storage=storage, batch_size=args.batch_size)
 

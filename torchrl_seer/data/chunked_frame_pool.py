@@ -61,7 +61,7 @@ class ChunkedFramePool:
         *,
         codec: FrameCodec,
         chunk_len: int = 64,
-        cache_bytes: int = 16 * 2**20,
+        cache_bytes: int = 4 * 2**20,
         num_threads: int = 0,
     ) -> None:
         if chunk_len < 1:

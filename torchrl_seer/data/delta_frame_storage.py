@@ -60,8 +60,9 @@ class DeltaFrameStorage(LazyTensorStorage):
             Defaults to ``("next", "done")``.
         max_streams: bound on concurrently open trajectory streams (open chunks) per pixel
             key. Defaults to 64.
-        cache_bytes: bound on the decoded-chunk LRU cache, per pixel key. Defaults to
-            16 MiB.
+        cache_bytes: bound on the decoded-chunk LRU cache, per pixel key; counted by
+            :meth:`bytes`. It pays off when reads revisit chunks (slices, small buffers);
+            uniform sampling from a large buffer rarely hits it. Defaults to 4 MiB.
         num_threads: decoding threads; ``0`` decodes on the calling thread. Defaults to
             ``min(4, cpu_count)``.
 
@@ -99,7 +100,7 @@ class DeltaFrameStorage(LazyTensorStorage):
         frame_delta: bool = False,
         done_key: NestedKey = ("next", "done"),
         max_streams: int = 64,
-        cache_bytes: int = 16 * 2**20,
+        cache_bytes: int = 4 * 2**20,
         num_threads: int | None = None,
     ) -> None:
         super().__init__(max_size, device="cpu")
@@ -416,6 +417,8 @@ class DeltaFrameStorage(LazyTensorStorage):
         if state_dict["other"] is not None:
             self._storage = TensorDict(state_dict["other"], batch_size=[self.max_size])
             self.initialized = True
+        for replaced in self._indices.values():
+            replaced.pool.shutdown()
         self._indices, self._pixel_shapes = indices, shapes
         self._len = int(state_dict["len"])
         last_cursor = state_dict["last_cursor"]

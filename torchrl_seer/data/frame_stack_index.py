@@ -106,7 +106,7 @@ class FrameStackIndex:
         codec: FrameCodec,
         chunk_len: int = 64,
         max_streams: int = 64,
-        cache_bytes: int = 16 * 2**20,
+        cache_bytes: int = 4 * 2**20,
         num_threads: int = 0,
     ) -> None:
         self.max_size = int(max_size)
