@@ -1,9 +1,10 @@
 """SEER: learner update time before vs after the freeze, capacity under one budget, RSS drop.
 
-For each domain one learner is built with a pixel replay buffer filled from a cached rollout;
-the learner update (sample + loss + backward + optimizer step) is timed, then
-:class:`~torchrl_seer.trainers.FreezeEncoderHook` freezes the encoder and migrates the buffer,
-and the same update is timed again on latents — same process, same data, medians over repeats.
+For each domain two identical learners (same seed, same cached rollout in a pixel replay
+buffer) are built; :class:`~torchrl_seer.trainers.FreezeEncoderHook` freezes one of them (real
+freeze and migration) and the learner update (sample + loss + backward + optimizer step) of
+both is timed interleaved — same process, same data, medians over repeats — so that load drift
+on a shared machine hits before and after alike.
 
 * Atari: TorchRL ``DQNLoss`` (double DQN) with the data-efficient CNN, batch 32.
 * DMC: TorchRL ``SACLoss`` (hidden 1024) on the CURL encoder (shared critic encoder, target
@@ -31,7 +32,7 @@ from torchrl.modules import MLP, ProbabilisticActor, QValueModule, TanhNormal
 from torchrl.objectives import DQNLoss, SACLoss
 
 from benchmarks.datasets import load_rollout, stack_frames
-from benchmarks.harness import BenchmarkReport, time_call
+from benchmarks.harness import BenchmarkReport, interleaved_timings
 from torchrl_seer.data import (
     LatentEncodeTransform,
     QuantizedStorage,
@@ -91,7 +92,8 @@ def pixel_buffer(data: TensorDictBase, batch_size: int) -> TensorDictReplayBuffe
     return rb
 
 
-def bench_atari(num: int, repeats: int) -> dict:
+def atari_learner(num: int):
+    """DQN learner on a pixel buffer: returns its update function and an unstepped hook."""
     torch.manual_seed(0)
     encoder = DataEfficientAtariEncoder(4)
     num_actions = 6
@@ -114,7 +116,6 @@ def bench_atari(num: int, repeats: int) -> dict:
         losses["loss"].backward()
         optim.step()
 
-    before = time_call(update, repeats=repeats, warmup=5)
     hook = FreezeEncoderHook(
         encoder,
         freeze_at=0,
@@ -124,9 +125,7 @@ def bench_atari(num: int, repeats: int) -> dict:
         target_sync="encoder",
         progress=False,
     )
-    hook.step(0)
-    after = time_call(update, repeats=repeats, warmup=5)
-    return {"before": before, "after": after, "freeze": hook.freeze_report}
+    return update, hook
 
 
 class DetachedEncoderSACLoss(SACLoss):
@@ -136,7 +135,8 @@ class DetachedEncoderSACLoss(SACLoss):
         return super().actor_loss(tensordict.detach())
 
 
-def bench_dmc(num: int, repeats: int, num_copies: int = 4) -> dict:
+def dmc_learner(num: int, num_copies: int = 4):
+    """SAC + CURL-encoder learner: returns its update function and an unstepped hook."""
     torch.manual_seed(0)
     encoder = CURLPixelEncoder(9)
     target_encoder = copy.deepcopy(encoder).requires_grad_(False)
@@ -183,7 +183,6 @@ def bench_dmc(num: int, repeats: int, num_copies: int = 4) -> dict:
         for optim in optims:
             optim.step()
 
-    before = time_call(update, repeats=repeats, warmup=3)
     hook = FreezeEncoderHook(
         encoder,
         freeze_at=0,
@@ -193,9 +192,22 @@ def bench_dmc(num: int, repeats: int, num_copies: int = 4) -> dict:
         latent_transform=LatentEncodeTransform(encoder, num_copies=num_copies, augmentation=crop),
         progress=False,
     )
+    return update, hook
+
+
+def compare_before_after(make_learner, num: int, repeats: int) -> dict:
+    """Times two identical learners (same seed, same data), one frozen, interleaved.
+
+    Interleaving keeps the ratio honest on a shared machine whose load drifts; the frozen
+    learner went through the real freeze and migration.
+    """
+    update_before, _ = make_learner(num)
+    update_after, hook = make_learner(num)
     hook.step(0)
-    after = time_call(update, repeats=repeats, warmup=3)
-    return {"before": before, "after": after, "freeze": hook.freeze_report}
+    timings = interleaved_timings(
+        {"before": update_before, "after": update_after}, repeats=repeats, warmup=3
+    )
+    return {**timings, "freeze": hook.freeze_report}
 
 
 def capacity_rows(num: int) -> tuple[list[list], dict]:
@@ -324,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    num, repeats = (600, 15) if args.quick else (1500, 40)
+    num, repeats = (400, 10) if args.quick else (600, 30)
 
     report = BenchmarkReport(
         "seer",
@@ -332,11 +344,11 @@ def main(argv: list[str] | None = None) -> None:
         description=(__doc__ or "").split("\n\n")[1],
     )
     timing_rows = []
-    for name, bench, batch, target in [
-        ("Atari data-efficient CNN + DQNLoss", bench_atari, 32, 0.35),
-        ("DMC CURL encoder + SACLoss", bench_dmc, 128, 0.1),
+    for name, make_learner, batch, target in [
+        ("Atari data-efficient CNN + DQNLoss", atari_learner, 32, 0.35),
+        ("DMC CURL encoder + SACLoss", dmc_learner, 128, 0.1),
     ]:
-        result = bench(num, repeats)
+        result = compare_before_after(make_learner, num, repeats)
         ratio = result["after"].median / result["before"].median
         freeze = result["freeze"]
         timing_rows.append(
@@ -357,11 +369,11 @@ def main(argv: list[str] | None = None) -> None:
         }
         report.raw[f"{name}/rss"] = [freeze["rss_before_bytes"], freeze["rss_after_bytes"]]
     report.add_table(
-        "Learner update time (sample + loss + backward + optimizer step), same run",
+        "Learner update time (sample + loss + backward + optimizer step), same run, interleaved",
         ["learner", "batch", "before ms", "after ms", "after / before", "target", "status"],
         timing_rows,
     )
-    rows, raw = capacity_rows(num // 3)
+    rows, raw = capacity_rows(num // 2)
     report.raw["capacity"] = raw
     report.add_table(
         "Capacity under the pixel buffer's measured budget",
@@ -404,7 +416,7 @@ def main(argv: list[str] | None = None) -> None:
         "DMC frames are the cached 84x84 rollout padded to 100x100 (replicate) so that the "
         "100 -> 84 random crops of CURL/SEER apply."
     )
-    updates, interval = (1000, 250) if args.quick else (6000, 500)
+    updates, interval = (500, 100) if args.quick else (3000, 250)
     evidence = convergence_evidence(num, updates, interval)
     report.raw["auto_freeze_evidence"] = evidence
     figure = report.out_dir / "seer_auto_freeze.png"
