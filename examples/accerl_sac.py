@@ -1,0 +1,251 @@
+"""AcceRL + SAC: compressed actors, Retrace(λ) Corrector, Monitor (off-policy, continuous control).
+
+The whole algorithm in one file:
+
+1. The **learner** trains SAC (full precision) from a replay buffer of *sequences* (TorchRL
+   ``SliceSampler``), with critic targets from :class:`~torchrl_seer.objectives.RetraceSACLoss`:
+   Retrace(λ) with c = λ·min(1, π/μ), μ = the compressed actor that collected the data.
+2. **Actors** are TorchRL collector workers acting with a compressed copy of the learner's actor
+   (``--compression``: ``none``, ``auto`` or a pipeline such as ``int8``); every transition stores
+   the compressed actor's log-prob (``action_log_prob``) and the policy version.
+3. Every ``--ship-every`` learner updates the actor is compressed and shipped through
+   :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme`.
+4. The **Monitor** steps compression down/up on KL(π‖μ) (our rules; see ``docs/accerl.md``).
+
+Run: ``python examples/accerl_sac.py`` (Pendulum-v1, CPU) or ``--env HalfCheetah-v5``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torch import nn
+from torchrl.collectors import Collector, MultiSyncCollector
+from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
+from torchrl.envs import Compose, DoubleToFloat, GymEnv, RewardSum, StepCounter, TransformedEnv
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
+from torchrl.objectives import SoftUpdate
+from torchrl.record.loggers import get_logger
+from tqdm import tqdm
+
+from torchrl_seer.collectors import (
+    CompressedPolicy,
+    CompressedWeightSyncScheme,
+    CompressionMonitor,
+    PolicyCompressor,
+    select_compression,
+)
+from torchrl_seer.objectives import RetraceSACLoss
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description="AcceRL SAC with Retrace")
+    parser.add_argument("--env", default="Pendulum-v1", help="gymnasium continuous task")
+    parser.add_argument("--compression", default="auto", help="none | auto | pipeline string")
+    parser.add_argument("--workers", type=int, default=1, help="collector worker processes")
+    parser.add_argument("--frames", type=int, default=10_000)
+    parser.add_argument("--frames-per-batch", type=int, default=200)
+    parser.add_argument("--init-frames", type=int, default=1_000, help="frames before updates")
+    parser.add_argument("--updates-per-batch", type=int, default=50)
+    parser.add_argument("--sequence", type=int, default=8, help="Retrace sequence length T")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per update")
+    parser.add_argument("--lmbda", type=float, default=0.95, help="Retrace trace decay")
+    parser.add_argument("--gamma", type=float, default=0.99)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--ship-every", type=int, default=50, help="learner updates per ship")
+    parser.add_argument("--kl-bound", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (learner)")
+    parser.add_argument("--logger", default="csv", help="csv | tensorboard | wandb")
+    parser.add_argument("--no-compare", action="store_true", help="skip the full-actor run")
+    parser.add_argument("--out", default="runs")
+    return parser.parse_args()
+
+
+def env_maker(name):
+    def make():
+        return TransformedEnv(GymEnv(name), Compose(DoubleToFloat(), RewardSum(), StepCounter()))
+
+    return make
+
+
+def make_networks(env, width):
+    n_obs = env.observation_spec["observation"].shape[-1]
+    n_act = env.action_spec.shape[-1]
+    actor = ProbabilisticActor(
+        TensorDictModule(
+            nn.Sequential(
+                MLP(in_features=n_obs, out_features=2 * n_act, num_cells=[width, width]),
+                NormalParamExtractor(),
+            ),
+            in_keys=["observation"],
+            out_keys=["loc", "scale"],
+        ),
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        distribution_kwargs={"low": env.action_spec.space.low, "high": env.action_spec.space.high},
+        return_log_prob=True,  # behaviour log mu(a|x), computed by the compressed actor
+    )
+    qvalue = ValueOperator(
+        MLP(in_features=n_obs + n_act, out_features=1, num_cells=[width, width]),
+        in_keys=["observation", "action"],
+    )
+    return actor, qvalue
+
+
+def run(args, compression, logger, label):
+    torch.manual_seed(args.seed)
+    make_env = env_maker(args.env)
+    probe_env = make_env()
+    actor, qvalue = make_networks(probe_env, args.width)
+    if compression == "none":
+        compressor, why = PolicyCompressor(), "none (fp32 actors)"
+    elif compression == "auto":
+        result = select_compression(actor, probe_env.reset().unsqueeze(0), kl_bound=args.kl_bound)
+        compressor, why = result.compressor, result.reason
+    else:
+        compressor = PolicyCompressor.from_spec(compression)
+        why = f"explicit pipeline {compressor.spec()}"
+    print(f"[{label}] compression: {why}")
+
+    scheme = CompressedWeightSyncScheme(compressor)
+    policy = CompressedPolicy(actor, compressor)
+    if args.workers > 0:
+        collector = MultiSyncCollector(
+            [make_env] * args.workers,
+            policy=policy,
+            frames_per_batch=args.frames_per_batch,
+            total_frames=args.frames,
+            weight_sync_schemes={"policy": scheme},
+        )
+    else:
+        collector = Collector(
+            make_env(), policy, frames_per_batch=args.frames_per_batch, total_frames=args.frames
+        )
+
+    # replay of sequences: Retrace needs consecutive transitions of one trajectory
+    buffer = TensorDictReplayBuffer(
+        storage=LazyTensorStorage(args.frames),
+        sampler=SliceSampler(slice_len=args.sequence, traj_key=("collector", "traj_ids")),
+        batch_size=args.batch_size * args.sequence,
+    )
+    loss = RetraceSACLoss(
+        actor, qvalue, lmbda=args.lmbda, gamma=args.gamma, action_spec=probe_env.action_spec
+    )
+    target_updater = SoftUpdate(loss, tau=0.005)
+    optim = torch.optim.Adam(loss.parameters(), lr=args.lr)
+    monitor = CompressionMonitor(
+        actor, ladder=[compressor.spec(), "bf16", "fp32"], kl_bound=args.kl_bound, logger=logger
+    )
+
+    curve, frames, updates = [], 0, 0
+    start = last = time.perf_counter()
+    actor_time = learner_time = 0.0
+    progress = tqdm(total=args.frames, desc=label)
+    for batch in collector:
+        now = time.perf_counter()
+        actor_time += now - last
+        monitor.record_actor(batch.numel(), now - last)
+        frames += batch.numel()
+        progress.update(batch.numel())
+        buffer.extend(batch.reshape(-1))
+
+        t0 = time.perf_counter()
+        if frames >= args.init_frames:
+            for _ in range(args.updates_per_batch):
+                sample = buffer.sample().reshape(args.batch_size, args.sequence)
+                losses = loss(sample)
+                total = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
+                optim.zero_grad()
+                total.backward()
+                optim.step()
+                target_updater.step()
+                updates += 1
+                if updates % args.ship_every == 0:
+                    if args.workers > 0:
+                        collector.update_policy_weights_(actor)  # compress + ship
+                    else:
+                        scheme.version += 1
+                        policy.update_from(
+                            actor, version=scheme.version, compressor=scheme.compressor
+                        )
+            level = monitor.level
+            monitor.record_learner(
+                args.updates_per_batch, time.perf_counter() - t0, version=scheme.version
+            )
+            monitor.check(batch.reshape(-1), step=frames)
+            if monitor.level != level:
+                scheme.compressor = monitor.compressor
+                print(f"[{label}] monitor: {monitor.events[-1]}")
+        learner_time += time.perf_counter() - t0
+
+        done = batch["next", "done"].squeeze(-1)
+        if done.any():
+            ret = batch["next", "episode_reward"].squeeze(-1)[done].mean().item()
+            curve.append((time.perf_counter() - start, frames, ret))
+            logger.log_scalar(f"{label}/episode_return", ret, step=frames)
+            progress.set_postfix(ret=f"{ret:.1f}", pipeline=monitor.compressor.spec())
+        last = time.perf_counter()
+    progress.close()
+    collector.shutdown()
+    return {
+        "label": label,
+        "curve": curve,
+        "wall": time.perf_counter() - start,
+        "actor_share": actor_time / max(actor_time + learner_time, 1e-9),
+        "compression": why,
+        "final_pipeline": monitor.compressor.spec(),
+        "monitor_events": monitor.events,
+    }
+
+
+def write_report(results, run_dir: Path):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for res in results:
+        if res["curve"]:
+            t, _, r = zip(*res["curve"], strict=True)
+            ax.plot(t, r, label=res["label"])
+    ax.set_xlabel("wall time (s)")
+    ax.set_ylabel("episode return")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(run_dir / "return_vs_wall_time.png", dpi=120)
+    lines = ["# AcceRL SAC + Retrace run", "", "![return vs wall time](return_vs_wall_time.png)"]
+    lines += ["", "| actors | wall (s) | actor time share | final return | compression |"]
+    lines += ["|---|---|---|---|---|"]
+    for res in results:
+        final = res["curve"][-1][2] if res["curve"] else float("nan")
+        lines.append(
+            f"| {res['label']} | {res['wall']:.1f} | {res['actor_share']:.2f} | {final:.1f} "
+            f"| {res['compression']} (final: {res['final_pipeline']}) |"
+        )
+    for res in results:
+        if res["monitor_events"]:
+            lines += ["", f"Monitor events ({res['label']}): {res['monitor_events']}"]
+    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)  # int8/bf16 CPU kernels contend badly for cores
+    run_dir = Path(args.out) / f"accerl_sac_{time.strftime('%Y%m%d_%H%M%S')}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = get_logger(args.logger, logger_name=str(run_dir), experiment_name="accerl_sac")
+    results = [run(args, args.compression, logger, label=f"compressed ({args.compression})")]
+    if not args.no_compare and args.compression != "none":
+        results.append(run(args, "none", logger, label="full-precision actors"))
+    write_report(results, run_dir)
+    print(f"report: {run_dir / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main()
