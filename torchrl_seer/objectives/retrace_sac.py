@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tensordict import NestedKey, TensorDictBase
+from tensordict.nn import TensorDictModule
 from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.modules import ProbabilisticActor
 from torchrl.objectives import SACLoss
 
 from torchrl_seer.objectives.value.retrace import Retrace
@@ -86,19 +89,21 @@ class RetraceSACLoss(SACLoss):
 
     def __init__(
         self,
-        actor_network,
-        qvalue_network,
+        actor_network: ProbabilisticActor,
+        qvalue_network: TensorDictModule | list[TensorDictModule],
         *,
         lmbda: float = 1.0,
         gamma: float = 0.99,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         super().__init__(actor_network, qvalue_network, **kwargs)
         if self._version != 2:
             raise ValueError("RetraceSACLoss supports SAC v2 (no value_network) only")
         self.make_value_estimator(gamma=gamma, lmbda=lmbda)
 
-    def make_value_estimator(self, value_type=None, **hyperparams) -> RetraceSACLoss:
+    def make_value_estimator(
+        self, value_type: str | None = None, **hyperparams: float
+    ) -> RetraceSACLoss:
         """Installs the :class:`~torchrl_seer.objectives.value.Retrace` estimator.
 
         TorchRL's ``ValueEstimators`` enum is closed, so ``value_type`` must be ``None`` or

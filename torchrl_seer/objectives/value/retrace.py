@@ -10,6 +10,7 @@ time, and the target policy π is the learner's current policy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tensordict import NestedKey, TensorDictBase
@@ -42,11 +43,8 @@ def retrace_return(
     new episode; a truncated step, and the last step of the sequence, bootstrap with
     :math:`V_{t+1}` computed on the true next observation.
 
-    Args:
-        (all keyword-only, shapes ``[*B, T, 1]``)
-
     Keyword Args:
-        reward: r_t.
+        reward: r_t, shape ``[*B, T, 1]`` (all tensors share it).
         state_action_value: Q(x_t, a_t) (usually from target critics).
         next_state_value: E_{a~π} Q(x_{t+1}, a) (soft value for SAC).
         log_rho: log π(a_t|x_t) - log μ(a_t|x_t).
@@ -201,7 +199,7 @@ class Retrace(ValueEstimatorBase):
         target_params: TensorDictBase | None = None,
         next_value: torch.Tensor | None = None,
         time_dim: int | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> torch.Tensor:
         """Returns Q^ret with shape ``[*B, T, 1]``.
 

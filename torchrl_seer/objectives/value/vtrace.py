@@ -11,6 +11,8 @@ log π at the stored action. With AcceRL, log μ is the compressed actor's recor
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from tensordict import TensorDictBase, is_tensor_collection
 from torchrl.objectives.utils import hold_out_net
@@ -51,7 +53,7 @@ class TakenActionVTrace(VTrace):
         torch.Size([1, 5, 1])
     """
 
-    def __init__(self, *, action_key: str = "action", **kwargs) -> None:
+    def __init__(self, *, action_key: str = "action", **kwargs: Any) -> None:
         if kwargs.get("shifted", False):
             raise ValueError("TakenActionVTrace does not support shifted=True")
         super().__init__(**kwargs)
