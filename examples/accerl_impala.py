@@ -97,12 +97,9 @@ def make_networks(env):
     if "pixels" in env.observation_spec.keys():
         key = "pixels"
 
-        def body(out_features):  # Nature CNN on uint8 frames
-            return nn.Sequential(
-                _Scale(), nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(),
-                nn.Conv2d(64, 64, 3, 1), nn.ReLU(), nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(),
-                nn.Linear(512, out_features),
-            )  # fmt: skip
+        def body(out_features):
+            return NatureCNN(out_features)
+
     else:
         key = "observation"
         n_obs = env.observation_spec[key].shape[-1]
@@ -120,9 +117,22 @@ def make_networks(env):
     return actor, critic
 
 
-class _Scale(nn.Module):
+class NatureCNN(nn.Module):
+    """Nature-DQN torso on uint8 frames ``[*B, 4, 84, 84]``; any number of batch dims."""
+
+    def __init__(self, out_features):
+        super().__init__()
+        self.net = nn.Sequential(  # a plain Sequential: prunable and int8-quantizable
+            nn.Conv2d(4, 32, 8, 4), nn.ReLU(), nn.Conv2d(32, 64, 4, 2), nn.ReLU(),
+            nn.Conv2d(64, 64, 3, 1), nn.ReLU(), nn.Flatten(), nn.Linear(3136, 512), nn.ReLU(),
+            nn.Linear(512, out_features),
+        )  # fmt: skip
+
     def forward(self, pixels):
-        return pixels.float() / 255.0
+        """Scales the frames to [0, 1] and runs the torso over flattened batch dims."""
+        batch = pixels.shape[:-3]
+        out = self.net(pixels.reshape(-1, *pixels.shape[-3:]).float() / 255.0)
+        return out.reshape(*batch, -1)
 
 
 # ----------------------------------------------------------------------------- one run
