@@ -12,8 +12,9 @@ from torch.optim import Optimizer
 
 __all__ = ["HAdam"]
 
-# Elements per slice of the update: small work buffers, reused across the slices.
-_CHUNK = 1 << 17
+# Elements per slice of the update: bounds the three work buffers; slices much smaller than
+# this cost more in per-op overhead (measured) than they save in cache traffic.
+_CHUNK = 1 << 22
 
 
 class HAdam(Optimizer):
@@ -254,9 +255,9 @@ def _chunks(
 ) -> Iterator[_Slices]:
     """Yield aligned slices of ``_CHUNK`` elements of every tensor, plus three work buffers.
 
-    The update makes about twenty elementwise passes. Processing it slice by slice lets
-    three small work buffers hold every intermediate result, instead of allocating several
-    parameter-sized temporaries per step. Non-contiguous tensors are processed whole.
+    The update makes about twenty elementwise passes; three work buffers (at most
+    ``_CHUNK`` elements each) hold every intermediate result instead of a fresh temporary
+    per operation. Non-contiguous tensors are processed whole.
     """
     tensors = [param, grad, exp_avg, exp_avg_hypot, max_exp_avg_hypot, compensation]
     if not all(t.is_contiguous() for t in tensors if t is not None):
