@@ -270,11 +270,13 @@ def make_buffer(kind, sampler, storage):
     )
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
-@pytest.mark.parametrize("kind", ["rb", "tdrb", "tdprb"])
-def test_samplers_and_buffers(sampler, kind):
-    if kind == "tdprb" and sampler != "prioritized":
-        pytest.skip("TensorDictPrioritizedReplayBuffer always uses a PrioritizedSampler")
+# TensorDictPrioritizedReplayBuffer always brings its own PrioritizedSampler
+BUFFER_SAMPLERS = [(kind, sampler) for kind in ("rb", "tdrb") for sampler in sorted(SAMPLERS)]
+BUFFER_SAMPLERS.append(("tdprb", "prioritized"))
+
+
+@pytest.mark.parametrize("kind,sampler", BUFFER_SAMPLERS)
+def test_samplers_and_buffers(kind, sampler):
     data = make_transitions(
         num_envs=2, steps=40, frame_stack=4, channels=1, seed=2, order="env-major"
     )
