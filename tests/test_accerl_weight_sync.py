@@ -93,3 +93,33 @@ def test_scheme_rejects_non_module_weights():
     scheme = CompressedWeightSyncScheme(PolicyCompressor())
     with pytest.raises(TypeError, match="learner's policy"):
         scheme.prepare_weights({"weight": torch.zeros(2)}, "policy", scheme.strategy)
+
+
+@pytest.mark.slow
+def test_shipped_weights_reach_async_collector_workers():
+    from torchrl.collectors import MultiAsyncCollector
+
+    actor = make_actor()
+    force_action(actor, 1)
+    compressor = PolicyCompressor.from_spec("int8")
+    collector = MultiAsyncCollector(
+        [make_env] * 2,
+        policy=CompressedPolicy(actor, compressor),
+        frames_per_batch=16,
+        total_frames=320,
+        weight_sync_schemes={"policy": CompressedWeightSyncScheme(compressor)},
+    )
+    try:
+        seen_new = False
+        for i, batch in enumerate(collector):
+            if i == 0:
+                assert (batch["action"] == 1).all()
+                force_action(actor, 0)
+                collector.update_policy_weights_(actor)
+            elif (batch["policy_version"] == 1).any():
+                assert (batch[batch["policy_version"] == 1]["action"] == 0).all()
+                seen_new = True
+                break
+        assert seen_new
+    finally:
+        collector.shutdown()

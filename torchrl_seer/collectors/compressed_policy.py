@@ -90,8 +90,14 @@ class CompressedPolicy(TensorDictModuleBase):
         Args:
             packet: a packet made by :meth:`PolicyCompressor.pack`.
         """
-        self.network = PolicyCompressor.rebuild(self._template, packet)
-        self.version = int(packet["version"])
+        network = PolicyCompressor.rebuild(self._template, packet)
+        version = int(packet["version"])
+        # Workers apply packets from a background thread while acting: publish the network and
+        # its version as one tuple so a step never pairs one packet's network with another's
+        # version.
+        object.__setattr__(self, "_acting", (network, version))
+        self.network = network
+        self.version = version
         self.packet = packet
 
     def update_from(
@@ -122,6 +128,7 @@ class CompressedPolicy(TensorDictModuleBase):
         # ship the packet (plain tensors) and rebuild the network on arrival.
         state = self.__dict__.copy()
         state["_modules"] = {k: v for k, v in state["_modules"].items() if k != "network"}
+        state.pop("_acting", None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -138,14 +145,14 @@ class CompressedPolicy(TensorDictModuleBase):
         Returns:
             The tensordict with the policy's outputs and ``version_key``.
         """
+        network, version = self._acting
         unbatched = tensordict.batch_dims == 0  # int8 kernels need a batch dimension
         with torch.no_grad():
             if unbatched:
-                tensordict.update(self.network(tensordict.unsqueeze(0)).squeeze(0))
+                tensordict.update(network(tensordict.unsqueeze(0)).squeeze(0))
             else:
-                tensordict = self.network(tensordict)
+                tensordict = network(tensordict)
         tensordict.set(
-            self.version_key,
-            torch.full(tensordict.batch_size, self.version, dtype=torch.int64),
+            self.version_key, torch.full(tensordict.batch_size, version, dtype=torch.int64)
         )
         return tensordict
