@@ -17,8 +17,10 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from torch import nn
 
 from torchrl_seer.collectors.compressed_policy import CompressedPolicy
+from torchrl_seer.collectors.compression_steps import Quantize
 from torchrl_seer.collectors.divergence import policy_divergence
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 
@@ -81,7 +83,7 @@ def select_compression(
     policy: TensorDictModuleBase,
     batch: TensorDictBase,
     *,
-    candidates: Sequence[str | PolicyCompressor] = DEFAULT_CANDIDATES,
+    candidates: Sequence[str | PolicyCompressor] | None = None,
     kl_bound: float = 0.02,
     min_speedup: float = 1.05,
     repeats: int = 7,
@@ -101,7 +103,9 @@ def select_compression(
         batch: a representative input (e.g. a reset of the actor's environments).
 
     Keyword Args:
-        candidates: pipelines to try.
+        candidates: pipelines to try. Defaults to ``bf16``, ``int8``, ``prune0.25+int8`` and
+            ``prune0.25+bf16``, plus static int8 calibrated on ``batch`` when the policy has
+            convolutions.
         kl_bound: divergence bound.
         min_speedup: required speed-up over fp32 (guards against timing noise).
         repeats: timing rounds (median taken).
@@ -125,6 +129,13 @@ def select_compression(
         >>> [row["spec"] for row in result.rows]
         ['fp32', 'int8']
     """
+    if candidates is None:
+        candidates = list(DEFAULT_CANDIDATES)
+        if any(isinstance(m, nn.Conv2d) for m in policy.modules()):
+            calibrate = Quantize(
+                "int8", mode="static", calibration=lambda module: module(batch.clone(False))
+            )
+            candidates.append(PolicyCompressor([calibrate]))
     compressors = {"fp32": PolicyCompressor()}
     for candidate in candidates:
         compressor = (
