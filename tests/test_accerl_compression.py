@@ -280,3 +280,20 @@ def test_packet_to_a_plain_module_is_a_clear_error():
     packet = PolicyCompressor().pack(discrete_actor(width=8))
     with pytest.raises(TypeError, match="CompressedPolicy"):
         CompressedWeightStrategy().apply_weights(nn.Linear(3, 2), packet)
+
+
+def test_bf16_cast_handles_inputs_scaled_inside_the_network():
+    class ScaledLinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(4, 2)
+
+        def forward(self, frames):
+            return self.linear(frames.float() / 255.0)  # uint8 in, float made inside
+
+    actor = TensorDictModule(ScaledLinear(), in_keys=["frames"], out_keys=["y"])
+    compressed, _ = PolicyCompressor.from_spec("bf16").compress(actor)
+    td = TensorDict(frames=torch.randint(0, 255, (3, 4), dtype=torch.uint8), batch_size=[3])
+    out = compressed(td.clone())["y"]
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, actor(td.clone())["y"], atol=0.05, rtol=0.05)

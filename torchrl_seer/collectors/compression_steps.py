@@ -301,6 +301,14 @@ class _DtypeBoundary(nn.Module):
         return self._cast(self.inner(*self._cast(args, self.dtype)), self.out_dtype)
 
 
+def _cast_input_to_weight_dtype(layer: nn.Module, args: tuple) -> tuple:
+    weight = getattr(layer, "weight", None)
+    x = args[0]
+    if isinstance(weight, torch.Tensor) and x.is_floating_point() and x.dtype != weight.dtype:
+        return (x.to(weight.dtype), *args[1:])
+    return args
+
+
 def _wrap_compute_modules(module: nn.Module, wrap: Callable[[nn.Module], nn.Module]) -> nn.Module:
     """Wraps the network held by every ``TensorDictModule`` (or ``module`` itself if none)."""
     from tensordict.nn import TensorDictModule, TensorDictSequential
@@ -370,10 +378,16 @@ class Cast(CompressionStep):
                 f"Cast({self.dtype_name!r}) found no floating-point parameter in "
                 f"{type(module).__name__} (already quantized?)"
             )
-        module = _wrap_compute_modules(
-            module, lambda inner: _DtypeBoundary(inner.to(dtype), dtype, torch.float32)
-        )
-        return module, TensorDict()
+
+        def cast(inner: nn.Module) -> nn.Module:
+            inner = inner.to(dtype)
+            for layer in inner.modules():
+                if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                    # inputs computed inside the network (e.g. uint8 frames scaled to float)
+                    layer.register_forward_pre_hook(_cast_input_to_weight_dtype)
+            return _DtypeBoundary(inner, dtype, torch.float32)
+
+        return _wrap_compute_modules(module, cast), TensorDict()
 
 
 def _quiet_ao():
