@@ -24,7 +24,8 @@ class _CastTo(torch.nn.Module):
         return x.to(self.dtype)
 
 
-def _networks(seed=0, hidden=32, n_obs=N_OBS, n_act=N_ACT, dtype=torch.float32):
+def _networks(seed=0, hidden=32, n_obs=N_OBS, n_act=N_ACT, collector_dtype=None):
+    # the loss casts its batches; a collector feeding fp32 observations needs the cast layer
     torch.manual_seed(seed)
     spec = Bounded(-1.0, 1.0, (n_act,))
     trunk = MLP(
@@ -35,7 +36,11 @@ def _networks(seed=0, hidden=32, n_obs=N_OBS, n_act=N_ACT, dtype=torch.float32):
     )
     actor = ProbabilisticActor(
         TensorDictModule(
-            torch.nn.Sequential(_CastTo(dtype), trunk, NormalParamExtractor()),
+            torch.nn.Sequential(
+                _CastTo(collector_dtype) if collector_dtype else torch.nn.Identity(),
+                trunk,
+                NormalParamExtractor(),
+            ),
             in_keys=["observation"],
             out_keys=["loc", "scale"],
         ),
@@ -197,7 +202,9 @@ def test_trainer_with_collector_replay_buffer_and_stepper(tmp_path):
 
     env = ContinuousActionVecMockEnv()
     n_obs, n_act = env.observation_spec["observation"].shape[-1], env.action_spec.shape[-1]
-    actor, qvalue, _ = _networks(hidden=16, n_obs=n_obs, n_act=n_act, dtype=torch.bfloat16)
+    actor, qvalue, _ = _networks(
+        hidden=16, n_obs=n_obs, n_act=n_act, collector_dtype=torch.bfloat16
+    )
     loss = LowPrecisionSACLoss(actor, qvalue, **PRECISION_PRESETS["bf16"], alpha_init=0.1)
     stepper = loss.make_optimization_stepper(lr=1e-3)
     policy = TensorDictSequential(
@@ -231,7 +238,7 @@ def test_trainer_with_collector_replay_buffer_and_stepper(tmp_path):
 
 
 def test_sac_v1_value_network_in_low_precision():
-    actor, qvalue, _ = _networks(dtype=torch.bfloat16)
+    actor, qvalue, _ = _networks()
     value = ValueOperator(
         MLP(in_features=N_OBS, out_features=1, num_cells=[16]), in_keys=["observation"]
     )
