@@ -45,6 +45,7 @@ from torchrl_seer.collectors import (
     CompressedWeightSyncScheme,
     CompressionMonitor,
     PolicyCompressor,
+    fallback_ladder,
     select_compression,
 )
 from torchrl_seer.objectives.value import TakenActionVTrace
@@ -182,7 +183,7 @@ def run(args, compression: str, logger, label: str):
     loss.value_estimator = vtrace  # the Corrector: V-trace with mu = compressed actor
     optim = torch.optim.Adam(loss.parameters(), lr=args.lr)
     monitor = CompressionMonitor(
-        actor, ladder=[compressor.spec(), "bf16", "fp32"], kl_bound=args.kl_bound, logger=logger
+        actor, ladder=fallback_ladder(compressor), kl_bound=args.kl_bound, logger=logger
     )
 
     curve, frames, updates = [], 0, 0

@@ -41,6 +41,7 @@ from torchrl_seer.collectors import (
     CompressedWeightSyncScheme,
     CompressionMonitor,
     PolicyCompressor,
+    fallback_ladder,
     select_compression,
 )
 from torchrl_seer.objectives import RetraceSACLoss
@@ -144,7 +145,7 @@ def run(args, compression, logger, label):
     target_updater = SoftUpdate(loss, tau=0.005)
     optim = torch.optim.Adam(loss.parameters(), lr=args.lr)
     monitor = CompressionMonitor(
-        actor, ladder=[compressor.spec(), "bf16", "fp32"], kl_bound=args.kl_bound, logger=logger
+        actor, ladder=fallback_ladder(compressor), kl_bound=args.kl_bound, logger=logger
     )
 
     curve, frames, updates = [], 0, 0

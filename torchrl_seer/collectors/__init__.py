@@ -12,7 +12,7 @@ from torchrl_seer.collectors.compression_steps import (
 )
 from torchrl_seer.collectors.distillation import DistillationLoss
 from torchrl_seer.collectors.divergence import policy_divergence
-from torchrl_seer.collectors.monitor import CompressionMonitor
+from torchrl_seer.collectors.monitor import CompressionMonitor, fallback_ladder
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 from torchrl_seer.collectors.weight_sync import CompressedWeightStrategy, CompressedWeightSyncScheme
 
@@ -30,6 +30,7 @@ __all__ = [
     "Prune",
     "Quantize",
     "UnsupportedLayerError",
+    "fallback_ladder",
     "policy_divergence",
     "select_compression",
 ]

@@ -32,7 +32,29 @@ from torch import nn
 from torchrl_seer.collectors.divergence import policy_divergence
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 
-__all__ = ["CompressionMonitor"]
+__all__ = ["CompressionMonitor", "fallback_ladder"]
+
+
+def fallback_ladder(compressor: PolicyCompressor) -> list[PolicyCompressor]:
+    """Returns ``compressor`` followed by the more precise levels ``bf16`` and ``fp32``.
+
+    Args:
+        compressor: the starting (most compressed) pipeline.
+
+    Returns:
+        The ladder for :class:`CompressionMonitor`, without duplicate levels.
+
+    Examples:
+        >>> [c.spec() for c in fallback_ladder(PolicyCompressor.from_spec("int8"))]
+        ['int8', 'bf16', 'fp32']
+        >>> [c.spec() for c in fallback_ladder(PolicyCompressor())]
+        ['fp32']
+    """
+    ladder = [compressor]
+    for spec in ("bf16", "fp32"):
+        if spec not in [level.spec() for level in ladder] and compressor.spec() != "fp32":
+            ladder.append(PolicyCompressor.from_spec(spec))
+    return ladder
 
 
 class CompressionMonitor:
