@@ -328,12 +328,13 @@ class DeltaFrameStorage(LazyTensorStorage):
 
     # ---------------------------------------------------------------- accounting
     def bytes(self) -> int:
-        """Bytes held: compressed payloads, open chunks, caches, index tables and raw keys.
+        """Bytes held: payloads, open chunks, caches, codec contexts, index tables, raw keys.
 
         Returns:
             The byte count.
         """
-        total = sum(index.nbytes() for index in self._indices.values())
+        total = self.codec.memory_bytes()
+        total += sum(index.nbytes() for index in self._indices.values())
         if self.initialized:
             total += sum(
                 v.numel() * v.element_size()

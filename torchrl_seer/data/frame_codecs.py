@@ -87,6 +87,10 @@ class FrameCodec(abc.ABC):
     def config(self) -> dict[str, Any]:
         """Returns the arguments that rebuild this codec through :func:`make_frame_codec`."""
 
+    def memory_bytes(self) -> int:
+        """Returns the working memory the codec holds (e.g. compression contexts), in bytes."""
+        return 0
+
 
 class RawCodec(FrameCodec):
     """Stores frames raw: de-duplication only, no compression.
@@ -143,23 +147,38 @@ class ZstdChunkCodec(FrameCodec):
             raise ValueError(f"zstd level must be in [1, 22], got {level}")
         self.level = int(level)
         self.frame_delta = bool(frame_delta)
+        self._init_contexts()
+
+    def _init_contexts(self) -> None:
+        # one compression and one decompression context per thread, all kept in _contexts so
+        # that memory_bytes() can count them (a level-3 compression context holds ~2 MB)
         self._local = threading.local()
+        self._contexts: list[zstandard.ZstdCompressor | zstandard.ZstdDecompressor] = []
+        self._contexts_lock = threading.Lock()
+
+    def _context(self, kind: str) -> Any:
+        context = getattr(self._local, kind, None)
+        if context is None:
+            if kind == "compressor":
+                context = zstandard.ZstdCompressor(
+                    level=self.level, write_checksum=True, write_content_size=True
+                )
+            else:
+                context = zstandard.ZstdDecompressor()
+            setattr(self._local, kind, context)
+            with self._contexts_lock:
+                self._contexts.append(context)
+        return context
 
     def _compressor(self) -> zstandard.ZstdCompressor:
-        compressor = getattr(self._local, "compressor", None)
-        if compressor is None:
-            compressor = zstandard.ZstdCompressor(
-                level=self.level, write_checksum=True, write_content_size=True
-            )
-            self._local.compressor = compressor
-        return compressor
+        return self._context("compressor")
 
     def _decompressor(self) -> zstandard.ZstdDecompressor:
-        decompressor = getattr(self._local, "decompressor", None)
-        if decompressor is None:
-            decompressor = zstandard.ZstdDecompressor()
-            self._local.decompressor = decompressor
-        return decompressor
+        return self._context("decompressor")
+
+    def memory_bytes(self) -> int:  # noqa: D102
+        with self._contexts_lock:
+            return sum(context.memory_size() for context in self._contexts)
 
     def encode(self, frames: torch.Tensor) -> bytes:  # noqa: D102
         if self.frame_delta and frames.shape[0] > 1:
@@ -184,12 +203,13 @@ class ZstdChunkCodec(FrameCodec):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("_local")
+        for name in ("_local", "_contexts", "_contexts_lock"):
+            state.pop(name)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._local = threading.local()
+        self._init_contexts()
 
 
 # Record kinds of the keyframe-sparse payload.
