@@ -213,7 +213,8 @@ def test_each_frame_stored_once():
     assert_same(delta[:], lazy[:])
     episodes = 1 + int(data["next", "done"][:-1].sum())
     assert delta.num_frames() == 200 + episodes
-    assert delta.bytes() < lazy._storage.bytes() / 4
+    # what grows with the data (the zstd contexts are a constant ~100 kB here)
+    assert delta.bytes() - delta.codec.memory_bytes() < lazy._storage.bytes() / 4
 
 
 def test_interleaved_envs_deduplicate():
