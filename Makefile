@@ -56,7 +56,7 @@ format: install-dev  ## apply ruff fixes and formatting
 	$(PY) -m ruff format torchrl_seer tests examples benchmarks
 
 demo: install  ## run the flagship recipe on CPU (short budget) and print where its report is
-	$(PY) examples/atari_rollout.py
+	$(PY) examples/seer_atari.py --demo
 
 bench: install-dev  ## run the benchmarks and rewrite docs/benchmarks*.md
 	$(PY) -m benchmarks.run_all
