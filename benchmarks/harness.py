@@ -192,6 +192,8 @@ class BenchmarkReport:
 
     Keyword Args:
         description: a paragraph saying what is measured and against what.
+        command: how to regenerate the page; defaults to running ``benchmarks.bench_<name>``
+            (which ``make bench`` does).
         out_dir: where the page goes; defaults to ``docs/benchmarks``.
 
     Examples:
@@ -205,6 +207,7 @@ class BenchmarkReport:
     name: str
     title: str
     description: str = ""
+    command: str = ""
     out_dir: Path = DOCS_DIR
     machine: dict[str, Any] = field(default_factory=machine_info)
     tables: list[dict[str, Any]] = field(default_factory=list)
@@ -238,7 +241,7 @@ class BenchmarkReport:
             f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch "
             f"threads), Python {m['python']}, torch {m['torch']}, torchrl {m['torchrl']}, "
             f"tensordict {m['tensordict']}, commit `{m['commit']}`. "
-            f"Regenerate with `make bench` (or `python -m benchmarks.{self.name}`).",
+            f"Regenerate with `{self.command or f'python -m benchmarks.bench_{self.name}'}`.",
             "",
         ]
         for table in self.tables:

@@ -1,0 +1,173 @@
+r"""Returns parity of low-precision SAC: aggregates recipe runs into a docs page.
+
+This is a long experiment, not part of ``make bench``. Run the recipe once per seed (each run
+trains every listed precision in sequence with the same seed), then aggregate::
+
+    for s in 0 1 2; do
+      python examples/lowprec_sac_dmc.py --precision fp32 bf16 --total-steps 12000 \
+          --eval-every 2000 --eval-episodes 2 --seed $s --out-dir runs/parity_lowprec/seed$s &
+    done
+    python examples/lowprec_sac_dmc.py --precision naive-fp16 fp16 --total-steps 12000 \
+        --eval-every 2000 --eval-episodes 2 --seed 0 --out-dir runs/parity_lowprec/fp16_seed0
+    python -m benchmarks.parity_lowprec_sac runs/parity_lowprec
+
+The page ``docs/benchmarks/lowprec_sac_parity.md`` reports the evaluation returns of every
+precision per seed, their mean and spread, and where a run went non-finite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from benchmarks.harness import DOCS_DIR, BenchmarkReport
+
+PRECISION_ORDER = ("fp32", "bf16", "fp16", "naive-fp16")
+
+
+def read_curve(csv_path: Path) -> list[tuple[int, float]]:
+    """Reads a TorchRL CSV logger scalar file (``step,value`` lines)."""
+    curve = []
+    for line in csv_path.read_text().splitlines():
+        step, value = line.split(",")
+        curve.append((int(float(step)), float(value)))
+    return curve
+
+
+def collect(
+    root: Path,
+) -> tuple[dict[str, dict[str, list[tuple[int, float]]]], dict[tuple[str, str], int]]:
+    """Reads every run under ``root``.
+
+    Returns:
+        precision -> run name -> evaluation curve, and (precision, run) -> the first step at
+        which a logged loss was non-finite (runs that stayed finite are absent).
+    """
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)
+    nonfinite: dict[tuple[str, str], int] = {}
+    for scalars in sorted(root.glob("*/lowprec_sac_*/*/scalars")):
+        precision, run = scalars.parts[-2], scalars.parts[-4]
+        eval_csv = scalars / "eval_return.csv"
+        curves[precision][run] = read_curve(eval_csv) if eval_csv.exists() else []
+        bad_steps = [
+            step
+            for name in ("loss_qvalue.csv", "loss_actor.csv")
+            if (scalars / name).exists()
+            for step, value in read_curve(scalars / name)
+            if not math.isfinite(value)
+        ]
+        if bad_steps:
+            nonfinite[(precision, run)] = min(bad_steps)
+    return curves, nonfinite
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="folder holding one sub-folder per recipe run")
+    args = parser.parse_args(argv)
+    curves, nonfinite = collect(args.root)
+    if not curves:
+        raise SystemExit(f"no recipe runs under {args.root}")
+    precisions = [p for p in PRECISION_ORDER if p in curves]
+
+    report = BenchmarkReport(
+        "lowprec_sac_parity",
+        "Low-precision SAC: returns parity (DMC cartpole_swingup, CPU)",
+        description=(
+            "SAC from states on DMC cartpole_swingup with the recipe's CPU defaults (2x256 MLPs, "
+            "batch 256, lr 3e-4, one update per environment step, 1,000 random steps first), "
+            "evaluated every 2,000 steps with the deterministic policy (mean of 2 episodes). "
+            "Each seed trains every precision with the same seed."
+        ),
+        command="python -m benchmarks.parity_lowprec_sac <runs folder>` after the recipe runs "
+        "listed in that module's docstring (a long experiment, not part of `make bench",
+    )
+    rows = []
+    final_by_precision: dict[str, list[float]] = {}
+    for precision in precisions:
+        for run, curve in sorted(curves[precision].items()):
+            finite = [value for _, value in curve if math.isfinite(value)]
+            final = curve[-1][1] if curve else math.nan
+            diverged = (precision, run) in nonfinite
+            rows.append(
+                [
+                    precision,
+                    run,
+                    curve[-1][0] if curve else "-",
+                    round(final, 1) if math.isfinite(final) and not diverged else "-",
+                    round(max(finite), 1) if finite else "-",
+                    nonfinite.get((precision, run), "-"),
+                ]
+            )
+            if math.isfinite(final) and not diverged:
+                final_by_precision.setdefault(precision, []).append(final)
+    report.add_table(
+        "Every run",
+        [
+            "precision",
+            "run",
+            "last eval step",
+            "final return",
+            "best return",
+            "loss non-finite at step",
+        ],
+        rows,
+    )
+    summary = []
+    for precision in precisions:
+        finals = final_by_precision.get(precision, [])
+        summary.append(
+            [
+                precision,
+                len(curves[precision]),
+                len(finals),
+                round(statistics.mean(finals), 1) if finals else "-",
+                round(statistics.stdev(finals), 1) if len(finals) > 1 else "-",
+            ]
+        )
+    report.add_table(
+        "Final evaluation return",
+        ["precision", "runs", "finite runs", "mean", "std over seeds"],
+        summary,
+    )
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for precision in precisions:
+        by_step: dict[int, list[float]] = defaultdict(list)
+        for curve in curves[precision].values():
+            for step, value in curve:
+                if math.isfinite(value):
+                    by_step[step].append(value)
+        steps = sorted(by_step)
+        if not steps:
+            continue
+        mean = [statistics.mean(by_step[s]) for s in steps]
+        low = [min(by_step[s]) for s in steps]
+        high = [max(by_step[s]) for s in steps]
+        label = (
+            f"{precision} ({len(curves[precision])} run{'s' if len(curves[precision]) > 1 else ''})"
+        )
+        ax.plot(steps, mean, marker="o", label=label)
+        ax.fill_between(steps, low, high, alpha=0.2)
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("evaluation return")
+    ax.set_title("SAC on cartpole_swingup: mean and min-max over seeds")
+    ax.legend()
+    fig.tight_layout()
+    figure = DOCS_DIR / "lowprec_sac_parity.png"
+    fig.savefig(figure, dpi=90)
+    report.add_figure(figure, "evaluation return per precision")
+    report.raw["curves"] = {p: dict(runs) for p, runs in curves.items()}
+    print(report.write())
+
+
+if __name__ == "__main__":
+    main()
