@@ -18,13 +18,10 @@ Run: ``python examples/accerl_sac.py`` (Pendulum-v1, CPU) or ``--env HalfCheetah
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
@@ -45,6 +42,9 @@ from torchrl_seer.collectors import (
     select_compression,
 )
 from torchrl_seer.objectives import RetraceSACLoss
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accerl_report import write_accerl_report
 
 
 def parse_args():
@@ -209,32 +209,6 @@ def run(args, compression, logger, label):
     }
 
 
-def write_report(results, run_dir: Path):
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for res in results:
-        if res["curve"]:
-            t, _, r = zip(*res["curve"], strict=True)
-            ax.plot(t, r, label=res["label"])
-    ax.set_xlabel("wall time (s)")
-    ax.set_ylabel("episode return")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "return_vs_wall_time.png", dpi=120)
-    lines = ["# AcceRL SAC + Retrace run", "", "![return vs wall time](return_vs_wall_time.png)"]
-    lines += ["", "| actors | wall (s) | actor time share | final return | compression |"]
-    lines += ["|---|---|---|---|---|"]
-    for res in results:
-        final = res["curve"][-1][2] if res["curve"] else float("nan")
-        lines.append(
-            f"| {res['label']} | {res['wall']:.1f} | {res['actor_share']:.2f} | {final:.1f} "
-            f"| {res['compression']} (final: {res['final_pipeline']}) |"
-        )
-    for res in results:
-        if res["monitor_events"]:
-            lines += ["", f"Monitor events ({res['label']}): {res['monitor_events']}"]
-    (run_dir / "report.md").write_text("\n".join(lines) + "\n")
-
-
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)  # int8/bf16 CPU kernels contend badly for cores
@@ -244,7 +218,7 @@ def main():
     results = [run(args, args.compression, logger, label=f"compressed ({args.compression})")]
     if not args.no_compare and args.compression != "none":
         results.append(run(args, "none", logger, label="full-precision actors"))
-    write_report(results, run_dir)
+    write_accerl_report(results, run_dir, title="AcceRL SAC + Retrace run")
     print(f"report: {run_dir / 'report.md'}")
 
 
