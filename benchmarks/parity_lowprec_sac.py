@@ -28,40 +28,32 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from benchmarks.curves import Curve, plot_mean_band, read_scalar_csv
 from benchmarks.harness import DOCS_DIR, BenchmarkReport
 
 PRECISION_ORDER = ("fp32", "bf16", "fp16", "naive-fp16")
 
 
-def read_curve(csv_path: Path) -> list[tuple[int, float]]:
-    """Reads a TorchRL CSV logger scalar file (``step,value`` lines)."""
-    curve = []
-    for line in csv_path.read_text().splitlines():
-        step, value = line.split(",")
-        curve.append((int(float(step)), float(value)))
-    return curve
-
-
 def collect(
     root: Path,
-) -> tuple[dict[str, dict[str, list[tuple[int, float]]]], dict[tuple[str, str], int]]:
+) -> tuple[dict[str, dict[str, Curve]], dict[tuple[str, str], int]]:
     """Reads every run under ``root``.
 
     Returns:
         precision -> run name -> evaluation curve, and (precision, run) -> the first step at
         which a logged loss was non-finite (runs that stayed finite are absent).
     """
-    curves: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(dict)
+    curves: dict[str, dict[str, Curve]] = defaultdict(dict)
     nonfinite: dict[tuple[str, str], int] = {}
     for scalars in sorted(root.glob("*/lowprec_sac_*/*/scalars")):
         precision, run = scalars.parts[-2], scalars.parts[-4]
         eval_csv = scalars / "eval_return.csv"
-        curves[precision][run] = read_curve(eval_csv) if eval_csv.exists() else []
+        curves[precision][run] = read_scalar_csv(eval_csv) if eval_csv.exists() else []
         bad_steps = [
             step
             for name in ("loss_qvalue.csv", "loss_actor.csv")
             if (scalars / name).exists()
-            for step, value in read_curve(scalars / name)
+            for step, value in read_scalar_csv(scalars / name)
             if not math.isfinite(value)
         ]
         if bad_steps:
@@ -141,22 +133,7 @@ def main(argv: list[str] | None = None) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for precision in precisions:
-        by_step: dict[int, list[float]] = defaultdict(list)
-        for curve in curves[precision].values():
-            for step, value in curve:
-                if math.isfinite(value):
-                    by_step[step].append(value)
-        steps = sorted(by_step)
-        if not steps:
-            continue
-        mean = [statistics.mean(by_step[s]) for s in steps]
-        low = [min(by_step[s]) for s in steps]
-        high = [max(by_step[s]) for s in steps]
-        label = (
-            f"{precision} ({len(curves[precision])} run{'s' if len(curves[precision]) > 1 else ''})"
-        )
-        ax.plot(steps, mean, marker="o", label=label)
-        ax.fill_between(steps, low, high, alpha=0.2)
+        plot_mean_band(ax, curves[precision], label=precision)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return")
     ax.set_title("SAC on cartpole_swingup: mean and min-max over seeds")
