@@ -1,0 +1,206 @@
+r"""Returns parity of SEER on Atari against the same agent without a freeze: aggregates recipe runs.
+
+This is a long experiment, not part of ``make bench``. Run the SEER recipe once per game, arm and
+seed — the no-freeze arm is the same recipe with a freeze step beyond the run — then aggregate::
+
+    for seed in 0 1; do for game in RoadRunner Breakout; do
+      python examples/seer_atari.py --game $game --freeze-at 20000 --seed $seed \
+          --out-dir runs/parity_seer/${game}_seer_s$seed
+      python examples/seer_atari.py --game $game --freeze-at 100000000 --seed $seed \
+          --out-dir runs/parity_seer/${game}_nofreeze_s$seed
+    done; done
+    python -m benchmarks.parity_seer runs/parity_seer
+
+The page ``docs/benchmarks/seer_parity.md`` reports, per run, the training return at the end of
+the run, the learner updates before and after the freeze and their median times, and per game
+the mean over seeds of each arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from benchmarks.curves import Curve, bin_curve, plot_mean_band, read_scalar_csv
+from benchmarks.harness import DOCS_DIR, BenchmarkReport
+
+#: Returns at the end of a run are the mean over episodes finished in this last share of it.
+FINAL_SHARE = 0.1
+ARMS = ("SEER", "no freeze")
+
+
+def _float(rows: dict[str, str], key: str) -> float:
+    try:
+        return float(rows[key].replace(",", ""))
+    except (KeyError, ValueError):
+        return math.nan
+
+
+def read_run(report_path: Path) -> dict[str, Any]:
+    """Reads one recipe run: its report and its episode returns.
+
+    Args:
+        report_path (Path): the run's ``report.json`` (written by the SEER recipes).
+
+    Returns:
+        A dict with ``task``, ``arm``, ``seed``, ``curve`` (frames, episode return), ``final``
+        (mean return over the last :data:`FINAL_SHARE` of the frames), update counts and median
+        update times, and the estimated learner seconds (updates x median time, per phase).
+    """
+    report = json.loads(report_path.read_text())
+    config, rows, freeze = report["config"], report["rows"], report["freeze"]
+    csv_files = list(report_path.parent.glob("*/scalars/episode_return.csv"))
+    curve: Curve = read_scalar_csv(csv_files[0]) if csv_files else []
+    last = 4 * config["total_steps"]  # Atari frames: 4 per agent step
+    tail = [ret for step, ret in curve if step > (1 - FINAL_SHARE) * last]
+    updates_before, updates_after = (
+        int(n) for n in rows["learner updates before / after freeze"].split(" / ")
+    )
+    ms_before = _float(rows, "median update time before freeze (ms)")
+    ms_after = _float(rows, "median update time after freeze (ms)")
+    learner_seconds = 1e-3 * (
+        updates_before * ms_before + (updates_after * ms_after if updates_after else 0.0)
+    )
+    return {
+        "task": config["game"],
+        "arm": "SEER" if freeze else "no freeze",
+        "seed": config["seed"],
+        "freeze_step": freeze.get("freeze_step"),
+        "freeze_frame": freeze.get("freeze_frame"),
+        "curve": curve,
+        "episodes": len(curve),
+        "final": statistics.mean(tail) if tail else math.nan,
+        "updates_before": updates_before,
+        "updates_after": updates_after,
+        "ms_before": ms_before,
+        "ms_after": ms_after,
+        "learner_seconds": learner_seconds,
+        "latent_capacity": freeze.get("latent_capacity"),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="folder holding one sub-folder per recipe run")
+    parser.add_argument("--bin-frames", type=int, default=20_000, help="curve grid spacing")
+    parser.add_argument("--window-frames", type=int, default=40_000, help="curve averaging")
+    args = parser.parse_args(argv)
+    runs = [read_run(path) for path in sorted(args.root.glob("*/seer_atari_*/report.json"))]
+    if not runs:
+        raise SystemExit(f"no SEER recipe runs under {args.root}")
+    runs.sort(key=lambda r: (r["task"], ARMS.index(r["arm"]), r["seed"]))
+    tasks = sorted({r["task"] for r in runs})
+
+    report = BenchmarkReport(
+        "seer_parity",
+        "SEER: returns parity on Atari against the same agent without a freeze (CPU)",
+        description=(
+            "DQN with the data-efficient CNN from `examples/seer_atari.py` at its defaults "
+            "(100k agent steps = 400k frames, replay ratio 1, 3-step returns, pixel replay of "
+            "100k transitions). The SEER arm freezes the lower CNN at T_f and continues on "
+            "latent replay grown to the pixel buffer's memory budget; the no-freeze arm is the "
+            "same run with T_f beyond the end. Returns are training-episode returns (epsilon-"
+            f"greedy, epsilon 0.01 after 20k steps), averaged over the last {FINAL_SHARE:.0%} of "
+            "each run's frames. Learner seconds = updates x median update time, per phase."
+        ),
+        command="python -m benchmarks.parity_seer <runs folder>` after the recipe runs listed "
+        "in that module's docstring (a long experiment, not part of `make bench",
+    )
+    report.add_table(
+        "Every run",
+        [
+            "task",
+            "arm",
+            "seed",
+            "T_f",
+            "episodes",
+            "final return",
+            "updates before / after freeze",
+            "median ms before / after",
+            "learner seconds",
+            "latent capacity",
+        ],
+        [
+            [
+                r["task"],
+                r["arm"],
+                r["seed"],
+                r["freeze_step"] or "-",
+                r["episodes"],
+                round(r["final"], 1),
+                f"{r['updates_before']} / {r['updates_after']}",
+                f"{r['ms_before']:.1f} / {r['ms_after']:.1f}"
+                if r["updates_after"]
+                else f"{r['ms_before']:.1f} / -",
+                round(r["learner_seconds"]),
+                r["latent_capacity"] or "-",
+            ]
+            for r in runs
+        ],
+    )
+    summary = []
+    by_task_arm: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        by_task_arm[(r["task"], r["arm"])].append(r)
+    for task in tasks:
+        for arm in ARMS:
+            group = by_task_arm.get((task, arm), [])
+            if not group:
+                continue
+            finals = [r["final"] for r in group]
+            summary.append(
+                [
+                    task,
+                    arm,
+                    len(group),
+                    ", ".join(f"{f:.1f}" for f in finals),
+                    round(statistics.mean(finals), 1),
+                    round(statistics.stdev(finals), 1) if len(finals) > 1 else "-",
+                    round(statistics.mean(r["learner_seconds"] for r in group)),
+                ]
+            )
+    report.add_table(
+        "Per task: final training return over seeds",
+        ["task", "arm", "seeds", "per seed", "mean", "std", "mean learner seconds"],
+        summary,
+    )
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for arm, color in zip(ARMS, ("tab:red", "tab:blue"), strict=True):
+            group = by_task_arm.get((task, arm), [])
+            binned = {
+                str(r["seed"]): bin_curve(
+                    r["curve"], bin_width=args.bin_frames, window=args.window_frames
+                )
+                for r in group
+            }
+            plot_mean_band(ax, binned, label=arm, color=color)
+        for frame in {r["freeze_frame"] for r in runs if r["task"] == task and r["freeze_frame"]}:
+            ax.axvline(frame, color="tab:red", ls="--", lw=1)
+        ax.set(
+            xlabel="environment frames",
+            ylabel=f"training return (mean over {args.window_frames:,} frames)",
+            title=f"{task}: SEER vs no freeze (dashed: T_f)",
+        )
+        ax.legend()
+    fig.tight_layout()
+    figure = DOCS_DIR / "seer_parity.png"
+    fig.savefig(figure, dpi=90)
+    report.add_figure(figure, "training return, mean and min-max over seeds")
+    report.raw["runs"] = [{k: v for k, v in r.items()} for r in runs]
+    print(report.write())
+
+
+if __name__ == "__main__":
+    main()
