@@ -7,14 +7,18 @@ Read top to bottom:
    Q heads, with an EMA target copy; the actor reads its features detached (CURL). Training
    crops a random 84x84 window, acting the centre window;
 3. TorchRL's ``SACLoss`` on encoder features (hidden 1024), separate Adams for critic, encoder,
-   actor and temperature, ``SoftUpdate`` of the target Q heads;
+   actor and temperature, ``SoftUpdate`` of the target Q heads; CURL's contrastive loss
+   (``CURLLoss``: two random crops, the EMA target encoder as key encoder, bilinear W) trains
+   the encoder beside the critic (``--no-curl`` turns it off);
 4. a pixel replay buffer;
 5. ``FreezeEncoderHook``: at T_f the whole encoder stops training (no encoder optimizer, no
-   EMA), the target critic is hard-copied from the online one (SEER spec §7), every stored
-   observation is encoded into K random-crop latents (K = ``--num-copies``), the pixel storage
-   is freed and the buffer re-sized to the same memory budget; new transitions are encoded
-   on write and each sampled element uses one of its K copies;
-6. the loop: collect → write → ``hook.step`` → sample → encoder stage → SAC loss → steps;
+   contrastive update, no EMA), the target critic is hard-copied from the online one (SEER
+   spec §7), every stored observation is encoded into K random-crop latents
+   (K = ``--num-copies``), the pixel storage is freed and the buffer re-sized to the same
+   memory budget; new transitions are encoded on write and each sampled element uses one of
+   its K copies;
+6. the loop: collect → write → ``hook.step`` → sample → encoder stage → SAC loss → steps →
+   (before the freeze) the contrastive update;
 7. an end-of-run report (markdown + PNG) in the run folder, printed at the end.
 
 Rendering DMC on a CPU runs at ~20 frames/s: the defaults are a short run.
@@ -42,6 +46,7 @@ from tqdm import tqdm
 from torchrl_seer.data import LatentEncodeTransform
 from torchrl_seer.envs import PLANET_ACTION_REPEAT, make_dmc_env
 from torchrl_seer.modules import CenterCrop, CURLPixelEncoder, LatentOrPixelFeatures, RandomCrop
+from torchrl_seer.objectives import CURLLoss
 from torchrl_seer.trainers import FreezeEncoderHook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -66,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder-tau", type=float, default=0.05)
     p.add_argument("--actor-update-freq", type=int, default=2)
     p.add_argument("--init-temperature", type=float, default=0.1)
+    p.add_argument(
+        "--curl",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="CURL contrastive encoder update until the freeze",
+    )
     p.add_argument("--learn-start", type=int, default=1_000)
     p.add_argument("--max-capacity", type=int, default=None, help="cap on the latent capacity")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -146,6 +157,9 @@ def main(argv: list[str] | None = None) -> Path:
     encoder_optim = torch.optim.Adam(encoder.parameters(), lr=args.lr)
     actor_optim = torch.optim.Adam([*loss.actor_network_params.values(True, True)], lr=args.lr)
     alpha_optim = torch.optim.Adam([loss.log_alpha], lr=1e-4, betas=(0.5, 0.999))
+    # CURL: the query encoder is the online encoder, the key encoder its EMA target
+    curl_loss = CURLLoss(encoder, key_encoder=target_encoder) if args.curl else None
+    curl_optim = torch.optim.Adam([curl_loss.bilinear], lr=args.lr) if curl_loss else None
     policy = TensorDictSequential(LatentOrPixelFeatures(encoder, pre_encoder=CenterCrop(84)), actor)
 
     # 4. pixel replay buffer
@@ -213,6 +227,13 @@ def main(argv: list[str] | None = None) -> Path:
         if update_actor:
             actor_optim.step()
             alpha_optim.step()
+        if curl_loss is not None and curl_optim is not None and not hook.frozen:
+            curl = curl_loss(batch)  # random crops of the stored 100x100 pixels
+            encoder_optim.zero_grad()
+            curl_optim.zero_grad()
+            curl["loss_curl"].backward()
+            encoder_optim.step()
+            curl_optim.step()
         update_seconds.append((hook.frozen, time.perf_counter() - start))
         updates += 1
         if updates % args.actor_update_freq == 0:
@@ -226,6 +247,8 @@ def main(argv: list[str] | None = None) -> Path:
         if steps % 250 == 0:
             logger.log_scalar("loss_qvalue", losses["loss_qvalue"].item(), step=steps)
             logger.log_scalar("update_ms", 1e3 * update_seconds[-1][1], step=steps)
+            if curl_loss is not None and not hook.frozen:
+                logger.log_scalar("loss_curl", curl["loss_curl"].item(), step=steps)
             pbar.set_postfix(frozen=hook.frozen, rb=len(rb))
     pbar.close()
     collector.shutdown()
