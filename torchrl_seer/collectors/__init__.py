@@ -12,6 +12,7 @@ from torchrl_seer.collectors.compression_steps import (
 )
 from torchrl_seer.collectors.distillation import DistillationLoss
 from torchrl_seer.collectors.divergence import policy_divergence
+from torchrl_seer.collectors.egreedy_log_prob import EGreedyLogProbModule
 from torchrl_seer.collectors.monitor import CompressionMonitor, fallback_ladder
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 from torchrl_seer.collectors.weight_sync import CompressedWeightStrategy, CompressedWeightSyncScheme
@@ -26,6 +27,7 @@ __all__ = [
     "CompressionStep",
     "Distill",
     "DistillationLoss",
+    "EGreedyLogProbModule",
     "PolicyCompressor",
     "Prune",
     "Quantize",

@@ -3,6 +3,7 @@
 from torchrl_seer.objectives.curl import CURLLoss
 from torchrl_seer.objectives.kahan_soft_update import KahanSoftUpdate
 from torchrl_seer.objectives.low_precision_sac import PRECISION_PRESETS, LowPrecisionSACLoss
+from torchrl_seer.objectives.retrace_dqn import RetraceDQNLoss
 from torchrl_seer.objectives.retrace_sac import RetraceSACLoss
 
 __all__ = [
@@ -10,5 +11,6 @@ __all__ = [
     "CURLLoss",
     "KahanSoftUpdate",
     "LowPrecisionSACLoss",
+    "RetraceDQNLoss",
     "RetraceSACLoss",
 ]
