@@ -15,12 +15,19 @@ from torchrl_seer.collectors.divergence import policy_divergence
 from torchrl_seer.collectors.egreedy_log_prob import EGreedyLogProbModule
 from torchrl_seer.collectors.monitor import CompressionMonitor, fallback_ladder
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
-from torchrl_seer.collectors.weight_sync import CompressedWeightStrategy, CompressedWeightSyncScheme
+from torchrl_seer.collectors.ray_weight_sync import CompressedRayWeightSyncScheme
+from torchrl_seer.collectors.weight_sync import (
+    CompressedPacketSender,
+    CompressedWeightStrategy,
+    CompressedWeightSyncScheme,
+)
 
 __all__ = [
     "AutoCompressionResult",
     "Cast",
+    "CompressedPacketSender",
     "CompressedPolicy",
+    "CompressedRayWeightSyncScheme",
     "CompressedWeightStrategy",
     "CompressedWeightSyncScheme",
     "CompressionMonitor",

@@ -20,13 +20,12 @@ from typing import Any
 from tensordict import TensorDictBase
 from torch import nn
 from torchrl.weight_update import MultiProcessWeightSyncScheme
-from torchrl.weight_update.utils import _resolve_model
 from torchrl.weight_update.weight_sync_schemes import WeightStrategy
 
 from torchrl_seer.collectors.compressed_policy import CompressedPolicy
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 
-__all__ = ["CompressedWeightStrategy", "CompressedWeightSyncScheme"]
+__all__ = ["CompressedPacketSender", "CompressedWeightStrategy", "CompressedWeightSyncScheme"]
 
 
 def _find_compressed_policy(module: Any) -> CompressedPolicy:
@@ -96,7 +95,71 @@ class CompressedWeightStrategy(WeightStrategy):
         _find_compressed_policy(destination).load_packet(weights)
 
 
-class CompressedWeightSyncScheme(MultiProcessWeightSyncScheme):
+class CompressedPacketSender:
+    """Sender side shared by the compressed weight-sync schemes (pipes, Ray).
+
+    Holds the :attr:`compressor` and the running :attr:`version`, and turns the learner's policy
+    into the versioned weight packet that every transport ships unchanged.
+    Assigning :attr:`compressor` (what the Monitor does when it steps precision up or down)
+    takes effect at the next ship.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl_seer.collectors import PolicyCompressor
+        >>> scheme = CompressedWeightSyncScheme(PolicyCompressor.from_spec("bf16"))
+        >>> isinstance(scheme, CompressedPacketSender)
+        True
+        >>> actor = TensorDictModule(torch.nn.Linear(4, 2), in_keys=["x"], out_keys=["y"])
+        >>> [int(scheme.prepare_weights(actor, "policy", scheme.strategy)["version"])
+        ...  for _ in range(2)]
+        [1, 2]
+    """
+
+    compressor: PolicyCompressor
+    version: int
+    _strategy: WeightStrategy
+
+    def prepare_weights(
+        self,
+        weights: Any,
+        model_id: str,
+        strategy: WeightStrategy,
+        context: Any = None,
+    ) -> Any:
+        """Compresses the learner's policy into a versioned weight packet.
+
+        Args:
+            weights: the learner's full-precision policy (``nn.Module``), or a ready packet.
+            model_id: the model identifier (``"policy"``).
+            strategy: the scheme's strategy (unused).
+            context: the collector (unused).
+
+        Returns:
+            The weight packet.
+        """
+        if _is_packet(weights):
+            return weights
+        if not isinstance(weights, nn.Module):
+            raise TypeError(
+                f"{type(self).__name__} ships the learner's policy: call "
+                "collector.update_policy_weights_(learner_policy) with the full-precision "
+                f"module, got {type(weights).__name__}"
+            )
+        self.version += 1
+        return self.compressor.pack(weights, version=self.version)
+
+    def _initial_packet(self, weights: Any) -> TensorDictBase:
+        """The packet of the first sync: the one the collector's own policy runs."""
+        if _is_packet(weights):
+            return weights
+        model = getattr(self, "model", None)
+        if model is None:
+            raise RuntimeError(f"{type(self).__name__}: no collector policy to sync from")
+        return self._strategy.extract_weights(model)
+
+
+class CompressedWeightSyncScheme(CompressedPacketSender, MultiProcessWeightSyncScheme):
     """Pipe-based weight sync that compresses the learner's policy before shipping it.
 
     Give it to ``MultiSyncCollector``/``MultiAsyncCollector`` as
@@ -130,35 +193,6 @@ class CompressedWeightSyncScheme(MultiProcessWeightSyncScheme):
         self.compressor = compressor
         self.version = 0
 
-    def prepare_weights(
-        self,
-        weights: Any,
-        model_id: str,
-        strategy: WeightStrategy,
-        context: Any = None,
-    ) -> Any:
-        """Compresses the learner's policy into a versioned weight packet.
-
-        Args:
-            weights: the learner's full-precision policy (``nn.Module``), or a ready packet.
-            model_id: the model identifier (``"policy"``).
-            strategy: the scheme's strategy (unused).
-            context: the collector (unused).
-
-        Returns:
-            The weight packet.
-        """
-        if _is_packet(weights):
-            return weights
-        if not isinstance(weights, nn.Module):
-            raise TypeError(
-                "CompressedWeightSyncScheme ships the learner's policy: call "
-                "collector.update_policy_weights_(learner_policy) with the full-precision "
-                f"module, got {type(weights).__name__}"
-            )
-        self.version += 1
-        return self.compressor.pack(weights, version=self.version)
-
     def _setup_connection_and_weights_on_sender_impl(
         self,
         *,
@@ -166,10 +200,7 @@ class CompressedWeightSyncScheme(MultiProcessWeightSyncScheme):
         weights: Any | None = None,
     ) -> None:
         # Initial sync: every worker receives the packet the collector's own policy runs.
-        packet = weights if _is_packet(weights) else None
-        if packet is None:
-            model = _resolve_model(self.context, self.model_id or "policy")
-            packet = self._strategy.extract_weights(model)
+        packet = self._initial_packet(weights)
         for index, transport in enumerate(self._iterate_transports()):
             if worker_idx is None or index == worker_idx:
                 transport.send_weights_async(packet, model_id=self._model_id)
