@@ -9,6 +9,7 @@ from torchrl.modules import MLP, ProbabilisticActor
 from torchrl_seer.collectors import (
     CompressedPolicy,
     CompressedRayWeightSyncScheme,
+    CompressedWeightSyncScheme,
     PolicyCompressor,
 )
 
@@ -113,5 +114,35 @@ def test_shipped_compressed_weights_reach_ray_collector_workers(ray_session):
         third = next(batches)
         assert (third["policy_version"] == 3).all() and (third["action"] == 0).all()
         assert collector.remote_collectors  # the batches came from a remote Ray actor
+    finally:
+        collector.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_packets_cascade_to_the_processes_of_a_multiprocess_ray_worker(ray_session):
+    from torchrl.collectors.distributed import RayCollector
+
+    actor = make_actor()
+    force_action(actor, 1)
+    compressor = PolicyCompressor.from_spec("int8")
+    collector = RayCollector(
+        [make_env],
+        policy=CompressedPolicy(actor, compressor),
+        frames_per_batch=16,
+        total_frames=32,
+        sync=True,
+        collector_class="sync",  # a MultiSyncCollector with one process on the Ray worker
+        collector_kwargs={
+            "weight_sync_schemes": {"policy": CompressedWeightSyncScheme(compressor)}
+        },
+        weight_sync_schemes={"policy": CompressedRayWeightSyncScheme(compressor)},
+    )
+    try:
+        force_action(actor, 0)
+        collector.update_policy_weights_(actor)
+        batch = next(iter(collector))
+        newest = batch[batch["policy_version"] == 1]
+        assert batch["policy_version"].flatten()[-1] == 1 and (newest["action"] == 0).all()
     finally:
         collector.shutdown()

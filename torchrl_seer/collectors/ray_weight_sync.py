@@ -94,8 +94,11 @@ class CompressedRayWeightSyncScheme(CompressedPacketSender, RayWeightSyncScheme)
     learner's policy (e.g. ``update_after_each_batch=True``) is refused: the collector only
     holds the compressed copy, not the full-precision policy to compress.
 
-    Remote collectors are single-process ``Collector`` s (RayCollector's default
-    ``collector_class``); a packet is applied to the remote collector's own policy.
+    A packet is applied to the remote collector's own policy. When the remote collector is a
+    multi-process one (``collector_class="sync"`` or ``"async"``), give it a
+    :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme` through
+    ``collector_kwargs={"weight_sync_schemes": {"policy": ...}}``: the packet is forwarded,
+    unchanged, to its processes.
 
     Args:
         compressor: the pipeline to ship with.
@@ -173,4 +176,9 @@ class CompressedRayWeightSyncScheme(CompressedPacketSender, RayWeightSyncScheme)
                 f"PolicyCompressor.pack, got {type(packet).__name__}"
             )
         self._strategy.apply_weights(self.model, packet)
+        collector = self.context
+        if getattr(collector, "_weight_sync_schemes", None):
+            # A multi-process collector on the Ray worker: forward the packet to its own
+            # processes through its scheme (a CompressedWeightSyncScheme passes packets as-is).
+            collector.update_policy_weights_(packet, model_id=self.model_id)
         return int(packet["version"])
