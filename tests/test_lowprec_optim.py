@@ -255,3 +255,65 @@ def test_hadam_slicing_and_non_contiguous_match_whole_tensor_update(monkeypatch)
     whole = run(1 << 17, transpose=False)
     assert torch.equal(run(7, transpose=False), whole)  # 30 elements in slices of 7
     assert torch.equal(run(7, transpose=True), whole)  # non-contiguous: processed whole
+
+
+@pytest.mark.parametrize(
+    ("dtype", "steps", "numel"), [(torch.bfloat16, 1500, 512), (torch.float16, 150, 64)]
+)
+def test_hadam_int8_kahan_tracks_the_exact_sum_of_its_updates(monkeypatch, dtype, steps, numel):
+    import torchrl_seer.optim.hadam as hadam_module
+    from torchrl_seer.optim import compensated_add_, compensated_value, residual_quantum
+
+    recorded = []
+
+    def recording_add(value, compensation, increment, **kwargs):
+        recorded.append(increment.double().clone())
+        compensated_add_(value, compensation, increment, **kwargs)
+
+    monkeypatch.setattr(hadam_module, "compensated_add_", recording_add)
+    gen = torch.Generator().manual_seed(0)
+    start = (torch.randn(numel, generator=gen, dtype=torch.float64) * 0.05).to(dtype)
+    grads = [
+        (torch.randn(numel, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
+        for _ in range(steps)
+    ]
+
+    def run(**kwargs):
+        w = torch.nn.Parameter(start.clone())
+        opt = HAdam([w], lr=1e-4, eps=1e-4, **kwargs)
+        for g in grads:
+            w.grad = g.clone()
+            opt.step()
+        return w.detach(), opt.state[w]
+
+    recorded.clear()
+    w16, _ = run(kahan=True)
+    updates16 = list(recorded)
+    recorded.clear()
+    w8, state8 = run(kahan=True, compensation_dtype=torch.int8)
+    assert state8["kahan_compensation"].dtype == torch.int8
+    # m and s do not depend on the weights: both runs add the very same updates
+    assert all(torch.equal(a, b) for a, b in zip(updates16, recorded, strict=True))
+    w_plain, _ = run()
+    reference = start.double() + torch.stack(recorded).sum(0)
+    pair8 = compensated_value(w8, state8["kahan_compensation"]).double()
+    pair8_err = (pair8 - reference).abs().max().item()
+    largest = reference.abs().max().item()
+    quantum = residual_quantum(torch.tensor([largest], dtype=dtype)).item()
+    # each step loses < one quantum, zero on average (see test_lowprec_compensated_sum)
+    assert pair8_err < 5 * math.sqrt(steps) * quantum / 2 + steps * 2.0**-24 * largest
+    half_ulp = quantum * 2**7
+    err8 = (w8.double() - reference).abs().max().item()
+    err16 = (w16.double() - reference).abs().max().item()
+    err_plain = (w_plain.double() - reference).abs().max().item()
+    assert err8 < half_ulp + pair8_err and err16 < half_ulp * 1.1, (err8, err16, half_ulp)
+    assert err_plain > 3 * max(err8, err16), (err_plain, err8, err16)
+
+
+def test_hadam_compensation_dtype_validation():
+    w = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="compensation_dtype"):
+        HAdam([w], kahan=True, compensation_dtype=torch.float16)
+    w.grad = torch.ones_like(w)
+    with pytest.raises(ValueError, match=r"float16 or torch\.bfloat16"):
+        HAdam([w], kahan=True, compensation_dtype=torch.int8).step()

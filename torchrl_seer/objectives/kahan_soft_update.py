@@ -6,10 +6,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDict
 from torchrl.objectives import LossModule, SoftUpdate
 
-from torchrl_seer.optim import all_finite
+from torchrl_seer.optim import (
+    check_compensation_dtype,
+    compensated_add_,
+    compensated_value,
+    store_compensated_,
+)
 
 __all__ = ["KahanSoftUpdate"]
 
@@ -21,21 +26,38 @@ class KahanSoftUpdate(SoftUpdate):
     :math:`\tau(\theta - \theta')` is mostly below half a unit in the last place of
     :math:`\theta'` in fp16 (11-bit significand) and almost always in bf16 (8-bit), so the
     target freezes. ``KahanSoftUpdate`` (Kahan-momentum, the reference's
-    ``soft_update_scale``) stores the target scaled, :math:`\tilde\theta' = s\,\theta'`,
-    with a compensation buffer :math:`c`, both in the target's dtype, and on each
-    :meth:`~torchrl.objectives.TargetNetUpdater.step` computes
+    ``soft_update_scale``) keeps a compensation buffer :math:`c` per target and, on each
+    :meth:`~torchrl.objectives.TargetNetUpdater.step`, adds the increment with Kahan
+    summation on the scaled target :math:`\tilde\theta' = s\,\theta'`:
 
     .. math::
 
         u = \tau(s\theta - \tilde\theta'),\quad y = u - c,\quad t = \tilde\theta' + y,\quad
-        c = (t - \tilde\theta') - y,\quad \tilde\theta' = t,\quad \theta' = \tilde\theta' / s.
+        c = (t - \tilde\theta') - y,\quad \theta' = t / s.
 
     The scale lifts the increments and the compensation out of fp16's subnormal range.
-    **Overflow hazard:** :math:`s\theta` must stay finite, i.e. :math:`|\theta| <
+    **One persistent copy:** the reference keeps :math:`\tilde\theta'` *and*
+    :math:`\theta'`; here only :math:`\theta'` (what the target network reads) and
+    :math:`c` persist. Each step rebuilds :math:`\tilde\theta' = \operatorname{fl}(s
+    \theta')` as a transient (one target tensor at a time) and, after
+    :math:`\theta' = \operatorname{fl}(t / s)`, adds :math:`\operatorname{fl}(s\theta') -
+    t` to :math:`c` (an exact fp16 difference, by Sterbenz's lemma), so the pair
+    :math:`(\operatorname{fl}(s\theta'), c)` represents exactly the sum the two-copy update
+    holds. For a power-of-two :math:`s` and normal :math:`\theta'` that correction is zero
+    and the update is bit-identical to the two-copy one.
+
+    **Overflow hazard:** :math:`s\theta'` must stay finite, i.e. :math:`|\theta'| <
     \text{finfo.max} / s` (6.55 for fp16 and :math:`s = 10^4`). The updater checks this at
-    construction and after every step and raises with the largest safe scale. With
-    ``scale=1`` (the right choice in bf16, whose range is fp32's) no scaled copy is
-    allocated: the target itself is the Kahan sum and only :math:`c` is extra memory.
+    construction and after every step and raises with the largest safe scale. ``scale=1``
+    (the right choice in bf16, whose range is fp32's) skips the rebuild.
+
+    With ``compensation_dtype=torch.int8`` the compensation takes one byte per weight: each
+    step forms :math:`x = \bar\theta' + \tau(\theta - \bar\theta')` in fp32 from the value
+    the pair represents, :math:`\bar\theta' = \theta' - c`, and keeps its residual
+    in units of :math:`\operatorname{ulp}(\theta')/2^8` (see
+    :func:`~torchrl_seer.optim.compensated_add_`). The fp32 arithmetic has no subnormal
+    problem, so this mode needs no scale (``scale`` must be 1) and has no overflow hazard
+    below the dtype's own range.
 
     Args:
         loss_module (LossModule): loss with ``target_*_params`` (e.g. ``SACLoss`` or
@@ -45,6 +67,9 @@ class KahanSoftUpdate(SoftUpdate):
         eps (float, optional): decay :math:`1-\tau`; exclusive with ``tau``.
         tau (float, optional): Polyak :math:`\tau`; exclusive with ``eps``.
         scale (float, optional): target scale :math:`s`. Defaults to ``1e4``.
+        compensation_dtype (torch.dtype, optional): ``None`` for a compensation in the
+            target's dtype (the reference), or ``torch.int8`` (fp16/bf16 targets,
+            ``scale=1``). Defaults to ``None``.
 
     Examples:
         >>> import torch
@@ -58,6 +83,8 @@ class KahanSoftUpdate(SoftUpdate):
         >>> updater.step()
         >>> loss.target_value_network_params.dtype
         torch.float16
+        >>> compact = KahanSoftUpdate(loss, tau=0.005, scale=1.0, compensation_dtype=torch.int8)
+        >>> compact.step()
     """
 
     def __init__(
@@ -67,31 +94,42 @@ class KahanSoftUpdate(SoftUpdate):
         eps: float | None = None,
         tau: float | None = None,
         scale: float = 1e4,
+        compensation_dtype: torch.dtype | None = None,
     ) -> None:
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}.")
+        check_compensation_dtype(compensation_dtype)
+        if compensation_dtype is not None and scale != 1.0:
+            raise ValueError(
+                f"an int8 compensation sums in fp32 and needs no target scale: use scale=1.0, "
+                f"got {scale}."
+            )
         self.scale = float(scale)
+        self.compensation_dtype = compensation_dtype
         super().__init__(loss_module, eps=eps, tau=tau)
 
     def init_(self) -> None:
-        """Copy the sources into the targets and allocate the scaled copy and compensation."""
+        """Copy the sources into the targets and allocate the compensation buffers."""
         super().init_()
         with torch.no_grad():
-            if self.scale == 1.0:
-                self._scaled_targets = self._targets
-            else:
-                self._scaled_targets = self._targets.apply(lambda t: t.data * self.scale)
-            self._compensation = self._targets.apply(lambda t: torch.zeros_like(t.data))
+            for target in self._targets.values(True, True):
+                check_compensation_dtype(self.compensation_dtype, target.dtype)
+            self._compensation = self._targets.apply(
+                lambda t: torch.zeros_like(t.data, dtype=self.compensation_dtype or t.dtype)
+            )
         self._check_finite()
 
     def _check_finite(self) -> None:
-        if not all_finite(self._scaled_targets.values(True, True)):
-            largest = max(float(t.abs().max()) for t in self._targets.values(True, True))
-            dtype = next(iter(self._targets.values(True, True))).dtype
+        for target in self._targets.values(True, True):
+            largest = target.data.abs().amax()
+            if torch.isfinite(largest * self.scale):
+                continue
+            dtype = target.dtype
             raise OverflowError(
                 f"KahanSoftUpdate: the scaled target overflowed {dtype} (scale={self.scale:g}, "
-                f"largest |target weight|={largest:.4g}, largest finite "
-                f"{torch.finfo(dtype).max:g}). Use scale < {torch.finfo(dtype).max / largest:.4g}."
+                f"largest |target weight|={float(largest):.4g}, largest finite "
+                f"{torch.finfo(dtype).max:g}). Use scale < "
+                f"{torch.finfo(dtype).max / float(largest):.4g}."
             )
 
     @torch.no_grad()
@@ -104,40 +142,45 @@ class KahanSoftUpdate(SoftUpdate):
         if not self.initialized:
             raise RuntimeError(f"{type(self).__name__} must be initialized before step().")
         tau = 1.0 - self.eps
-        for key, source in self._sources.items():
-            target_key = f"target_{key}"
-            target = self._targets.get(target_key)
-            scaled = self._scaled_targets.get(target_key)
-            compensation = self._compensation.get(target_key)
-            self._kahan_step(source.data, target, scaled, compensation, tau)
+        for key, sources in self._sources.items():
+            targets = self._targets.get(f"target_{key}")
+            compensations = self._compensation.get(f"target_{key}")
+            for leaf in targets.keys(True, True):
+                self._kahan_step(
+                    sources.get(leaf).data, targets.get(leaf).data, compensations.get(leaf), tau
+                )
         self._check_finite()
 
     def _kahan_step(
         self,
-        source: TensorDictBase,
-        target: TensorDictBase,
-        scaled: TensorDictBase,
-        compensation: TensorDictBase,
+        source: torch.Tensor,
+        target: torch.Tensor,
+        compensation: torch.Tensor,
         tau: float,
     ) -> None:
-        corrected = (source * self.scale - scaled) * tau - compensation
-        total = scaled + corrected
-        compensation.copy_((total - scaled) - corrected)
-        scaled.copy_(total)
-        if scaled is not target:
-            target.data.copy_(scaled / self.scale)
+        if self.compensation_dtype is not None:
+            # lerp from the represented value, not from its 16-bit part
+            exact = compensated_value(target, compensation).lerp_(source.float(), tau)
+            store_compensated_(target, compensation, exact)
+            return
+        if self.scale == 1.0:
+            compensated_add_(target, compensation, (source - target).mul_(tau))
+            return
+        scaled = target * self.scale
+        compensated_add_(scaled, compensation, (source * self.scale - scaled).mul_(tau))
+        torch.div(scaled, self.scale, out=target)
+        # (fl(s * target), c) must represent what (scaled, c) does: add the exact difference
+        compensation.add_(torch.mul(target, self.scale).sub_(scaled))
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the updater progress with the compensation (and scaled-target) buffers.
+        """Return the updater progress with the compensation buffers.
 
         Returns:
             The :class:`~torchrl.objectives.TargetNetUpdater` state plus ``"compensation"``
-            and, when ``scale != 1``, ``"scaled_targets"`` (nested dicts of tensors).
+            (a nested dict of tensors; the targets themselves belong to the loss module).
         """
         state = super().state_dict()
         state["compensation"] = self._compensation.to_dict()
-        if self._scaled_targets is not self._targets:
-            state["scaled_targets"] = self._scaled_targets.to_dict()
         return state
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -148,5 +191,3 @@ class KahanSoftUpdate(SoftUpdate):
         """
         super().load_state_dict(state_dict)
         self._compensation.update_(TensorDict(state_dict["compensation"]))
-        if "scaled_targets" in state_dict:
-            self._scaled_targets.update_(TensorDict(state_dict["scaled_targets"]))

@@ -26,6 +26,7 @@ from torchrl_seer.optim import (
     HAdam,
     LossScaler,
     LossScalingStepper,
+    check_compensation_dtype,
 )
 
 __all__ = ["PRECISION_PRESETS", "LowPrecisionSACLoss"]
@@ -143,6 +144,11 @@ class LowPrecisionSACLoss(SACLoss):
         alpha_kahan (bool, optional): Kahan-compensated log-alpha updates. Defaults to ``True``.
         actor_kahan (bool, optional): Kahan-compensated actor updates (not in the reference;
             recommended in bf16). Defaults to ``False``.
+        compensation_dtype (torch.dtype, optional): dtype of every Kahan compensation
+            buffer (optimizers and target updater): ``None`` for the network dtype (the
+            reference), ``torch.int8`` for the compact one-byte residual of
+            :func:`~torchrl_seer.optim.compensated_add_` (needs ``soft_update_scale`` 1 or
+            ``None``). Defaults to ``None``.
         init_scale (float, optional): initial loss scale :math:`S` of the scalers.
             Defaults to ``1e4``.
         adam_eps (float, optional): optimizer :math:`\epsilon`; defaults to ``1e-8``, times
@@ -217,6 +223,7 @@ class LowPrecisionSACLoss(SACLoss):
         crit_kahan: bool = True,
         alpha_kahan: bool = True,
         actor_kahan: bool = False,
+        compensation_dtype: torch.dtype | None = None,
         init_scale: float = 1e4,
         adam_eps: float | None = None,
         **sac_kwargs: Any,
@@ -235,6 +242,12 @@ class LowPrecisionSACLoss(SACLoss):
             )
         if (crit_kahan or alpha_kahan or actor_kahan) and not use_num_adam:
             raise ValueError("Kahan-compensated updates are an HAdam option: set use_num_adam.")
+        check_compensation_dtype(compensation_dtype, dtype)
+        if compensation_dtype is not None and soft_update_scale not in (None, 1.0):
+            raise ValueError(
+                "an int8 compensation sums in fp32 and needs no target scale: set "
+                f"soft_update_scale=1.0 (or None), got {soft_update_scale}."
+            )
         self.dtype = dtype
         self.use_num_adam = use_num_adam
         self.use_grad_scaler = use_grad_scaler
@@ -245,6 +258,7 @@ class LowPrecisionSACLoss(SACLoss):
         self.crit_kahan = crit_kahan
         self.alpha_kahan = alpha_kahan
         self.actor_kahan = actor_kahan
+        self.compensation_dtype = compensation_dtype
         self.init_scale = init_scale
         if adam_eps is None:
             adam_eps = 1e-8 * init_scale if use_grad_scaler else 1e-8
@@ -391,7 +405,12 @@ class LowPrecisionSACLoss(SACLoss):
             optimizer: Optimizer
             if self.use_num_adam:
                 optimizer = HAdam(
-                    trainable, lr=group_lr, betas=betas, eps=self.adam_eps, kahan=kahan
+                    trainable,
+                    lr=group_lr,
+                    betas=betas,
+                    eps=self.adam_eps,
+                    kahan=kahan,
+                    compensation_dtype=self.compensation_dtype,
                 )
             else:
                 optimizer = Adam(trainable, lr=group_lr, betas=betas, eps=self.adam_eps)
@@ -423,7 +442,13 @@ class LowPrecisionSACLoss(SACLoss):
         """
         if self.soft_update_scale is None:
             return SoftUpdate(self, tau=tau, eps=eps)
-        return KahanSoftUpdate(self, tau=tau, eps=eps, scale=self.soft_update_scale)
+        return KahanSoftUpdate(
+            self,
+            tau=tau,
+            eps=eps,
+            scale=self.soft_update_scale,
+            compensation_dtype=self.compensation_dtype,
+        )
 
 
 def _use_stable_tanh_normal(

@@ -1,16 +1,30 @@
 """Optimizers and loss scalers for pure low-precision training."""
 
 from torchrl_seer.optim.amp_style_loss_scaler import AmpStyleLossScaler
+from torchrl_seer.optim.compensated_sum import (
+    COMPENSATION_FRACTION_BITS,
+    check_compensation_dtype,
+    compensated_add_,
+    compensated_value,
+    residual_quantum,
+    store_compensated_,
+)
 from torchrl_seer.optim.compound_loss_scaler import CompoundLossScaler
 from torchrl_seer.optim.hadam import HAdam
 from torchrl_seer.optim.loss_scaler import LossScaler, all_finite
 from torchrl_seer.optim.loss_scaling_stepper import LossScalingStepper
 
 __all__ = [
+    "COMPENSATION_FRACTION_BITS",
     "AmpStyleLossScaler",
     "CompoundLossScaler",
     "HAdam",
     "LossScaler",
     "LossScalingStepper",
     "all_finite",
+    "check_compensation_dtype",
+    "compensated_add_",
+    "compensated_value",
+    "residual_quantum",
+    "store_compensated_",
 ]

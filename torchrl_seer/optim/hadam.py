@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from torchrl_seer.optim.compensated_sum import check_compensation_dtype, compensated_add_
+
 __all__ = ["HAdam"]
 
 # Elements per slice of the update: bounds the three work buffers; slices much smaller than
@@ -54,7 +56,11 @@ class HAdam(Optimizer):
         y = Δ - c;  t = p + y;  c = (t - p) - y;  p = t
 
     The reference applies it to the critic and the temperature (``crit_kahan``,
-    ``alpha_kahan``); in bf16 (8-bit mantissa) it matters for every network.
+    ``alpha_kahan``); in bf16 (8-bit mantissa) it matters for every network. With
+    ``compensation_dtype=torch.int8`` the compensation costs one byte per weight instead of
+    two: the sum is formed in fp32 and its residual stored in units of
+    :math:`\operatorname{ulp}(p)/2^8` (see :func:`~torchrl_seer.optim.compensated_add_`),
+    so that the pair carries 16 (bf16) or 19 (fp16) significant bits.
 
     Args:
         params (iterable): parameters or parameter groups to optimize.
@@ -74,6 +80,9 @@ class HAdam(Optimizer):
             Defaults to ``False``.
         kahan (bool, optional): apply the update with Kahan-compensated summation, keeping
             one compensation buffer per parameter. Defaults to ``False``.
+        compensation_dtype (torch.dtype, optional): dtype of the Kahan compensation:
+            ``None`` for the parameter's dtype (the reference), or ``torch.int8`` for the
+            compact residual (fp16 and bf16 parameters only). Defaults to ``None``.
 
     Examples:
         >>> import torch
@@ -86,6 +95,10 @@ class HAdam(Optimizer):
         True
         >>> sorted(optimizer.state[weight])
         ['exp_avg', 'exp_avg_hypot', 'kahan_compensation', 'step']
+        >>> compact = HAdam([weight], kahan=True, compensation_dtype=torch.int8, eps=1e-4)
+        >>> compact.step()
+        >>> compact.state[weight]["kahan_compensation"].dtype
+        torch.int8
     """
 
     def __init__(
@@ -99,6 +112,7 @@ class HAdam(Optimizer):
         *,
         maximize: bool = False,
         kahan: bool = False,
+        compensation_dtype: torch.dtype | None = None,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: expected lr >= 0, got {lr}.")
@@ -108,6 +122,7 @@ class HAdam(Optimizer):
             raise ValueError(f"Invalid betas: expected both in [0, 1), got {betas}.")
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay: expected >= 0, got {weight_decay}.")
+        check_compensation_dtype(compensation_dtype)
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -116,6 +131,7 @@ class HAdam(Optimizer):
             "amsgrad": amsgrad,
             "maximize": maximize,
             "kahan": kahan,
+            "compensation_dtype": compensation_dtype,
         }
         super().__init__(params, defaults)
 
@@ -198,8 +214,11 @@ class HAdam(Optimizer):
                     param, memory_format=torch.preserve_format
                 )
             if group["kahan"]:
+                check_compensation_dtype(group.get("compensation_dtype"), param.dtype)
                 state["kahan_compensation"] = torch.zeros_like(
-                    param, memory_format=torch.preserve_format
+                    param,
+                    dtype=group.get("compensation_dtype") or param.dtype,
+                    memory_format=torch.preserve_format,
                 )
         state["step"] += 1
         step = state["step"]
@@ -294,8 +313,4 @@ def _hadam_update(t: _Slices, c: _StepConstants) -> None:
     if t.compensation is None:
         t.param.add_(work)
         return
-    # Kahan: y = update - c; t = p + y; c = (t - p) - y; p = t
-    work.sub_(t.compensation)
-    torch.add(t.param, work, out=larger)
-    torch.sub(larger, t.param, out=t.compensation).sub_(work)
-    t.param.copy_(larger)
+    compensated_add_(t.param, t.compensation, work, scratch=larger)

@@ -1,0 +1,239 @@
+r"""Kahan-compensated in-place addition with a 16-bit or a compact int8 compensation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "COMPENSATION_FRACTION_BITS",
+    "check_compensation_dtype",
+    "compensated_add_",
+    "compensated_value",
+    "residual_quantum",
+    "store_compensated_",
+]
+
+#: :math:`k`: an int8 compensation counts in units of :math:`\operatorname{ulp}(t) / 2^k`.
+COMPENSATION_FRACTION_BITS = 8
+
+# half an ulp in quanta: the largest |q| a residual can need
+_HALF_ULP = 2 ** (COMPENSATION_FRACTION_BITS - 1)
+# exponent-field masks of the 16-bit formats (sign bit excluded)
+_EXPONENT_MASK = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
+
+
+def check_compensation_dtype(
+    compensation_dtype: torch.dtype | None, value_dtype: torch.dtype | None = None
+) -> None:
+    """Raise a clear error if ``compensation_dtype`` is not a supported compensation format.
+
+    Args:
+        compensation_dtype (torch.dtype or None): ``None`` (the value's own dtype, classic
+            Kahan) or ``torch.int8`` (the compact format).
+        value_dtype (torch.dtype, optional): dtype of the compensated values; with int8 it
+            must be ``torch.float16`` or ``torch.bfloat16``. Not checked when ``None``.
+
+    Raises:
+        ValueError: for any other combination.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_seer.optim import check_compensation_dtype
+        >>> check_compensation_dtype(torch.int8, torch.bfloat16)
+        >>> check_compensation_dtype(None, torch.float32)
+    """
+    if compensation_dtype is None:
+        return
+    if compensation_dtype != torch.int8:
+        raise ValueError(
+            "compensation_dtype must be None (the value's dtype, classic Kahan) or torch.int8 "
+            f"(compact residual), got {compensation_dtype}."
+        )
+    if value_dtype is not None and value_dtype not in _EXPONENT_MASK:
+        raise ValueError(
+            "an int8 compensation stores the residual relative to the ulp of a 16-bit value: "
+            f"the values must be torch.float16 or torch.bfloat16, got {value_dtype}."
+        )
+
+
+def residual_quantum(value: torch.Tensor) -> torch.Tensor:
+    r"""Return the unit of an int8 compensation of ``value``: :math:`\operatorname{ulp}(t) / 2^k`.
+
+    :math:`\operatorname{ulp}(t)` is the spacing of the 16-bit floats in the binade of
+    :math:`t` (:math:`2^{E-p+1}` for :math:`2^E \le |t| < 2^{E+1}` and a :math:`p`-bit
+    significand; the subnormal spacing for zero and subnormals), computed exactly from the
+    exponent bits: the float with :math:`t`'s exponent and a zero significand, and its
+    successor, differ by exactly that spacing. Round-to-nearest leaves a residual
+    :math:`|x - t| \le \operatorname{ulp}(t)/2` for every real :math:`x` that rounds to a
+    finite :math:`t` (at :math:`t = 2^E` from below it is at most a quarter), so the
+    residual in these units lies in :math:`[-2^{k-1}, 2^{k-1}]`. The quantum is exact in
+    fp32 (bf16 subnormals give :math:`2^{-141}`, an fp32 subnormal). Non-finite values give
+    NaN (their residual is stored as zero).
+
+    Args:
+        value (torch.Tensor): a ``torch.float16`` or ``torch.bfloat16`` tensor.
+
+    Returns:
+        A ``torch.float32`` tensor of the shape of ``value``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_seer.optim import residual_quantum
+        >>> residual_quantum(torch.tensor([1.0, 1.5, 0.0], dtype=torch.bfloat16)) * 2**8
+        tensor([7.8125e-03, 7.8125e-03, 9.1835e-41])
+    """
+    check_compensation_dtype(torch.int8, value.dtype)
+    binade = value.view(torch.int16) & _EXPONENT_MASK[value.dtype]
+    spacing = (binade + 1).view(value.dtype).float()
+    spacing -= binade.view(value.dtype).float()
+    return spacing.mul_(2.0**-COMPENSATION_FRACTION_BITS)
+
+
+def compensated_value(value: torch.Tensor, compensation: torch.Tensor) -> torch.Tensor:
+    r"""Return the value that a (value, compensation) pair represents, :math:`t - c`.
+
+    Args:
+        value (torch.Tensor): the 16-bit (or fp32) running sum :math:`t`.
+        compensation (torch.Tensor): its Kahan compensation :math:`c`, either in
+            ``value.dtype`` or int8 (in units of :func:`residual_quantum`).
+
+    Returns:
+        :math:`t - c` in ``torch.float32`` (float64 if ``value`` is float64).
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_seer.optim import compensated_value
+        >>> value = torch.tensor([1.0], dtype=torch.bfloat16)
+        >>> compensated_value(value, torch.tensor([-64], dtype=torch.int8))
+        tensor([1.0020])
+    """
+    exact = value.to(torch.promote_types(value.dtype, torch.float32))
+    if compensation.dtype == torch.int8:
+        return exact.sub_(compensation.float().mul_(residual_quantum(value)))
+    return exact.sub_(compensation)
+
+
+def compensated_add_(
+    value: torch.Tensor,
+    compensation: torch.Tensor,
+    increment: torch.Tensor,
+    *,
+    scratch: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> None:
+    r"""Add ``increment`` to ``value`` in place, carrying the rounding error in ``compensation``.
+
+    The pair :math:`(t, c)` represents :math:`t - c`. With a compensation in ``value``'s
+    dtype this is Kahan summation in that dtype (the reference's arithmetic)::
+
+        y = increment - c;  t' = t + y;  c = (t' - t) - y;  t = t'
+
+    With an **int8** compensation (values in fp16 or bf16) the sum is formed in fp32 and
+    split: :math:`x = t - c + \Delta` (exact but for fp32's own rounding,
+    :math:`\le 2^{-24}|x|`), :math:`t' = \operatorname{round}_{16}(x)`, and the residual is
+    stored as :math:`q = \lfloor (t' - x)/u + U \rfloor` with :math:`U \sim
+    \mathcal{U}[0, 1)` (stochastic rounding), where :math:`u = \operatorname{ulp}(t') / 2^8`
+    (:func:`residual_quantum`). As :math:`|t' - x| \le \operatorname{ulp}(t')/2`,
+    :math:`q \in [-128, 128]`; the one value that does not fit in int8, :math:`q = 128`,
+    represents the midpoint below :math:`t'`, which is stored exactly as the next float
+    below :math:`t'` with :math:`q = -128` (:math:`-64` across a binade edge), so no clamp
+    ever biases the sum. The part of the sum lost per addition is below :math:`u` and zero
+    on average, so after :math:`n` additions the pair is off by a random walk of standard
+    deviation at most :math:`\sqrt{n}\,u/2`
+    (plus fp32 rounding), never a drift: round-to-nearest would instead lose the same
+    fraction of a quantum at every step of a steady increment. The pair carries
+    :math:`p + 8` significant bits (16 for bf16, 19 for fp16; a 16-bit compensation carries
+    about :math:`2p`) at half the memory. A non-finite :math:`t'` stores :math:`q = 0`.
+
+    Args:
+        value (torch.Tensor): the running sum :math:`t`, updated in place.
+        compensation (torch.Tensor): :math:`c`, same shape, in ``value.dtype`` or int8;
+            updated in place.
+        increment (torch.Tensor): what to add, broadcastable to ``value`` (any floating
+            dtype; fp32 keeps its low bits in the int8 path). With a 16-bit compensation
+            and ``scratch`` given, its contents are overwritten.
+
+    Keyword Args:
+        scratch (torch.Tensor, optional): a buffer like ``value`` for the classic Kahan
+            path's intermediate sum (otherwise one is allocated). Unused with int8.
+        generator (torch.Generator, optional): source of the stochastic rounding of the
+            int8 path. Defaults to the global generator.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_seer.optim import compensated_add_, compensated_value
+        >>> _ = torch.manual_seed(0)
+        >>> value = torch.ones(1, dtype=torch.bfloat16)
+        >>> residual = torch.zeros(1, dtype=torch.int8)
+        >>> for _ in range(100):
+        ...     compensated_add_(value, residual, torch.tensor([1e-4]))
+        >>> value  # plain bf16 additions of 1e-4 would leave 1.0
+        tensor([1.0078], dtype=torch.bfloat16)
+        >>> abs(compensated_value(value, residual).item() - 1.01) < 1e-3
+        True
+    """
+    if compensation.dtype != torch.int8:
+        # classic Kahan in the value's dtype
+        y = increment.sub_(compensation) if scratch is not None else increment - compensation
+        total = torch.add(value, y, out=scratch) if scratch is not None else value + y
+        torch.sub(total, value, out=compensation).sub_(y)
+        value.copy_(total)
+        return
+    exact = compensated_value(value, compensation).add_(increment)
+    store_compensated_(value, compensation, exact, generator=generator)
+
+
+def store_compensated_(
+    value: torch.Tensor,
+    compensation: torch.Tensor,
+    exact: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> None:
+    r"""Store an fp32 tensor as a 16-bit value and its int8 residual, in place.
+
+    :math:`t = \operatorname{round}_{16}(x)` goes to ``value`` and
+    :math:`q = \lfloor (t - x)/u + U \rfloor` (:math:`u` = :func:`residual_quantum` of
+    :math:`t`; :math:`q = 128` is stored as the float below :math:`t` with
+    :math:`q = -128`) to ``compensation``, so that
+    :func:`compensated_value` returns :math:`x` to within :math:`u` (and exactly on
+    average). See :func:`compensated_add_` for the bound.
+
+    Args:
+        value (torch.Tensor): fp16 or bf16 destination of :math:`t`.
+        compensation (torch.Tensor): int8 destination of :math:`q`, same shape.
+        exact (torch.Tensor): :math:`x`, ``torch.float32``; used as scratch (overwritten).
+
+    Keyword Args:
+        generator (torch.Generator, optional): source of the stochastic rounding.
+            Defaults to the global generator.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_seer.optim import compensated_value, store_compensated_
+        >>> value = torch.empty(1, dtype=torch.bfloat16)
+        >>> residual = torch.empty(1, dtype=torch.int8)
+        >>> store_compensated_(value, residual, torch.tensor([1.001]))
+        >>> value.item(), abs(compensated_value(value, residual).item() - 1.001) < 2**-15
+        (1.0, True)
+    """
+    value.copy_(exact)
+    # t - x is exact in fp32: both lie within ulp(t) / 2 of each other
+    residual = torch.sub(value, exact, out=exact).div_(residual_quantum(value))
+    # stochastic rounding: floor(r + U[0, 1)) is r on average, so steady increments that
+    # are not multiples of the quantum are not rounded the same way at every step
+    dither = torch.empty_like(residual).uniform_(generator=generator)
+    residual.add_(dither).floor_().nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    # q = 2^(k-1) does not fit in int8 (a clamp would stall sums creeping up to the midpoint
+    # below t); the same value t - 2^(k-1) u is the next float below t with q = -2^(k-1)
+    # (-2^(k-2) if that float lies in the binade below)
+    overflow = residual == _HALF_ULP
+    if overflow.any():
+        upper = value[overflow]
+        represented = upper.float() - _HALF_ULP * residual_quantum(upper)
+        lower = torch.nextafter(upper, torch.full_like(upper, -math.inf))
+        value[overflow] = lower
+        residual[overflow] = (lower.float() - represented) / residual_quantum(lower)
+    compensation.copy_(residual)
