@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from tensordict.nn import TensorDictModule
+from test_accerl_weight_sync import force_action, make_actor  # shared with the pipe tests
 from torchrl.envs import GymEnv
-from torchrl.modules import MLP, ProbabilisticActor
 
 from torchrl_seer.collectors import (
     CompressedPolicy,
@@ -15,28 +14,6 @@ from torchrl_seer.collectors import (
 
 # A lambda: cloudpickle ships it by value (Ray workers cannot import this test module).
 make_env = lambda: GymEnv("CartPole-v1", categorical_action_encoding=True)  # noqa: E731
-
-
-def make_actor():
-    torch.manual_seed(0)
-    return ProbabilisticActor(
-        TensorDictModule(
-            MLP(in_features=4, out_features=2, num_cells=[32]),
-            in_keys=["observation"],
-            out_keys=["logits"],
-        ),
-        in_keys=["logits"],
-        distribution_class=torch.distributions.Categorical,
-        return_log_prob=True,
-    )
-
-
-def force_action(actor, action):
-    """Makes the learner's policy pick ``action`` with probability ~1."""
-    last = actor.module[0].module[-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.copy_(torch.tensor([30.0, -30.0] if action == 0 else [-30.0, 30.0]))
 
 
 @pytest.fixture

@@ -114,6 +114,7 @@ def brute_force_targets(data, states, next_states, mu, q_target, pi, lmbda):
         (0.8, "epsilon_greedy", True),
         (0.9, "softmax", False),
         (1.0, "epsilon_greedy", False),
+        (0.0, "softmax", True),
     ],
 )
 def test_targets_match_brute_force_retrace_on_small_mdp(lmbda, target_policy, double_dqn):

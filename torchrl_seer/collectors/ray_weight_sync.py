@@ -27,11 +27,7 @@ from tensordict import TensorDictBase
 from torchrl.weight_update import RayWeightSyncScheme
 
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
-from torchrl_seer.collectors.weight_sync import (
-    CompressedPacketSender,
-    CompressedWeightStrategy,
-    _is_packet,
-)
+from torchrl_seer.collectors.weight_sync import CompressedPacketSender, _is_packet
 
 __all__ = ["CompressedRayWeightSyncScheme"]
 
@@ -105,20 +101,21 @@ class CompressedRayWeightSyncScheme(CompressedPacketSender, RayWeightSyncScheme)
 
     Examples:
         >>> import torch
-        >>> from tensordict.nn import TensorDictModule
-        >>> from torchrl_seer.collectors import PolicyCompressor
-        >>> scheme = CompressedRayWeightSyncScheme(PolicyCompressor.from_spec("int8"))
-        >>> actor = TensorDictModule(torch.nn.Linear(4, 2), in_keys=["x"], out_keys=["y"])
-        >>> packet = scheme.prepare_weights(actor, "policy", scheme.strategy)
-        >>> int(packet["version"]), packet["pipeline"].spec()
-        (1, 'int8')
+        >>> from torchrl.modules import MLP
+        >>> from torchrl_seer.collectors import CompressedWeightSyncScheme, PolicyCompressor
+        >>> net = MLP(in_features=4, out_features=2, num_cells=[32])
+        >>> over_ray = CompressedRayWeightSyncScheme(PolicyCompressor.from_spec("prune0.5+int8"))
+        >>> over_pipes = CompressedWeightSyncScheme(PolicyCompressor.from_spec("prune0.5+int8"))
+        >>> ray_packet, pipe_packet = (
+        ...     scheme.prepare_weights(net, "policy", scheme.strategy)
+        ...     for scheme in (over_ray, over_pipes))
+        >>> set(ray_packet.keys(True, True)) == set(pipe_packet.keys(True, True))  # one format
+        True
     """
 
     def __init__(self, compressor: PolicyCompressor) -> None:
         super().__init__(strategy="tensordict")
-        self._strategy = CompressedWeightStrategy()
-        self.compressor = compressor
-        self.version = 0
+        self._init_sender(compressor)
 
     def create_transport(
         self, *, remote_actor: Any = None, worker_idx: int | None = None, **kwargs: Any

@@ -120,6 +120,12 @@ class CompressedPacketSender:
     version: int
     _strategy: WeightStrategy
 
+    def _init_sender(self, compressor: PolicyCompressor) -> None:
+        """Installs the packet strategy, the pipeline and version 0 (call after the base init)."""
+        self._strategy = CompressedWeightStrategy()
+        self.compressor = compressor
+        self.version = 0
+
     def prepare_weights(
         self,
         weights: Any,
@@ -189,9 +195,7 @@ class CompressedWeightSyncScheme(CompressedPacketSender, MultiProcessWeightSyncS
 
     def __init__(self, compressor: PolicyCompressor, *, sync: bool = True) -> None:
         super().__init__(strategy="tensordict", sync=sync)
-        self._strategy = CompressedWeightStrategy()
-        self.compressor = compressor
-        self.version = 0
+        self._init_sender(compressor)
 
     def _setup_connection_and_weights_on_sender_impl(
         self,
