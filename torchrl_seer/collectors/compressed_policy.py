@@ -20,8 +20,11 @@ class CompressedPolicy(TensorDictModuleBase):
     The wrapped policy is typically a TorchRL ``ProbabilisticActor`` with
     ``return_log_prob=True``: its log-probability output is then computed by the *compressed*
     network, which is exactly the behaviour log-probability log μ(a|x) the Corrector (V-trace,
-    Retrace) needs. Every output also carries ``version_key``, the version of the weight packet
-    the actor was running, from which the Monitor measures policy lag.
+    Retrace) needs. For an ε-greedy Q-learning actor, end the policy with
+    :class:`~torchrl_seer.collectors.EGreedyLogProbModule` after the ``QValueActor`` (TorchRL's
+    ``EGreedyModule`` records no log-probability). Every output also carries ``version_key``, the
+    version of the weight packet the actor was running, from which the Monitor measures policy
+    lag.
 
     The compressed network is rebuilt from weight packets (see
     :class:`~torchrl_seer.collectors.PolicyCompressor`) on top of a private full-precision
