@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tensordict import TensorDict
 from tensordict.nn import TensorDictSequential
 from torch import nn
@@ -145,6 +147,34 @@ def test_targets_match_brute_force_retrace_on_small_mdp(lmbda, target_policy, do
     torch.testing.assert_close(
         data["td_error"].squeeze(-1).double(), (predicted - expected).pow(2), rtol=1e-4, atol=1e-5
     )
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    lmbda=st.floats(0.0, 1.0),
+    target_policy=st.sampled_from(["greedy", "epsilon_greedy", "softmax"]),
+    double_dqn=st.booleans(),
+    steps=st.integers(3, 10),
+)
+def test_property_targets_equal_brute_force_retrace(seed, lmbda, target_policy, double_dqn, steps):
+    g = torch.Generator().manual_seed(seed)
+    data, states, next_states, mu = mdp_batch(g, B=2, T=steps)
+    q_online, q_target = torch.randn(2, N_STATES, N_ACTIONS, generator=g, dtype=torch.float64)
+    loss = RetraceDQNLoss(
+        tabular_q_actor(),
+        lmbda=lmbda,
+        gamma=GAMMA,
+        target_policy=target_policy,
+        target_epsilon=0.2,
+        temperature=0.5,
+        double_dqn=double_dqn,
+    )
+    set_tables(loss, q_online, q_target)
+    pi = policy_table(q_online if double_dqn else q_target, target_policy)
+    expected = brute_force_targets(data, states, next_states, mu, q_target, pi, lmbda)
+    target = loss.retrace_target(data, q_online[states].float())
+    torch.testing.assert_close(target.double(), expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("double_dqn", [False, True])
