@@ -10,6 +10,7 @@ from torchrl_seer.optim import (
     compensated_add_,
     compensated_value,
     residual_quantum,
+    stochastic_add_,
     store_compensated_,
 )
 
@@ -155,3 +156,32 @@ def test_compensation_dtype_validation():
         check_compensation_dtype(torch.float16)
     with pytest.raises(ValueError, match=r"float16 or torch\.bfloat16"):
         check_compensation_dtype(torch.int8, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_stochastic_add_is_exact_on_average_and_never_further_than_one_ulp(dtype):
+    gen = torch.Generator().manual_seed(0)
+    value = torch.ones(4096, dtype=dtype)
+    ulp_above = residual_quantum(value[:1]).item() * 2**8
+    # a third of an ulp: round-to-nearest would drop it every time
+    for _ in range(30):
+        stochastic_add_(value, torch.tensor(ulp_above / 3), generator=gen)
+    expected = 1 + 30 * ulp_above / 3
+    mean = value.double().mean().item()
+    # each element is a sum of 30 unbiased roundings of variance <= ulp^2 / 4
+    assert abs(mean - expected) < 5 * math.sqrt(30 / 4096) * ulp_above / 2
+    assert ((value.double() - expected).abs() < 5 * math.sqrt(30) * ulp_above / 2).all()
+    # one addition lands on one of the two neighbours of the exact sum
+    exact = torch.randn(1000, generator=gen, dtype=torch.float64)
+    start = exact.to(dtype)
+    stepped = start.clone()
+    stochastic_add_(stepped, (exact - start.double()).float(), generator=gen)
+    below = torch.nextafter(stepped, torch.full_like(stepped, -math.inf)).double()
+    above = torch.nextafter(stepped, torch.full_like(stepped, math.inf)).double()
+    assert ((below <= exact) & (exact <= above)).all()
+
+
+def test_stochastic_add_keeps_non_finite_values():
+    value = torch.tensor([60000.0, math.inf, 1.0], dtype=torch.float16)
+    stochastic_add_(value, torch.tensor([10000.0, 1.0, 1e-4]))
+    assert torch.isinf(value[0]) and torch.isinf(value[1]) and torch.isfinite(value[2])

@@ -317,3 +317,36 @@ def test_hadam_compensation_dtype_validation():
     w.grad = torch.ones_like(w)
     with pytest.raises(ValueError, match=r"float16 or torch\.bfloat16"):
         HAdam([w], kahan=True, compensation_dtype=torch.int8).step()
+
+
+def test_hadam_stochastic_rounding_keeps_sub_ulp_updates_on_average(monkeypatch):
+    import torchrl_seer.optim.hadam as hadam_module
+    from torchrl_seer.optim import stochastic_add_
+
+    recorded = []
+
+    def recording_add(value, increment, **kwargs):
+        recorded.append(increment.double().clone())
+        stochastic_add_(value, increment, **kwargs)
+
+    monkeypatch.setattr(hadam_module, "stochastic_add_", recording_add)
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.ones(2048, dtype=torch.bfloat16))
+    opt = HAdam([w], lr=1e-4, eps=1e-4, stochastic_rounding=True)
+    plain = torch.nn.Parameter(torch.ones(2048, dtype=torch.bfloat16))
+    plain_opt = HAdam([plain], lr=1e-4, eps=1e-4)
+    for _ in range(200):  # updates of ~1e-4, below half an ulp of 1.0 in bf16 (2**-9)
+        w.grad, plain.grad = torch.ones_like(w), torch.ones_like(plain)
+        opt.step()
+        plain_opt.step()
+    reference = 1 + torch.stack(recorded).sum(0)
+    ulp = 2.0**-8  # bf16 spacing just below 1
+    assert torch.equal(plain.detach(), torch.ones_like(plain))  # every update rounded away
+    assert abs(w.double().mean().item() - reference.mean().item()) < 5 * math.sqrt(200 / 2048) * ulp
+    assert set(opt.state[w]) == {"step", "exp_avg", "exp_avg_hypot"}  # no extra state
+    with pytest.raises(ValueError, match="exclusive"):
+        HAdam([w], kahan=True, stochastic_rounding=True)
+    fp32 = torch.nn.Parameter(torch.ones(2))
+    fp32.grad = torch.ones(2)
+    with pytest.raises(ValueError, match=r"float16 or torch\.bfloat16"):
+        HAdam([fp32], stochastic_rounding=True).step()

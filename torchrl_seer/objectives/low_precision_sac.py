@@ -37,8 +37,13 @@ _LOW_PRECISION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: ``fp16`` is the paper's full method (all six fixes). ``bf16`` keeps what matters for an
 #: 8-bit mantissa with fp32's range: hAdam, the two distribution fixes (free), Kahan target
 #: updates without scaling and Kahan-compensated updates of *every* network, and no loss
-#: scaling (gradients cannot underflow in bf16). ``naive-fp16`` is the supervised-learning
-#: recipe that fails; ``fp32`` is TorchRL's SAC (all switches off).
+#: scaling (gradients cannot underflow in bf16). ``fp16-lean`` and ``bf16-lean`` fit the
+#: learner state in 0.55 of fp32's: the Kahan compensations are int8
+#: (:func:`~torchrl_seer.optim.compensated_add_`), the target keeps its compensation (the
+#: critical one at :math:`\tau = 0.005`; no scaled copy, no overflow hazard) and log-alpha
+#: its own, while the critic and actor updates are rounded stochastically (exact on average
+#: at no memory cost; one more int8 buffer would not fit). ``naive-fp16`` is the
+#: supervised-learning recipe that fails; ``fp32`` is TorchRL's SAC (all switches off).
 PRECISION_PRESETS: dict[str, dict[str, Any]] = {
     "fp32": {
         "dtype": torch.float32,
@@ -70,6 +75,31 @@ PRECISION_PRESETS: dict[str, dict[str, Any]] = {
         "crit_kahan": True,
         "alpha_kahan": True,
         "actor_kahan": True,
+    },
+    "fp16-lean": {
+        "dtype": torch.float16,
+        "use_num_adam": True,
+        "use_grad_scaler": True,
+        "stable_normal": True,
+        "tanh_threshold": 10.0,
+        "soft_update_scale": 1.0,
+        "crit_kahan": False,
+        "alpha_kahan": True,
+        "compensation_dtype": torch.int8,
+        "stochastic_rounding": True,
+    },
+    "bf16-lean": {
+        "dtype": torch.bfloat16,
+        "use_num_adam": True,
+        "use_grad_scaler": False,
+        "stable_normal": True,
+        "tanh_threshold": 10.0,
+        "soft_update_scale": 1.0,
+        "crit_kahan": False,
+        "alpha_kahan": True,
+        "actor_kahan": False,
+        "compensation_dtype": torch.int8,
+        "stochastic_rounding": True,
     },
     "naive-fp16": {
         "dtype": torch.float16,
@@ -149,6 +179,9 @@ class LowPrecisionSACLoss(SACLoss):
             reference), ``torch.int8`` for the compact one-byte residual of
             :func:`~torchrl_seer.optim.compensated_add_` (needs ``soft_update_scale`` 1 or
             ``None``). Defaults to ``None``.
+        stochastic_rounding (bool, optional): round the updates of the networks without
+            Kahan compensation stochastically (:func:`~torchrl_seer.optim.stochastic_add_`;
+            exact on average, no extra memory; not in the reference). Defaults to ``False``.
         init_scale (float, optional): initial loss scale :math:`S` of the scalers.
             Defaults to ``1e4``.
         adam_eps (float, optional): optimizer :math:`\epsilon`; defaults to ``1e-8``, times
@@ -224,6 +257,7 @@ class LowPrecisionSACLoss(SACLoss):
         alpha_kahan: bool = True,
         actor_kahan: bool = False,
         compensation_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
         init_scale: float = 1e4,
         adam_eps: float | None = None,
         **sac_kwargs: Any,
@@ -243,6 +277,12 @@ class LowPrecisionSACLoss(SACLoss):
         if (crit_kahan or alpha_kahan or actor_kahan) and not use_num_adam:
             raise ValueError("Kahan-compensated updates are an HAdam option: set use_num_adam.")
         check_compensation_dtype(compensation_dtype, dtype)
+        if stochastic_rounding and (not use_num_adam or dtype == torch.float32):
+            raise ValueError(
+                "stochastic_rounding is an HAdam option for fp16/bf16 networks: set "
+                f"use_num_adam=True and a 16-bit dtype (got use_num_adam={use_num_adam}, "
+                f"dtype={dtype})."
+            )
         if compensation_dtype is not None and soft_update_scale not in (None, 1.0):
             raise ValueError(
                 "an int8 compensation sums in fp32 and needs no target scale: set "
@@ -259,6 +299,7 @@ class LowPrecisionSACLoss(SACLoss):
         self.alpha_kahan = alpha_kahan
         self.actor_kahan = actor_kahan
         self.compensation_dtype = compensation_dtype
+        self.stochastic_rounding = stochastic_rounding
         self.init_scale = init_scale
         if adam_eps is None:
             adam_eps = 1e-8 * init_scale if use_grad_scaler else 1e-8
@@ -411,6 +452,7 @@ class LowPrecisionSACLoss(SACLoss):
                     eps=self.adam_eps,
                     kahan=kahan,
                     compensation_dtype=self.compensation_dtype,
+                    stochastic_rounding=self.stochastic_rounding and not kahan,
                 )
             else:
                 optimizer = Adam(trainable, lr=group_lr, betas=betas, eps=self.adam_eps)

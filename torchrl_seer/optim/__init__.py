@@ -13,6 +13,7 @@ from torchrl_seer.optim.compound_loss_scaler import CompoundLossScaler
 from torchrl_seer.optim.hadam import HAdam
 from torchrl_seer.optim.loss_scaler import LossScaler, all_finite
 from torchrl_seer.optim.loss_scaling_stepper import LossScalingStepper
+from torchrl_seer.optim.stochastic_rounding import stochastic_add_
 
 __all__ = [
     "COMPENSATION_FRACTION_BITS",
@@ -26,5 +27,6 @@ __all__ = [
     "compensated_add_",
     "compensated_value",
     "residual_quantum",
+    "stochastic_add_",
     "store_compensated_",
 ]

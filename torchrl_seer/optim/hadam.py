@@ -11,6 +11,7 @@ import torch
 from torch.optim import Optimizer
 
 from torchrl_seer.optim.compensated_sum import check_compensation_dtype, compensated_add_
+from torchrl_seer.optim.stochastic_rounding import stochastic_add_
 
 __all__ = ["HAdam"]
 
@@ -60,7 +61,10 @@ class HAdam(Optimizer):
     ``compensation_dtype=torch.int8`` the compensation costs one byte per weight instead of
     two: the sum is formed in fp32 and its residual stored in units of
     :math:`\operatorname{ulp}(p)/2^8` (see :func:`~torchrl_seer.optim.compensated_add_`),
-    so that the pair carries 16 (bf16) or 19 (fp16) significant bits.
+    so that the pair carries 16 (bf16) or 19 (fp16) significant bits. With
+    ``stochastic_rounding=True`` instead, updates are rounded stochastically
+    (:func:`~torchrl_seer.optim.stochastic_add_`): exact on average at no memory cost, but
+    noisier than Kahan summation (our extension, not in the reference).
 
     Args:
         params (iterable): parameters or parameter groups to optimize.
@@ -83,6 +87,9 @@ class HAdam(Optimizer):
         compensation_dtype (torch.dtype, optional): dtype of the Kahan compensation:
             ``None`` for the parameter's dtype (the reference), or ``torch.int8`` for the
             compact residual (fp16 and bf16 parameters only). Defaults to ``None``.
+        stochastic_rounding (bool, optional): round each update of an fp16/bf16 parameter
+            stochastically instead of to nearest; exclusive with ``kahan``. Defaults to
+            ``False``.
 
     Examples:
         >>> import torch
@@ -113,6 +120,7 @@ class HAdam(Optimizer):
         maximize: bool = False,
         kahan: bool = False,
         compensation_dtype: torch.dtype | None = None,
+        stochastic_rounding: bool = False,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: expected lr >= 0, got {lr}.")
@@ -123,6 +131,8 @@ class HAdam(Optimizer):
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay: expected >= 0, got {weight_decay}.")
         check_compensation_dtype(compensation_dtype)
+        if kahan and stochastic_rounding:
+            raise ValueError("kahan and stochastic_rounding are exclusive: choose one.")
         defaults = {
             "lr": lr,
             "betas": betas,
@@ -132,6 +142,7 @@ class HAdam(Optimizer):
             "maximize": maximize,
             "kahan": kahan,
             "compensation_dtype": compensation_dtype,
+            "stochastic_rounding": stochastic_rounding,
         }
         super().__init__(params, defaults)
 
@@ -206,6 +217,8 @@ class HAdam(Optimizer):
             )
         state = self.state[param]
         if not state:
+            if group.get("stochastic_rounding"):
+                check_compensation_dtype(torch.int8, param.dtype)  # 16-bit parameters only
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_hypot"] = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -228,6 +241,7 @@ class HAdam(Optimizer):
             eps=eps,
             bias_correction2_sqrt=math.sqrt(1 - beta2**step),
             step_size=group["lr"] * (1 - beta1) / (math.sqrt(1 - beta2) * (1 - beta1**step)),
+            stochastic_rounding=group.get("stochastic_rounding", False),
         )
         for chunk in _chunks(
             param,
@@ -247,6 +261,7 @@ class _StepConstants:
     eps: float
     bias_correction2_sqrt: float
     step_size: float
+    stochastic_rounding: bool
 
 
 @dataclass
@@ -310,7 +325,9 @@ def _hadam_update(t: _Slices, c: _StepConstants) -> None:
     # update = -step_size * m / (s / sqrt(1 - b2^t) + eps)
     torch.div(hypot, c.bias_correction2_sqrt, out=work).add_(c.eps)
     torch.div(t.exp_avg, work, out=work).mul_(-c.step_size)
-    if t.compensation is None:
+    if t.compensation is not None:
+        compensated_add_(t.param, t.compensation, work, scratch=larger)
+    elif c.stochastic_rounding:
+        stochastic_add_(t.param, work)
+    else:
         t.param.add_(work)
-        return
-    compensated_add_(t.param, t.compensation, work, scratch=larger)
