@@ -24,6 +24,8 @@ their returns side by side. Read top to bottom:
 
 fp16 is meant for GPUs: on a CPU it is a correctness run (CPU fp16 kernels are slow to very
 slow depending on the CPU and PyTorch build), and bf16 is the low-precision path to use.
+``bf16-lean`` / ``fp16-lean`` hold the learner state in 0.55 of fp32's (int8 Kahan
+compensations, stochastically rounded actor and critic updates).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from tqdm import tqdm
 from torchrl_seer.envs import make_dmc_env
 from torchrl_seer.objectives import PRECISION_PRESETS, LowPrecisionSACLoss
 
-PRECISIONS = ("fp32", "fp16", "bf16", "naive-fp16")
+PRECISIONS = ("fp32", "fp16", "bf16", "fp16-lean", "bf16-lean", "naive-fp16")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -9,12 +9,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.objectives import LossModule, SoftUpdate
 
-from torchrl_seer.optim import (
-    check_compensation_dtype,
-    compensated_add_,
-    compensated_value,
-    store_compensated_,
-)
+from torchrl_seer.optim import check_compensation_dtype, compensated_add_, compensated_lerp_
 
 __all__ = ["KahanSoftUpdate"]
 
@@ -160,17 +155,20 @@ class KahanSoftUpdate(SoftUpdate):
     ) -> None:
         if self.compensation_dtype is not None:
             # lerp from the represented value, not from its 16-bit part
-            exact = compensated_value(target, compensation).lerp_(source.float(), tau)
-            store_compensated_(target, compensation, exact)
+            compensated_lerp_(target, compensation, source, tau)
             return
+        scratch = torch.empty_like(target)
         if self.scale == 1.0:
-            compensated_add_(target, compensation, (source - target).mul_(tau))
+            increment = torch.sub(source, target).mul_(tau)
+            compensated_add_(target, compensation, increment, scratch=scratch)
             return
-        scaled = target * self.scale
-        compensated_add_(scaled, compensation, (source * self.scale - scaled).mul_(tau))
+        # transients: the rebuilt scaled target, the increment and the Kahan scratch
+        scaled = torch.mul(target, self.scale)
+        increment = torch.mul(source, self.scale).sub_(scaled).mul_(tau)
+        compensated_add_(scaled, compensation, increment, scratch=scratch)
         torch.div(scaled, self.scale, out=target)
         # (fl(s * target), c) must represent what (scaled, c) does: add the exact difference
-        compensation.add_(torch.mul(target, self.scale).sub_(scaled))
+        compensation.add_(torch.mul(target, self.scale, out=increment).sub_(scaled))
 
     def state_dict(self) -> dict[str, Any]:
         """Return the updater progress with the compensation buffers.

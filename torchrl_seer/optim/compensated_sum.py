@@ -3,6 +3,7 @@ r"""Kahan-compensated in-place addition with a 16-bit or a compact int8 compensa
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -10,6 +11,7 @@ __all__ = [
     "COMPENSATION_FRACTION_BITS",
     "check_compensation_dtype",
     "compensated_add_",
+    "compensated_lerp_",
     "compensated_value",
     "residual_quantum",
     "store_compensated_",
@@ -20,6 +22,20 @@ COMPENSATION_FRACTION_BITS = 8
 
 # half an ulp in quanta: the largest |q| a residual can need
 _HALF_ULP = 2 ** (COMPENSATION_FRACTION_BITS - 1)
+# elements per slice of the int8 paths: bounds their fp32 temporaries (~5 of them) to a few MiB
+_SLICE = 1 << 18
+
+
+def _aligned_slices(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yield aligned flat slices of ``_SLICE`` elements (non-contiguous tensors: whole)."""
+    if not all(t.is_contiguous() for t in tensors):
+        yield tensors
+        return
+    flat = [t.view(-1) for t in tensors]
+    for start in range(0, flat[0].numel(), _SLICE):
+        yield tuple(t[start : start + _SLICE] for t in flat)
+
+
 # exponent-field masks of the 16-bit formats (sign bit excluded)
 _EXPONENT_MASK = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
 
@@ -181,8 +197,49 @@ def compensated_add_(
         torch.sub(total, value, out=compensation).sub_(y)
         value.copy_(total)
         return
-    exact = compensated_value(value, compensation).add_(increment)
-    store_compensated_(value, compensation, exact, generator=generator)
+    increment = increment.expand_as(value)
+    for v, c, inc in _aligned_slices(value, compensation, increment.contiguous()):
+        store_compensated_(v, c, compensated_value(v, c).add_(inc), generator=generator)
+
+
+def compensated_lerp_(
+    value: torch.Tensor,
+    compensation: torch.Tensor,
+    end: torch.Tensor,
+    weight: float,
+    *,
+    generator: torch.Generator | None = None,
+) -> None:
+    r"""Move an (fp16/bf16 value, int8 compensation) pair a fraction ``weight`` towards ``end``.
+
+    The Polyak step :math:`\bar x \leftarrow \bar x + w(e - \bar x)` is taken from the value
+    the pair represents, :math:`\bar x = t - c` (:func:`compensated_value`), in fp32, and
+    the result is stored back with :func:`store_compensated_`. Works on slices of
+    :math:`2^{18}` elements, so its fp32 temporaries stay small.
+
+    Args:
+        value (torch.Tensor): fp16 or bf16 :math:`t`, updated in place.
+        compensation (torch.Tensor): its int8 compensation :math:`c`, updated in place.
+        end (torch.Tensor): the tensor to move towards (same shape, any floating dtype).
+        weight (float): the fraction :math:`w` (the soft-update :math:`\tau`).
+
+    Keyword Args:
+        generator (torch.Generator, optional): source of the stochastic rounding.
+            Defaults to the global generator.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_seer.optim import compensated_lerp_, compensated_value
+        >>> target = torch.zeros(1, dtype=torch.bfloat16)
+        >>> residual = torch.zeros(1, dtype=torch.int8)
+        >>> for _ in range(200):
+        ...     compensated_lerp_(target, residual, torch.ones(1), 0.005)
+        >>> round(compensated_value(target, residual).item(), 3)  # 1 - 0.995 ** 200
+        0.633
+    """
+    for v, c, e in _aligned_slices(value, compensation, end.contiguous()):
+        exact = compensated_value(v, c).lerp_(e.float(), weight)
+        store_compensated_(v, c, exact, generator=generator)
 
 
 def store_compensated_(
