@@ -5,7 +5,7 @@ from torchrl.modules import MLP, ValueOperator
 from torchrl.objectives import DQNLoss, SoftUpdate
 
 from torchrl_seer.objectives import KahanSoftUpdate
-from torchrl_seer.optim import compensated_value, residual_quantum
+from torchrl_seer.optim import COMPENSATION_FRACTION_BITS, compensated_value, residual_quantum
 
 TAU = 0.005
 
@@ -106,10 +106,10 @@ def test_kahan_soft_update_int8_tracks_fp64_like_16bit_and_far_better_than_naive
     assert kahan16 < eps, kahan16
     assert kahan8 < eps, kahan8
     assert naive > 10 * max(kahan16, kahan8), (naive, kahan16, kahan8)
-    # the int8 pair: each step loses less than one quantum u = ulp/2^8 <= eps/2^8 (zero on
+    # the int8 pair: each step loses less than one quantum u = ulp/2^k <= eps/2^k (zero on
     # average) and the soft update contracts errors by (1 - tau): in steady state the error
     # is at most u/tau in the worst case, ~u/sqrt(2 tau) = 10 u typically
-    quantum = eps / 2**8
+    quantum = eps / 2**COMPENSATION_FRACTION_BITS
     assert pair8 < quantum / TAU, (pair8, quantum / TAU)
     assert pair8 < 0.1 * eps, pair8  # well inside the target's own half-ulp rounding
 
@@ -149,7 +149,7 @@ def test_one_persistent_copy_matches_two_copy_reference_update():
             if exact:
                 assert torch.equal(ours.data, ref)
             else:  # a non-power-of-two scale rounds in t / s and s * t: measured ~1.3 ulp
-                ulp = residual_quantum(ref).double() * 2**8
+                ulp = residual_quantum(ref).double() * 2**COMPENSATION_FRACTION_BITS
                 ours_err = ((ours.data.double() - ref64).abs() / ulp).max()
                 two_copy_err = ((ref.double() - ref64).abs() / ulp).max()
                 assert ours_err <= 2 and two_copy_err <= 2, (ours_err, two_copy_err)

@@ -262,7 +262,12 @@ def test_hadam_slicing_and_non_contiguous_match_whole_tensor_update(monkeypatch)
 )
 def test_hadam_int8_kahan_tracks_the_exact_sum_of_its_updates(monkeypatch, dtype, steps, numel):
     import torchrl_seer.optim.hadam as hadam_module
-    from torchrl_seer.optim import compensated_add_, compensated_value, residual_quantum
+    from torchrl_seer.optim import (
+        COMPENSATION_FRACTION_BITS,
+        compensated_add_,
+        compensated_value,
+        residual_quantum,
+    )
 
     recorded = []
 
@@ -302,7 +307,7 @@ def test_hadam_int8_kahan_tracks_the_exact_sum_of_its_updates(monkeypatch, dtype
     quantum = residual_quantum(torch.tensor([largest], dtype=dtype)).item()
     # each step loses < one quantum, zero on average (see test_lowprec_compensated_sum)
     assert pair8_err < 5 * math.sqrt(steps) * quantum / 2 + steps * 2.0**-24 * largest
-    half_ulp = quantum * 2**7
+    half_ulp = quantum * 2 ** (COMPENSATION_FRACTION_BITS - 1)
     err8 = (w8.double() - reference).abs().max().item()
     err16 = (w16.double() - reference).abs().max().item()
     err_plain = (w_plain.double() - reference).abs().max().item()

@@ -49,7 +49,7 @@ class KahanSoftUpdate(SoftUpdate):
     With ``compensation_dtype=torch.int8`` the compensation takes one byte per weight: each
     step forms :math:`x = \bar\theta' + \tau(\theta - \bar\theta')` in fp32 from the value
     the pair represents, :math:`\bar\theta' = \theta' - c`, and keeps its residual
-    in units of :math:`\operatorname{ulp}(\theta')/2^8` (see
+    in units of :math:`\operatorname{ulp}(\theta')/2^7` (see
     :func:`~torchrl_seer.optim.compensated_add_`). The fp32 arithmetic has no subnormal
     problem, so this mode needs no scale (``scale`` must be 1) and has no overflow hazard
     below the dtype's own range.

@@ -60,8 +60,8 @@ class HAdam(Optimizer):
     ``alpha_kahan``); in bf16 (8-bit mantissa) it matters for every network. With
     ``compensation_dtype=torch.int8`` the compensation costs one byte per weight instead of
     two: the sum is formed in fp32 and its residual stored in units of
-    :math:`\operatorname{ulp}(p)/2^8` (see :func:`~torchrl_seer.optim.compensated_add_`),
-    so that the pair carries 16 (bf16) or 19 (fp16) significant bits. With
+    :math:`\operatorname{ulp}(p)/2^7` (see :func:`~torchrl_seer.optim.compensated_add_`),
+    so that the pair carries 15 (bf16) or 18 (fp16) significant bits. With
     ``stochastic_rounding=True`` instead, updates are rounded stochastically
     (:func:`~torchrl_seer.optim.stochastic_add_`): exact on average at no memory cost, but
     noisier than Kahan summation (our extension, not in the reference).
