@@ -302,6 +302,21 @@ def main(argv: list[str] | None = None) -> None:
         warmup=warmup,
     )
     per_update = {name: t.median / block for name, t in timings.items()}
+    # one intra-op thread: on a machine whose cores are busy, two threads mostly wait on each
+    # other; the single-thread ratio is the steadier comparison of the update arithmetic
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    single_thread = interleaved_timings(
+        {
+            "fp32": block_of(fp32.update),
+            "bf16": block_of(bf16.update),
+            "bf16-lean": block_of(bf16_lean.update),
+        },
+        repeats=repeats,
+        warmup=warmup,
+    )
+    torch.set_num_threads(threads)
+    per_update_1t = {name: t.median / block for name, t in single_thread.items()}
     mlp = interleaved_timings(
         {
             "fp32": mlp_forward_backward(args.hidden, args.batch_size, torch.float32),
@@ -315,6 +330,8 @@ def main(argv: list[str] | None = None) -> None:
 
     bf16_ratio = per_update["bf16"] / per_update["fp32"]
     lean_ratio = per_update["bf16-lean"] / per_update["fp32"]
+    bf16_ratio_1t = per_update_1t["bf16"] / per_update_1t["fp32"]
+    lean_ratio_1t = per_update_1t["bf16-lean"] / per_update_1t["fp32"]
     fb32, fb16 = per_update["fp32 fwd+bwd"], per_update["bf16 fwd+bwd"]
     rest32, rest16 = per_update["fp32"] - fb32, per_update["bf16"] - fb16
     report = BenchmarkReport(
@@ -358,6 +375,15 @@ def main(argv: list[str] | None = None) -> None:
                 f"{lean_ratio:.3f}",
                 f"{repeats}x{block}",
             ],
+            *(
+                [
+                    f"{name} — 1 thread",
+                    f"{1e3 * per_update_1t[name]:.1f}",
+                    f"{per_update_1t[name] / per_update_1t['fp32']:.3f}",
+                    f"{repeats}x{block}",
+                ]
+                for name in ("fp32", "bf16", "bf16-lean")
+            ),
             [
                 "loss forward+backward only (fp32 / bf16)",
                 f"{1e3 * fb32:.1f} / {1e3 * fb16:.1f}",
@@ -409,8 +435,11 @@ def main(argv: list[str] | None = None) -> None:
         "work on slices of 2^18 elements (about 5 MiB of fp32 temporaries)."
     )
     report.add_note(
-        f"Time target (<= 0.6): bf16 {bf16_ratio:.3f}, bf16-lean {lean_ratio:.3f} — "
-        f"{'met' if max(bf16_ratio, lean_ratio) <= 0.6 else 'missed'}. The network passes "
+        f"Time target (<= 0.6): bf16 {bf16_ratio:.3f}, bf16-lean {lean_ratio:.3f} with two "
+        f"threads — {'met' if max(bf16_ratio, lean_ratio) <= 0.6 else 'missed'}; with one "
+        f"thread (steadier when other processes hold the cores) bf16 {bf16_ratio_1t:.3f}, "
+        f"bf16-lean {lean_ratio_1t:.3f} — "
+        f"{'met' if max(bf16_ratio_1t, lean_ratio_1t) <= 0.6 else 'missed'}. The network passes "
         f"(loss forward and backward) run at {fb16 / fb32:.3f} of fp32 in bf16; the rest of "
         "the update is elementwise optimizer work, which bf16 does not speed up on this CPU "
         "(its elementwise kernels are no faster per element than fp32's), and hAdam with "
@@ -423,6 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     report.raw = {
         "memory_bytes": memory_raw,
         "update_seconds_per_block": {k: v.as_dict() for k, v in timings.items()},
+        "update_seconds_per_block_one_thread": {k: v.as_dict() for k, v in single_thread.items()},
         "block_updates": block,
         "fp16_update_seconds": fp16_timing.as_dict(),
         "mlp_fwd_bwd_seconds": {k: v.as_dict() for k, v in mlp.items()},

@@ -359,8 +359,19 @@ def _toy_policy_improvement(precision, *, updates=300, **switches):
     return policy_reward() - before
 
 
+@pytest.fixture
+def one_thread():
+    # tiny networks: one intra-op thread is faster, and steadier on a loaded machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_thread")
 def test_bf16_lean_learns_like_the_full_bf16_preset():
-    # measured: full 0.33, lean 0.33, bf16 without any compensation 0.05 (updates lost)
+    # measured: bf16 0.34, bf16-lean 0.33, fp32 0.28; bf16-lean with round-to-nearest
+    # updates 0.05 (most updates lost, see the slow test below)
     full = _toy_policy_improvement("bf16")
     lean = _toy_policy_improvement("bf16-lean")
     assert full > 0.2
@@ -368,6 +379,7 @@ def test_bf16_lean_learns_like_the_full_bf16_preset():
 
 
 @pytest.mark.slow  # the negative control of the test above (~10 s)
+@pytest.mark.usefixtures("one_thread")
 def test_bf16_without_update_compensation_learns_far_less():
     lean = _toy_policy_improvement("bf16-lean")
     plain = _toy_policy_improvement("bf16-lean", stochastic_rounding=False)

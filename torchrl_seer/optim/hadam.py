@@ -64,7 +64,8 @@ class HAdam(Optimizer):
     so that the pair carries 15 (bf16) or 18 (fp16) significant bits. With
     ``stochastic_rounding=True`` instead, updates are rounded stochastically
     (:func:`~torchrl_seer.optim.stochastic_add_`): exact on average at no memory cost, but
-    noisier than Kahan summation (our extension, not in the reference).
+    noisier than Kahan summation (our extension, not in the reference). Both draw their
+    random numbers from the global generator (``torch.manual_seed`` makes them repeatable).
 
     Args:
         params (iterable): parameters or parameter groups to optimize.
