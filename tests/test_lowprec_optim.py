@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -355,3 +356,25 @@ def test_hadam_stochastic_rounding_keeps_sub_ulp_updates_on_average(monkeypatch)
     fp32.grad = torch.ones(2)
     with pytest.raises(ValueError, match=r"float16 or torch\.bfloat16"):
         HAdam([fp32], stochastic_rounding=True).step()
+
+
+def test_hadam_int8_compensation_survives_a_state_dict_roundtrip():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64, dtype=torch.bfloat16))
+    opt = HAdam([w], lr=1e-3, eps=1e-4, kahan=True, compensation_dtype=torch.int8)
+    for _ in range(5):
+        w.grad = torch.randn_like(w)
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())  # state_dict() shares the moment tensors
+    other_w = torch.nn.Parameter(w.detach().clone())
+    other = HAdam([other_w], lr=1e-3, eps=1e-4, kahan=True, compensation_dtype=torch.int8)
+    other.load_state_dict(saved)  # torch casts floating-parameter state to the param dtype
+    restored = other.state[other_w]["kahan_compensation"]
+    assert restored.dtype == torch.int8
+    assert torch.equal(restored, opt.state[w]["kahan_compensation"])
+    grad = torch.randn_like(w)
+    for weight, optimizer in ((w, opt), (other_w, other)):
+        weight.grad = grad.clone()
+        torch.manual_seed(1)
+        optimizer.step()
+    assert torch.equal(w, other_w)

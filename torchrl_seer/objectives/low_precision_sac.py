@@ -145,8 +145,11 @@ class LowPrecisionSACLoss(SACLoss):
     the actor samples from the same distribution). The other four configure the objects
     returned by :meth:`make_optimization_stepper` and :meth:`make_target_updater`.
     ``use_grad_scaler_naive`` selects the failing baseline (plain ``Adam`` with an
-    unscaling :class:`~torchrl_seer.optim.AmpStyleLossScaler`). :data:`PRECISION_PRESETS`
-    holds the fp16, bf16, naive-fp16 and fp32 configurations.
+    unscaling :class:`~torchrl_seer.optim.AmpStyleLossScaler`). ``compensation_dtype`` and
+    ``stochastic_rounding`` trade compensation memory for precision (int8 Kahan residuals,
+    stateless unbiased rounding). :data:`PRECISION_PRESETS` holds the fp16, bf16,
+    fp16-lean, bf16-lean (learner state at 0.55 of fp32's), naive-fp16 and fp32
+    configurations.
 
     .. note:: The networks are cast **in place** (``module.to(dtype)``). A policy used by a
        collector must then cast its fp32 observations to ``dtype`` (and its actions back);

@@ -174,6 +174,26 @@ class HAdam(Optimizer):
                     moments.append(state[name])
         return moments
 
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load an optimizer state, keeping int8 Kahan compensations in int8.
+
+        ``torch.optim.Optimizer.load_state_dict`` casts every state tensor of a floating
+        parameter to the parameter's dtype; an int8 compensation (integers in
+        :math:`[-64, 64]`, exact in fp16/bf16) is cast back.
+
+        Args:
+            state_dict (dict): a state produced by :meth:`state_dict`.
+        """
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            dtype = group.get("compensation_dtype")
+            if dtype is None:
+                continue
+            for param in group["params"]:
+                state = self.state.get(param, {})
+                if "kahan_compensation" in state:
+                    state["kahan_compensation"] = state["kahan_compensation"].to(dtype)
+
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """Perform a single optimization step.
