@@ -21,7 +21,6 @@ __all__ = [
 #: stochastically rounded residual, in :math:`[-64, 64]`, always fits in int8.
 COMPENSATION_FRACTION_BITS = 7
 
-_UNIFORM_MASK = (1 << 24) - 1
 # elements per slice of the int8 paths: bounds their fp32 temporaries (~5 of them) to a few MiB
 _SLICE = 1 << 18
 
@@ -278,19 +277,5 @@ def store_compensated_(
     residual = torch.sub(value, exact, out=exact).div_(residual_quantum(value))
     # stochastic rounding: floor(r + U[0, 1)) is r on average, so steady increments that
     # are not multiples of the quantum are not rounded the same way at every step
-    residual.add_(_uniform_like(residual, generator=generator)).floor_()
+    residual.add_(torch.empty_like(residual).uniform_(generator=generator)).floor_()
     compensation.copy_(residual.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0))
-
-
-def _uniform_like(
-    reference: torch.Tensor, *, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Return fp32 uniforms in [0, 1) shaped like ``reference``, from 24 random bits each.
-
-    Drawing 32-bit integers and scaling them is about twice as fast on CPU as
-    ``Tensor.uniform_``; 24 bits is an fp32 significand, so the values are exact multiples
-    of :math:`2^{-24}`.
-    """
-    bits = torch.empty(reference.shape, dtype=torch.int32, device=reference.device)
-    bits.random_(generator=generator).bitwise_and_(_UNIFORM_MASK)
-    return bits.float().mul_(2.0**-24)

@@ -6,11 +6,7 @@ import math
 
 import torch
 
-from torchrl_seer.optim.compensated_sum import (
-    _aligned_slices,
-    _uniform_like,
-    check_compensation_dtype,
-)
+from torchrl_seer.optim.compensated_sum import _aligned_slices, check_compensation_dtype
 
 __all__ = ["stochastic_add_"]
 
@@ -82,5 +78,5 @@ def _round_nearest_neighbour_(value: torch.Tensor, exact: torch.Tensor, generato
     other = torch.nextafter(value, torch.full_like(value, math.inf).copysign_(dropped))
     gap = other.float().sub_(value)
     threshold = dropped.div_(gap)  # in [0, 1/2]; NaN or 0 where nothing should move
-    move = _uniform_like(threshold, generator=generator) < threshold
+    move = torch.empty_like(threshold).uniform_(generator=generator) < threshold
     value.copy_(torch.where(move, other, value))
