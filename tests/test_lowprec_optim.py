@@ -378,3 +378,30 @@ def test_hadam_int8_compensation_survives_a_state_dict_roundtrip():
         torch.manual_seed(1)
         optimizer.step()
     assert torch.equal(w, other_w)
+
+
+def _second_moment_after_spike(dtype, **hadam_kwargs):
+    """hAdam's s after one gradient of 10 then 1,000 gradients of 0.01 (beta2 = 0.998).
+
+    sqrt(beta2) = 0.999 changes s by 1e-3, below half a bf16 ulp (2e-3 relative).
+    """
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.zeros(256, dtype=dtype))
+    optimizer = HAdam([weight], lr=0.0, betas=(0.9, 0.998), **hadam_kwargs)
+    for step in range(1001):
+        weight.grad = torch.full_like(weight, 10.0 if step == 0 else 0.01)
+        optimizer.step()
+    return optimizer.state[weight]["exp_avg_hypot"].double()
+
+
+def test_bf16_second_moment_decays_only_with_stochastic_decay():
+    reference = _second_moment_after_spike(torch.float32).mean().item()
+    stuck = _second_moment_after_spike(torch.bfloat16)
+    decayed = _second_moment_after_spike(torch.bfloat16, stochastic_moment_decay=True)
+    assert reference < 0.5  # fp32: s decays from its spike
+    assert stuck.min().item() == pytest.approx(1.0, rel=0.01)  # round-to-nearest: never decays
+    assert decayed.mean().item() == pytest.approx(reference, rel=0.1)
+    fp32_weight = torch.nn.Parameter(torch.zeros(2))
+    fp32_weight.grad = torch.ones(2)
+    with pytest.raises((TypeError, ValueError), match=r"float16|bfloat16"):
+        HAdam([fp32_weight], stochastic_moment_decay=True).step()

@@ -75,6 +75,7 @@ PRECISION_PRESETS: dict[str, dict[str, Any]] = {
         "crit_kahan": True,
         "alpha_kahan": True,
         "actor_kahan": True,
+        "stochastic_moment_decay": True,
     },
     "fp16-lean": {
         "dtype": torch.float16,
@@ -100,6 +101,7 @@ PRECISION_PRESETS: dict[str, dict[str, Any]] = {
         "actor_kahan": False,
         "compensation_dtype": torch.int8,
         "stochastic_rounding": True,
+        "stochastic_moment_decay": True,
     },
     "naive-fp16": {
         "dtype": torch.float16,
@@ -185,6 +187,10 @@ class LowPrecisionSACLoss(SACLoss):
         stochastic_rounding (bool, optional): round the updates of the networks without
             Kahan compensation stochastically (:func:`~torchrl_seer.optim.stochastic_add_`;
             exact on average, no extra memory; not in the reference). Defaults to ``False``.
+        stochastic_moment_decay (bool, optional): decay hAdam's second moment with
+            stochastic rounding (``HAdam(stochastic_moment_decay=True)``): in bf16 it cannot
+            decay otherwise (not in the reference; on in the bf16 presets). Defaults to
+            ``False``.
         init_scale (float, optional): initial loss scale :math:`S` of the scalers.
             Defaults to ``1e4``.
         adam_eps (float, optional): optimizer :math:`\epsilon`; defaults to ``1e-8``, times
@@ -261,6 +267,7 @@ class LowPrecisionSACLoss(SACLoss):
         actor_kahan: bool = False,
         compensation_dtype: torch.dtype | None = None,
         stochastic_rounding: bool = False,
+        stochastic_moment_decay: bool = False,
         init_scale: float = 1e4,
         adam_eps: float | None = None,
         **sac_kwargs: Any,
@@ -286,6 +293,12 @@ class LowPrecisionSACLoss(SACLoss):
                 f"use_num_adam=True and a 16-bit dtype (got use_num_adam={use_num_adam}, "
                 f"dtype={dtype})."
             )
+        if stochastic_moment_decay and (not use_num_adam or dtype == torch.float32):
+            raise ValueError(
+                "stochastic_moment_decay is an HAdam option for fp16/bf16 networks: set "
+                f"use_num_adam=True and a 16-bit dtype (got use_num_adam={use_num_adam}, "
+                f"dtype={dtype})."
+            )
         if compensation_dtype is not None and soft_update_scale not in (None, 1.0):
             raise ValueError(
                 "an int8 compensation sums in fp32 and needs no target scale: set "
@@ -303,6 +316,7 @@ class LowPrecisionSACLoss(SACLoss):
         self.actor_kahan = actor_kahan
         self.compensation_dtype = compensation_dtype
         self.stochastic_rounding = stochastic_rounding
+        self.stochastic_moment_decay = stochastic_moment_decay
         self.init_scale = init_scale
         if adam_eps is None:
             adam_eps = 1e-8 * init_scale if use_grad_scaler else 1e-8
@@ -456,6 +470,7 @@ class LowPrecisionSACLoss(SACLoss):
                     kahan=kahan,
                     compensation_dtype=self.compensation_dtype,
                     stochastic_rounding=self.stochastic_rounding and not kahan,
+                    stochastic_moment_decay=self.stochastic_moment_decay,
                 )
             else:
                 optimizer = Adam(trainable, lr=group_lr, betas=betas, eps=self.adam_eps)

@@ -91,6 +91,13 @@ class HAdam(Optimizer):
         stochastic_rounding (bool, optional): round each update of an fp16/bf16 parameter
             stochastically instead of to nearest; exclusive with ``kahan``. Defaults to
             ``False``.
+        stochastic_moment_decay (bool, optional): decay :math:`s` by :math:`\sqrt{\beta_2}`
+            with stochastic rounding (fp16/bf16 parameters). In bf16 the decay step
+            :math:`(1-\sqrt{\beta_2})\,s` (5e-4 relative for :math:`\beta_2 = 0.999`) is below
+            half an ulp (2e-3 relative), so rounded to nearest :math:`s` never decays and the
+            step size stays set by the largest gradient ever seen; rounded stochastically it
+            decays like fp32's on average. Our extension, not in the reference. Defaults to
+            ``False``.
 
     Examples:
         >>> import torch
@@ -122,6 +129,7 @@ class HAdam(Optimizer):
         kahan: bool = False,
         compensation_dtype: torch.dtype | None = None,
         stochastic_rounding: bool = False,
+        stochastic_moment_decay: bool = False,
     ) -> None:
         if not lr >= 0.0:
             raise ValueError(f"Invalid learning rate: expected lr >= 0, got {lr}.")
@@ -144,6 +152,7 @@ class HAdam(Optimizer):
             "kahan": kahan,
             "compensation_dtype": compensation_dtype,
             "stochastic_rounding": stochastic_rounding,
+            "stochastic_moment_decay": stochastic_moment_decay,
         }
         super().__init__(params, defaults)
 
@@ -238,7 +247,7 @@ class HAdam(Optimizer):
             )
         state = self.state[param]
         if not state:
-            if group.get("stochastic_rounding"):
+            if group.get("stochastic_rounding") or group.get("stochastic_moment_decay"):
                 check_compensation_dtype(torch.int8, param.dtype)  # 16-bit parameters only
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
@@ -263,6 +272,7 @@ class HAdam(Optimizer):
             bias_correction2_sqrt=math.sqrt(1 - beta2**step),
             step_size=group["lr"] * (1 - beta1) / (math.sqrt(1 - beta2) * (1 - beta1**step)),
             stochastic_rounding=group.get("stochastic_rounding", False),
+            stochastic_moment_decay=group.get("stochastic_moment_decay", False),
         )
         for chunk in _chunks(
             param,
@@ -283,6 +293,7 @@ class _StepConstants:
     bias_correction2_sqrt: float
     step_size: float
     stochastic_rounding: bool
+    stochastic_moment_decay: bool
 
 
 @dataclass
@@ -333,7 +344,10 @@ def _hadam_update(t: _Slices, c: _StepConstants) -> None:
     t.exp_avg.mul_(c.beta1).add_(t.grad, alpha=1 - c.beta1)
     # s_t = hypot(a, b) = M sqrt(1 + (mu / (M + eps))^2), a = (1 - b1)|g|, b = sqrt(b2) s_{t-1}
     torch.abs(t.grad, out=work).mul_(1 - c.beta1)
-    t.exp_avg_hypot.mul_(c.sqrt_beta2)
+    if c.stochastic_moment_decay:  # unbiased: bf16 rounds sqrt(b2) s back to s
+        stochastic_add_(t.exp_avg_hypot, t.exp_avg_hypot.float().mul_(c.sqrt_beta2 - 1))
+    else:
+        t.exp_avg_hypot.mul_(c.sqrt_beta2)
     torch.maximum(work, t.exp_avg_hypot, out=larger)
     torch.minimum(work, t.exp_avg_hypot, out=work)
     torch.add(larger, c.eps, out=t.shifted)
