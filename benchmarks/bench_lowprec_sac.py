@@ -341,8 +341,8 @@ def main(argv: list[str] | None = None) -> None:
             f"SAC update with 2x{args.hidden} MLPs (actor, two critics), batch {args.batch_size}, "
             "walker_walk dimensions. Baseline: TorchRL's fp32 `SACLoss` + `Adam` + `SoftUpdate`; "
             "low precision: `LowPrecisionSACLoss` presets (their `HAdam`, loss scalers and "
-            "`KahanSoftUpdate`). The machine was shared with background training runs "
-            "(2 cores): timings are noisy, the memory figures are exact."
+            "`KahanSoftUpdate`). Memory figures are exact; timings are medians of interleaved "
+            "blocks and depend on the machine's load."
         ),
     )
     report.add_table(
