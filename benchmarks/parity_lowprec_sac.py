@@ -4,15 +4,17 @@ This is a long experiment, not part of ``make bench``. Run the recipe once per s
 trains every listed precision in sequence with the same seed), then aggregate::
 
     for s in 0 1 2; do
-      python examples/lowprec_sac_dmc.py --precision fp32 bf16 --total-steps 12000 \
-          --eval-every 2000 --eval-episodes 2 --seed $s --out-dir runs/parity_lowprec/seed$s &
+      python examples/lowprec_sac_dmc.py --env cartpole_swingup --precision fp32 bf16 \
+          bf16-lean --total-steps 12000 --eval-every 2000 --eval-episodes 2 --seed $s \
+          --out-dir runs/parity_lowprec/seed$s
     done
     python examples/lowprec_sac_dmc.py --precision naive-fp16 fp16 --total-steps 12000 \
         --eval-every 2000 --eval-episodes 2 --seed 0 --out-dir runs/parity_lowprec/fp16_seed0
     python -m benchmarks.parity_lowprec_sac runs/parity_lowprec
 
-The page ``docs/benchmarks/lowprec_sac_parity.md`` reports the evaluation returns of every
-precision per seed, their mean and spread, and where a run went non-finite.
+One folder of runs holds one task. The page ``docs/benchmarks/lowprec_sac_parity_<task>.md``
+reports the evaluation returns of every precision per seed, their mean and spread, and where a
+run went non-finite.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ import matplotlib.pyplot as plt
 from benchmarks.curves import Curve, plot_mean_band, read_scalar_csv
 from benchmarks.harness import DOCS_DIR, BenchmarkReport
 
-PRECISION_ORDER = ("fp32", "bf16", "fp16", "naive-fp16")
+PRECISION_ORDER = ("fp32", "bf16", "bf16-lean", "fp16", "fp16-lean", "naive-fp16")
+
+
+def task_of(run_dir: Path) -> str:
+    """The DMC task of a recipe run folder ``lowprec_sac_<domain>_<task>_<date>-<time>``."""
+    return run_dir.name.removeprefix("lowprec_sac_").rsplit("_", 1)[0]
 
 
 def collect(
@@ -68,13 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     curves, nonfinite = collect(args.root)
     if not curves:
         raise SystemExit(f"no recipe runs under {args.root}")
+    tasks = {task_of(run_dir) for run_dir in args.root.glob("*/lowprec_sac_*")}
+    if len(tasks) != 1:
+        raise SystemExit(f"expected the runs of one task under {args.root}, found {sorted(tasks)}")
+    task = tasks.pop()
     precisions = [p for p in PRECISION_ORDER if p in curves]
 
     report = BenchmarkReport(
-        "lowprec_sac_parity",
-        "Low-precision SAC: returns parity (DMC cartpole_swingup, CPU)",
+        f"lowprec_sac_parity_{task}",
+        f"Low-precision SAC: returns parity (DMC {task}, CPU)",
         description=(
-            "SAC from states on DMC cartpole_swingup with the recipe's CPU defaults (2x256 MLPs, "
+            f"SAC from states on DMC {task} with the recipe's CPU defaults (2x256 MLPs, "
             "batch 256, lr 3e-4, one update per environment step, 1,000 random steps first), "
             "evaluated every 2,000 steps with the deterministic policy (mean of 2 episodes). "
             "Each seed trains every precision with the same seed."
@@ -136,10 +147,10 @@ def main(argv: list[str] | None = None) -> None:
         plot_mean_band(ax, curves[precision], label=precision)
     ax.set_xlabel("environment steps")
     ax.set_ylabel("evaluation return")
-    ax.set_title("SAC on cartpole_swingup: mean and min-max over seeds")
+    ax.set_title(f"SAC on {task}: mean and min-max over seeds")
     ax.legend()
     fig.tight_layout()
-    figure = DOCS_DIR / "lowprec_sac_parity.png"
+    figure = DOCS_DIR / f"lowprec_sac_parity_{task}.png"
     fig.savefig(figure, dpi=90)
     report.add_figure(figure, "evaluation return per precision")
     report.raw["curves"] = {p: dict(runs) for p, runs in curves.items()}
