@@ -6,6 +6,8 @@ seed — the no-freeze arm is the same recipe with a freeze step beyond the run 
     for seed in 0 1; do for game in RoadRunner Breakout; do
       python examples/seer_atari.py --game $game --freeze-at 20000 --seed $seed \
           --out-dir runs/parity_seer/${game}_seer_s$seed
+      python examples/seer_atari.py --game $game --freeze-at 50000 --seed $seed \
+          --out-dir runs/parity_seer/${game}_seer50k_s$seed
       python examples/seer_atari.py --game $game --freeze-at 100000000 --seed $seed \
           --out-dir runs/parity_seer/${game}_nofreeze_s$seed
     done; done
@@ -13,7 +15,7 @@ seed — the no-freeze arm is the same recipe with a freeze step beyond the run 
 
 The page ``docs/benchmarks/seer_parity.md`` reports, per run, the training return at the end of
 the run, the learner updates before and after the freeze and their median times, and per game
-the mean over seeds of each arm.
+the mean over seeds of each arm (one arm per freeze step).
 """
 
 from __future__ import annotations
@@ -36,7 +38,12 @@ from benchmarks.harness import DOCS_DIR, BenchmarkReport
 
 #: Returns at the end of a run are the mean over episodes finished in this last share of it.
 FINAL_SHARE = 0.1
-ARMS = ("SEER", "no freeze")
+NO_FREEZE = "no freeze"
+
+
+def arm_order(arm: str) -> tuple[int, int]:
+    """Sort key: SEER arms by freeze step, then the no-freeze arm."""
+    return (1, 0) if arm == NO_FREEZE else (0, int(arm.split("=")[1].replace(",", "")))
 
 
 def _float(rows: dict[str, str], key: str) -> float:
@@ -73,7 +80,7 @@ def read_run(report_path: Path) -> dict[str, Any]:
     )
     return {
         "task": config["game"],
-        "arm": "SEER" if freeze else "no freeze",
+        "arm": f"SEER T_f={freeze['freeze_step']:,}" if freeze else NO_FREEZE,
         "seed": config["seed"],
         "freeze_step": freeze.get("freeze_step"),
         "freeze_frame": freeze.get("freeze_frame"),
@@ -98,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = [read_run(path) for path in sorted(args.root.glob("*/seer_atari_*/report.json"))]
     if not runs:
         raise SystemExit(f"no SEER recipe runs under {args.root}")
-    runs.sort(key=lambda r: (r["task"], ARMS.index(r["arm"]), r["seed"]))
+    runs.sort(key=lambda r: (r["task"], arm_order(r["arm"]), r["seed"]))
     tasks = sorted({r["task"] for r in runs})
+    arms = sorted({r["arm"] for r in runs}, key=arm_order)
 
     report = BenchmarkReport(
         "seer_parity",
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in runs:
         by_task_arm[(r["task"], r["arm"])].append(r)
     for task in tasks:
-        for arm in ARMS:
+        for arm in arms:
             group = by_task_arm.get((task, arm), [])
             if not group:
                 continue
@@ -177,17 +185,19 @@ def main(argv: list[str] | None = None) -> None:
 
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
-        for arm, color in zip(ARMS, ("tab:red", "tab:blue"), strict=True):
+        for arm in arms:
             group = by_task_arm.get((task, arm), [])
+            if not group:
+                continue
             binned = {
                 str(r["seed"]): bin_curve(
                     r["curve"], bin_width=args.bin_frames, window=args.window_frames
                 )
                 for r in group
             }
-            plot_mean_band(ax, binned, label=arm, color=color)
+            plot_mean_band(ax, binned, label=arm, color="tab:blue" if arm == NO_FREEZE else None)
         for frame in {r["freeze_frame"] for r in runs if r["task"] == task and r["freeze_frame"]}:
-            ax.axvline(frame, color="tab:red", ls="--", lw=1)
+            ax.axvline(frame, color="grey", ls="--", lw=1)
         ax.set(
             xlabel="environment frames",
             ylabel=f"training return (mean over {args.window_frames:,} frames)",
