@@ -61,7 +61,8 @@ def read_run(report_path: Path) -> dict[str, Any]:
 
     Returns:
         A dict with ``task``, ``arm``, ``seed``, ``curve`` (frames, episode return), ``final``
-        (mean return over the last :data:`FINAL_SHARE` of the frames), update counts and median
+        (mean return over the last :data:`FINAL_SHARE` of the frames), ``second_half`` (mean over
+        the second half of the frames), update counts and median
         update times, and the estimated learner seconds (updates x median time, per phase).
     """
     report = json.loads(report_path.read_text())
@@ -70,6 +71,7 @@ def read_run(report_path: Path) -> dict[str, Any]:
     curve: Curve = read_scalar_csv(csv_files[0]) if csv_files else []
     last = 4 * config["total_steps"]  # Atari frames: 4 per agent step
     tail = [ret for step, ret in curve if step > (1 - FINAL_SHARE) * last]
+    second_half = [ret for step, ret in curve if step > last / 2]
     updates_before, updates_after = (
         int(n) for n in rows["learner updates before / after freeze"].split(" / ")
     )
@@ -87,6 +89,7 @@ def read_run(report_path: Path) -> dict[str, Any]:
         "curve": curve,
         "episodes": len(curve),
         "final": statistics.mean(tail) if tail else math.nan,
+        "second_half": statistics.mean(second_half) if second_half else math.nan,
         "updates_before": updates_before,
         "updates_after": updates_after,
         "ms_before": ms_before,
@@ -108,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     runs.sort(key=lambda r: (r["task"], arm_order(r["arm"]), r["seed"]))
     tasks = sorted({r["task"] for r in runs})
     arms = sorted({r["arm"] for r in runs}, key=arm_order)
+    palette = iter(("tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown"))
+    colors = {arm: "black" if arm == NO_FREEZE else next(palette) for arm in arms}
 
     report = BenchmarkReport(
         "seer_parity",
@@ -117,9 +122,12 @@ def main(argv: list[str] | None = None) -> None:
             "(100k agent steps = 400k frames, replay ratio 1, 3-step returns, pixel replay of "
             "100k transitions). The SEER arm freezes the lower CNN at T_f and continues on "
             "latent replay grown to the pixel buffer's memory budget; the no-freeze arm is the "
-            "same run with T_f beyond the end. Returns are training-episode returns (epsilon-"
-            f"greedy, epsilon 0.01 after 20k steps), averaged over the last {FINAL_SHARE:.0%} of "
-            "each run's frames. Learner seconds = updates x median update time, per phase."
+            "same run with T_f beyond the end. Returns are training-episode returns "
+            "(epsilon-greedy, epsilon 0.01 after 20k steps): the final return averages the "
+            f"episodes ending in the last {FINAL_SHARE:.0%} of each run's frames, the "
+            "second-half return those ending in its second half. Before T_f the two arms of "
+            "one seed are the same run (same seed, deterministic), which the curves show. "
+            "Learner seconds = updates x median update time, per phase."
         ),
         command="python -m benchmarks.parity_seer <runs folder>` after the recipe runs listed "
         "in that module's docstring (a long experiment, not part of `make bench",
@@ -133,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             "T_f",
             "episodes",
             "final return",
+            "mean return, 2nd half",
             "updates before / after freeze",
             "median ms before / after",
             "learner seconds",
@@ -146,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
                 r["freeze_step"] or "-",
                 r["episodes"],
                 round(r["final"], 1),
+                round(r["second_half"], 1),
                 f"{r['updates_before']} / {r['updates_after']}",
                 f"{r['ms_before']:.1f} / {r['ms_after']:.1f}"
                 if r["updates_after"]
@@ -195,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 for r in group
             }
-            plot_mean_band(ax, binned, label=arm, color="tab:blue" if arm == NO_FREEZE else None)
+            plot_mean_band(ax, binned, label=arm, color=colors[arm])
         for frame in {r["freeze_frame"] for r in runs if r["task"] == task and r["freeze_frame"]}:
             ax.axvline(frame, color="grey", ls="--", lw=1)
         ax.set(
