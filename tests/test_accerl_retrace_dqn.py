@@ -109,6 +109,24 @@ def brute_force_targets(data, states, next_states, mu, q_target, pi, lmbda):
     return out
 
 
+def tabular_loss_and_expected(
+    data, states, next_states, mu, q_online, q_target, lmbda, target_policy, double_dqn
+):
+    """A RetraceDQNLoss on the tabular Q tables and the brute-force Retrace targets it must give."""
+    loss = RetraceDQNLoss(
+        tabular_q_actor(),
+        lmbda=lmbda,
+        gamma=GAMMA,
+        target_policy=target_policy,
+        target_epsilon=0.2,
+        temperature=0.5,
+        double_dqn=double_dqn,
+    )
+    set_tables(loss, q_online, q_target)
+    pi = policy_table(q_online if double_dqn else q_target, target_policy)
+    return loss, brute_force_targets(data, states, next_states, mu, q_target, pi, lmbda)
+
+
 @pytest.mark.parametrize(
     "lmbda, target_policy, double_dqn",
     [
@@ -124,18 +142,9 @@ def test_targets_match_brute_force_retrace_on_small_mdp(lmbda, target_policy, do
     data, states, next_states, mu = mdp_batch(g)
     q_online = torch.randn(N_STATES, N_ACTIONS, generator=g, dtype=torch.float64)
     q_target = q_online + 0.5 * torch.randn(N_STATES, N_ACTIONS, generator=g, dtype=torch.float64)
-    loss = RetraceDQNLoss(
-        tabular_q_actor(),
-        lmbda=lmbda,
-        gamma=GAMMA,
-        target_policy=target_policy,
-        target_epsilon=0.2,
-        temperature=0.5,
-        double_dqn=double_dqn,
+    loss, expected = tabular_loss_and_expected(
+        data, states, next_states, mu, q_online, q_target, lmbda, target_policy, double_dqn
     )
-    set_tables(loss, q_online, q_target)
-    pi = policy_table(q_online if double_dqn else q_target, target_policy)
-    expected = brute_force_targets(data, states, next_states, mu, q_target, pi, lmbda)
     assert data["next", "done"].any() and (data["next", "done"] & ~data["next", "terminated"]).any()
     target = loss.retrace_target(data, q_online[states].float())
     torch.testing.assert_close(target.double(), expected, rtol=1e-4, atol=1e-4)
@@ -161,18 +170,9 @@ def test_property_targets_equal_brute_force_retrace(seed, lmbda, target_policy, 
     g = torch.Generator().manual_seed(seed)
     data, states, next_states, mu = mdp_batch(g, B=2, T=steps)
     q_online, q_target = torch.randn(2, N_STATES, N_ACTIONS, generator=g, dtype=torch.float64)
-    loss = RetraceDQNLoss(
-        tabular_q_actor(),
-        lmbda=lmbda,
-        gamma=GAMMA,
-        target_policy=target_policy,
-        target_epsilon=0.2,
-        temperature=0.5,
-        double_dqn=double_dqn,
+    loss, expected = tabular_loss_and_expected(
+        data, states, next_states, mu, q_online, q_target, lmbda, target_policy, double_dqn
     )
-    set_tables(loss, q_online, q_target)
-    pi = policy_table(q_online if double_dqn else q_target, target_policy)
-    expected = brute_force_targets(data, states, next_states, mu, q_target, pi, lmbda)
     target = loss.retrace_target(data, q_online[states].float())
     torch.testing.assert_close(target.double(), expected, rtol=1e-4, atol=1e-4)
 
