@@ -287,18 +287,15 @@ class LowPrecisionSACLoss(SACLoss):
         if (crit_kahan or alpha_kahan or actor_kahan) and not use_num_adam:
             raise ValueError("Kahan-compensated updates are an HAdam option: set use_num_adam.")
         check_compensation_dtype(compensation_dtype, dtype)
-        if stochastic_rounding and (not use_num_adam or dtype == torch.float32):
-            raise ValueError(
-                "stochastic_rounding is an HAdam option for fp16/bf16 networks: set "
-                f"use_num_adam=True and a 16-bit dtype (got use_num_adam={use_num_adam}, "
-                f"dtype={dtype})."
-            )
-        if stochastic_moment_decay and (not use_num_adam or dtype == torch.float32):
-            raise ValueError(
-                "stochastic_moment_decay is an HAdam option for fp16/bf16 networks: set "
-                f"use_num_adam=True and a 16-bit dtype (got use_num_adam={use_num_adam}, "
-                f"dtype={dtype})."
-            )
+        for name, enabled in (
+            ("stochastic_rounding", stochastic_rounding),
+            ("stochastic_moment_decay", stochastic_moment_decay),
+        ):
+            if enabled and (not use_num_adam or dtype == torch.float32):
+                raise ValueError(
+                    f"{name} is an HAdam option for fp16/bf16 networks: set use_num_adam=True "
+                    f"and a 16-bit dtype (got use_num_adam={use_num_adam}, dtype={dtype})."
+                )
         if compensation_dtype is not None and soft_update_scale not in (None, 1.0):
             raise ValueError(
                 "an int8 compensation sums in fp32 and needs no target scale: set "
