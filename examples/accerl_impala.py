@@ -31,7 +31,7 @@ import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.collectors import Collector, MultiSyncCollector
-from torchrl.envs import Compose, GymEnv, RewardSum, StepCounter, TransformedEnv
+from torchrl.envs import Compose, GymEnv, RewardSum, SerialEnv, StepCounter, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, ValueOperator
 from torchrl.objectives import A2CLoss
 from torchrl.record.loggers import get_logger
@@ -57,6 +57,10 @@ def parse_args():
     parser.add_argument("--atari", default=None, help="Atari game (e.g. Pong): pixel policy")
     parser.add_argument("--compression", default="auto", help="none | auto | pipeline string")
     parser.add_argument("--workers", type=int, default=2, help="collector worker processes")
+    parser.add_argument(
+        "--envs-per-worker", type=int, default=1, help="environments per worker (actor batch)"
+    )
+    parser.add_argument("--width", type=int, default=64, help="hidden width of the MLP policy")
     parser.add_argument("--frames", type=int, default=20_000)
     parser.add_argument("--frames-per-batch", type=int, default=256)
     parser.add_argument("--ship-every", type=int, default=1, help="learner updates per ship")
@@ -65,6 +69,9 @@ def parse_args():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument("--entropy-coef", type=float, default=0.01)
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="return threshold for time-to-threshold"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads of this process (learner)"
@@ -77,23 +84,30 @@ def parse_args():
 
 # ----------------------------------------------------------------------------- environment
 def env_maker(args):
+    """One worker's environment: ``--envs-per-worker`` copies stepped together (actor batch)."""
     if args.atari:
         from torchrl_seer.envs import make_atari_env
 
-        def make():
+        def make_one():
             return make_atari_env(args.atari, seed=args.seed)
 
-        return make
+    else:
+
+        def make_one():
+            env = GymEnv(args.env, categorical_action_encoding=True)
+            return TransformedEnv(env, Compose(RewardSum(), StepCounter()))
+
+    if args.envs_per_worker == 1:
+        return make_one
 
     def make():
-        env = GymEnv(args.env, categorical_action_encoding=True)
-        return TransformedEnv(env, Compose(RewardSum(), StepCounter()))
+        return SerialEnv(args.envs_per_worker, make_one)
 
     return make
 
 
 # ----------------------------------------------------------------------------- networks
-def make_networks(env):
+def make_networks(env, width):
     n_actions = int(env.action_spec.space.n)
     if "pixels" in env.observation_spec.keys():
         key = "pixels"
@@ -106,7 +120,7 @@ def make_networks(env):
         n_obs = env.observation_spec[key].shape[-1]
 
         def body(out_features):
-            return MLP(in_features=n_obs, out_features=out_features, num_cells=[64, 64])
+            return MLP(in_features=n_obs, out_features=out_features, num_cells=[width, width])
 
     actor = ProbabilisticActor(
         TensorDictModule(body(n_actions), in_keys=[key], out_keys=["logits"]),
@@ -141,8 +155,8 @@ def choose_compressor(args, actor, env):
     if args.compression == "none":
         return PolicyCompressor(), "none (fp32 actors)"
     if args.compression == "auto":
-        # one environment per worker: actors act at batch 1
-        example = env.reset().unsqueeze(0)
+        # timed at the actors' batch: one worker's environments (batch 1 by default)
+        example = env.reset().reshape(-1)
         result = select_compression(actor, example, kl_bound=args.kl_bound)
         return result.compressor, result.reason
     compressor = PolicyCompressor.from_spec(args.compression)
@@ -153,7 +167,7 @@ def run(args, compression: str, logger, label: str):
     torch.manual_seed(args.seed)
     make_env = env_maker(args)
     probe_env = make_env()
-    actor, critic = make_networks(probe_env)
+    actor, critic = make_networks(probe_env, args.width)
     with torch.no_grad():  # materialise shapes
         td = probe_env.reset()
         actor(td.unsqueeze(0))
@@ -196,8 +210,7 @@ def run(args, compression: str, logger, label: str):
         monitor.record_actor(batch.numel(), now - last)
         frames += batch.numel()
         progress.update(batch.numel())
-        if batch.ndim == 1:
-            batch = batch.unsqueeze(0)  # [workers, T]
+        batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
 
         # learner: one V-trace-corrected actor-critic update per batch
         t0 = time.perf_counter()
@@ -238,6 +251,9 @@ def run(args, compression: str, logger, label: str):
         "curve": curve,
         "wall": wall,
         "actor_share": actor_time / max(actor_time + learner_time, 1e-9),
+        "actor_time": actor_time,
+        "learner_time": learner_time,
+        "frames": frames,
         "compression": why,
         "final_pipeline": monitor.compressor.spec(),
         "monitor_events": monitor.events,
@@ -246,6 +262,7 @@ def run(args, compression: str, logger, label: str):
 
 def main():
     args = parse_args()
+    config = dict(vars(args))  # copied before run() changes args.compression
     # int8/bf16 CPU kernels contend badly for cores with other processes: one thread per process
     torch.set_num_threads(args.threads)
     run_dir = Path(args.out) / f"accerl_impala_{time.strftime('%Y%m%d_%H%M%S')}"
@@ -255,7 +272,9 @@ def main():
     results = [run(args, compression, logger, label=f"compressed ({compression})")]
     if not args.no_compare and compression != "none":
         results.append(run(args, "none", logger, label="full-precision actors"))
-    write_accerl_report(results, run_dir, title="AcceRL IMPALA run")
+    write_accerl_report(
+        results, run_dir, title="AcceRL IMPALA run", threshold=args.threshold, config=config
+    )
     print(f"report: {run_dir / 'report.md'}")
 
 

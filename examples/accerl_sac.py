@@ -65,6 +65,9 @@ def parse_args():
     parser.add_argument("--ship-every", type=int, default=50, help="learner updates per ship")
     parser.add_argument("--kl-bound", type=float, default=0.02)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="return threshold for time-to-threshold"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (learner)")
     parser.add_argument("--logger", default="csv", help="csv | tensorboard | wandb")
     parser.add_argument("--no-compare", action="store_true", help="skip the full-actor run")
@@ -203,6 +206,9 @@ def run(args, compression, logger, label):
         "curve": curve,
         "wall": time.perf_counter() - start,
         "actor_share": actor_time / max(actor_time + learner_time, 1e-9),
+        "actor_time": actor_time,
+        "learner_time": learner_time,
+        "frames": frames,
         "compression": why,
         "final_pipeline": monitor.compressor.spec(),
         "monitor_events": monitor.events,
@@ -211,6 +217,7 @@ def run(args, compression, logger, label):
 
 def main():
     args = parse_args()
+    config = dict(vars(args))  # the settings, saved with the results
     torch.set_num_threads(args.threads)  # int8/bf16 CPU kernels contend badly for cores
     run_dir = Path(args.out) / f"accerl_sac_{time.strftime('%Y%m%d_%H%M%S')}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -218,7 +225,9 @@ def main():
     results = [run(args, args.compression, logger, label=f"compressed ({args.compression})")]
     if not args.no_compare and args.compression != "none":
         results.append(run(args, "none", logger, label="full-precision actors"))
-    write_accerl_report(results, run_dir, title="AcceRL SAC + Retrace run")
+    write_accerl_report(
+        results, run_dir, title="AcceRL SAC + Retrace run", threshold=args.threshold, config=config
+    )
     print(f"report: {run_dir / 'report.md'}")
 
 
