@@ -66,7 +66,8 @@ def parse_args():
     parser.add_argument("--ship-every", type=int, default=1, help="learner updates per ship")
     parser.add_argument("--monitor-every", type=int, default=5, help="batches per Monitor check")
     parser.add_argument("--kl-bound", type=float, default=0.02)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--max-grad-norm", type=float, default=0.5, help="gradient clipping")
     parser.add_argument("--gamma", type=float, default=0.99)
     parser.add_argument("--entropy-coef", type=float, default=0.01)
     parser.add_argument(
@@ -218,6 +219,7 @@ def run(args, compression: str, logger, label: str):
         total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
         optim.zero_grad()
         total.backward()
+        torch.nn.utils.clip_grad_norm_(loss.parameters(), args.max_grad_norm)
         optim.step()
         updates += 1
         if updates % args.ship_every == 0:
