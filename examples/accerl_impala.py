@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accerl_report import write_accerl_report
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="AcceRL IMPALA-style actor-critic")
     parser.add_argument("--env", default="CartPole-v1", help="gymnasium task (classic control)")
     parser.add_argument("--atari", default=None, help="Atari game (e.g. Pong): pixel policy")
@@ -80,7 +80,7 @@ def parse_args():
     parser.add_argument("--logger", default="csv", help="csv | tensorboard | wandb")
     parser.add_argument("--no-compare", action="store_true", help="skip the full-actor run")
     parser.add_argument("--out", default="runs")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -262,8 +262,8 @@ def run(args, compression: str, logger, label: str):
     }
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     config = dict(vars(args))  # copied before run() changes args.compression
     # int8/bf16 CPU kernels contend badly for cores with other processes: one thread per process
     torch.set_num_threads(args.threads)
@@ -274,10 +274,11 @@ def main():
     results = [run(args, compression, logger, label=f"compressed ({compression})")]
     if not args.no_compare and compression != "none":
         results.append(run(args, "none", logger, label="full-precision actors"))
-    write_accerl_report(
+    report = write_accerl_report(
         results, run_dir, title="AcceRL IMPALA run", threshold=args.threshold, config=config
     )
-    print(f"report: {run_dir / 'report.md'}")
+    print(f"report: {report}")
+    return report
 
 
 if __name__ == "__main__":

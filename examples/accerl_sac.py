@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accerl_report import write_accerl_report
 
 
-def parse_args():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="AcceRL SAC with Retrace")
     parser.add_argument("--env", default="Pendulum-v1", help="gymnasium continuous task")
     parser.add_argument("--compression", default="auto", help="none | auto | pipeline string")
@@ -72,7 +72,7 @@ def parse_args():
     parser.add_argument("--logger", default="csv", help="csv | tensorboard | wandb")
     parser.add_argument("--no-compare", action="store_true", help="skip the full-actor run")
     parser.add_argument("--out", default="runs")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def env_maker(name):
@@ -215,8 +215,8 @@ def run(args, compression, logger, label):
     }
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     config = dict(vars(args))  # the settings, saved with the results
     torch.set_num_threads(args.threads)  # int8/bf16 CPU kernels contend badly for cores
     run_dir = Path(args.out) / f"accerl_sac_{time.strftime('%Y%m%d_%H%M%S')}"
@@ -225,10 +225,11 @@ def main():
     results = [run(args, args.compression, logger, label=f"compressed ({args.compression})")]
     if not args.no_compare and args.compression != "none":
         results.append(run(args, "none", logger, label="full-precision actors"))
-    write_accerl_report(
+    report = write_accerl_report(
         results, run_dir, title="AcceRL SAC + Retrace run", threshold=args.threshold, config=config
     )
-    print(f"report: {run_dir / 'report.md'}")
+    print(f"report: {report}")
+    return report
 
 
 if __name__ == "__main__":
