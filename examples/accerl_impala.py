@@ -30,25 +30,27 @@ from pathlib import Path
 import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
-from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.envs import Compose, GymEnv, RewardSum, SerialEnv, StepCounter, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, ValueOperator
 from torchrl.objectives import A2CLoss
 from torchrl.record.loggers import get_logger
-from tqdm import tqdm
 
 from torchrl_seer.collectors import (
     CompressedPolicy,
     CompressedWeightSyncScheme,
     CompressionMonitor,
-    PolicyCompressor,
     fallback_ladder,
-    select_compression,
 )
 from torchrl_seer.objectives.value import TakenActionVTrace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accerl_report import write_accerl_report
+from accerl_common import (
+    RunLog,
+    choose_compressor,
+    make_actor_collector,
+    ship_weights,
+    write_accerl_report,
+)
 
 
 def parse_args(argv=None):
@@ -152,18 +154,6 @@ class NatureCNN(nn.Module):
 
 
 # ----------------------------------------------------------------------------- one run
-def choose_compressor(args, actor, env):
-    if args.compression == "none":
-        return PolicyCompressor(), "none (fp32 actors)"
-    if args.compression == "auto":
-        # timed at the actors' batch: one worker's environments (batch 1 by default)
-        example = env.reset().reshape(-1)
-        result = select_compression(actor, example, kl_bound=args.kl_bound)
-        return result.compressor, result.reason
-    compressor = PolicyCompressor.from_spec(args.compression)
-    return compressor, f"explicit pipeline {compressor.spec()}"
-
-
 def run(args, compression: str, logger, label: str):
     torch.manual_seed(args.seed)
     make_env = env_maker(args)
@@ -173,24 +163,21 @@ def run(args, compression: str, logger, label: str):
         td = probe_env.reset()
         actor(td.unsqueeze(0))
         critic(td.unsqueeze(0))
-    args.compression = compression
-    compressor, why = choose_compressor(args, actor, probe_env)
+    # timed at the actors' batch: one worker's environments (batch 1 by default)
+    example = probe_env.reset().reshape(-1)
+    compressor, why = choose_compressor(compression, actor, example, kl_bound=args.kl_bound)
     print(f"[{label}] compression: {why}")
 
     scheme = CompressedWeightSyncScheme(compressor)
     policy = CompressedPolicy(actor, compressor)
-    if args.workers > 0:
-        collector = MultiSyncCollector(
-            [make_env] * args.workers,
-            policy=policy,
-            frames_per_batch=args.frames_per_batch,
-            total_frames=args.frames,
-            weight_sync_schemes={"policy": scheme},
-        )
-    else:
-        collector = Collector(
-            make_env(), policy, frames_per_batch=args.frames_per_batch, total_frames=args.frames
-        )
+    collector = make_actor_collector(
+        make_env,
+        policy,
+        scheme,
+        workers=args.workers,
+        frames_per_batch=args.frames_per_batch,
+        total_frames=args.frames,
+    )
 
     loss = A2CLoss(actor, critic, entropy_coeff=args.entropy_coef)
     vtrace = TakenActionVTrace(gamma=args.gamma, value_network=critic, actor_network=actor)
@@ -201,16 +188,9 @@ def run(args, compression: str, logger, label: str):
         actor, ladder=fallback_ladder(compressor), kl_bound=args.kl_bound, logger=logger
     )
 
-    curve, frames, updates = [], 0, 0
-    start = last = time.perf_counter()
-    actor_time = learner_time = 0.0
-    progress = tqdm(total=args.frames, desc=label)
+    run_log = RunLog(label, total_frames=args.frames, logger=logger)
     for i, batch in enumerate(collector):
-        now = time.perf_counter()
-        actor_time += now - last
-        monitor.record_actor(batch.numel(), now - last)
-        frames += batch.numel()
-        progress.update(batch.numel())
+        monitor.record_actor(batch.numel(), run_log.collected(batch))
         batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
 
         # learner: one V-trace-corrected actor-critic update per batch
@@ -221,50 +201,25 @@ def run(args, compression: str, logger, label: str):
         total.backward()
         torch.nn.utils.clip_grad_norm_(loss.parameters(), args.max_grad_norm)
         optim.step()
-        updates += 1
-        if updates % args.ship_every == 0:
-            if args.workers > 0:
-                collector.update_policy_weights_(actor)  # compress + ship (pipes)
-            else:
-                policy.update_from(actor, version=scheme.version + 1, compressor=scheme.compressor)
-                scheme.version += 1
-        learner_time += time.perf_counter() - t0
+        if (i + 1) % args.ship_every == 0:
+            ship_weights(collector, actor, policy, scheme, workers=args.workers)
+        run_log.learned(time.perf_counter() - t0)
         monitor.record_learner(1, time.perf_counter() - t0, version=scheme.version)
 
         if i % args.monitor_every == 0:
             level = monitor.level
-            monitor.check(batch, step=frames)
+            monitor.check(batch, step=run_log.frames)
             if monitor.level != level:  # the Monitor moved: ship the new pipeline next time
                 scheme.compressor = monitor.compressor
                 print(f"[{label}] monitor: {monitor.events[-1]}")
-
-        done = batch["next", "done"].squeeze(-1)
-        if done.any():
-            ret = batch["next", "episode_reward"].squeeze(-1)[done].mean().item()
-            curve.append((time.perf_counter() - start, frames, ret))
-            logger.log_scalar(f"{label}/episode_return", ret, step=frames)
-            progress.set_postfix(ret=f"{ret:.1f}", pipeline=monitor.compressor.spec())
-        last = time.perf_counter()
-    progress.close()
+        run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
     collector.shutdown()
-    wall = time.perf_counter() - start
-    return {
-        "label": label,
-        "curve": curve,
-        "wall": wall,
-        "actor_share": actor_time / max(actor_time + learner_time, 1e-9),
-        "actor_time": actor_time,
-        "learner_time": learner_time,
-        "frames": frames,
-        "compression": why,
-        "final_pipeline": monitor.compressor.spec(),
-        "monitor_events": monitor.events,
-    }
+    return run_log.summary(compression=why, monitor=monitor)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    config = dict(vars(args))  # copied before run() changes args.compression
+    config = dict(vars(args))  # the settings, saved with the results
     # int8/bf16 CPU kernels contend badly for cores with other processes: one thread per process
     torch.set_num_threads(args.threads)
     run_dir = Path(args.out) / f"accerl_impala_{time.strftime('%Y%m%d_%H%M%S')}"

@@ -25,26 +25,28 @@ from pathlib import Path
 import torch
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
-from torchrl.collectors import Collector, MultiSyncCollector
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 from torchrl.envs import Compose, DoubleToFloat, GymEnv, RewardSum, StepCounter, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SoftUpdate
 from torchrl.record.loggers import get_logger
-from tqdm import tqdm
 
 from torchrl_seer.collectors import (
     CompressedPolicy,
     CompressedWeightSyncScheme,
     CompressionMonitor,
-    PolicyCompressor,
     fallback_ladder,
-    select_compression,
 )
 from torchrl_seer.objectives import RetraceSACLoss
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accerl_report import write_accerl_report
+from accerl_common import (
+    RunLog,
+    choose_compressor,
+    make_actor_collector,
+    ship_weights,
+    write_accerl_report,
+)
 
 
 def parse_args(argv=None):
@@ -111,30 +113,21 @@ def run(args, compression, logger, label):
     make_env = env_maker(args.env)
     probe_env = make_env()
     actor, qvalue = make_networks(probe_env, args.width)
-    if compression == "none":
-        compressor, why = PolicyCompressor(), "none (fp32 actors)"
-    elif compression == "auto":
-        result = select_compression(actor, probe_env.reset().unsqueeze(0), kl_bound=args.kl_bound)
-        compressor, why = result.compressor, result.reason
-    else:
-        compressor = PolicyCompressor.from_spec(compression)
-        why = f"explicit pipeline {compressor.spec()}"
+    # single-environment workers: the actors act at batch 1
+    example = probe_env.reset().reshape(-1)
+    compressor, why = choose_compressor(compression, actor, example, kl_bound=args.kl_bound)
     print(f"[{label}] compression: {why}")
 
     scheme = CompressedWeightSyncScheme(compressor)
     policy = CompressedPolicy(actor, compressor)
-    if args.workers > 0:
-        collector = MultiSyncCollector(
-            [make_env] * args.workers,
-            policy=policy,
-            frames_per_batch=args.frames_per_batch,
-            total_frames=args.frames,
-            weight_sync_schemes={"policy": scheme},
-        )
-    else:
-        collector = Collector(
-            make_env(), policy, frames_per_batch=args.frames_per_batch, total_frames=args.frames
-        )
+    collector = make_actor_collector(
+        make_env,
+        policy,
+        scheme,
+        workers=args.workers,
+        frames_per_batch=args.frames_per_batch,
+        total_frames=args.frames,
+    )
 
     # replay of sequences: Retrace needs consecutive transitions of one trajectory
     buffer = TensorDictReplayBuffer(
@@ -151,20 +144,14 @@ def run(args, compression, logger, label):
         actor, ladder=fallback_ladder(compressor), kl_bound=args.kl_bound, logger=logger
     )
 
-    curve, frames, updates = [], 0, 0
-    start = last = time.perf_counter()
-    actor_time = learner_time = 0.0
-    progress = tqdm(total=args.frames, desc=label)
+    run_log = RunLog(label, total_frames=args.frames, logger=logger)
+    updates = 0
     for batch in collector:
-        now = time.perf_counter()
-        actor_time += now - last
-        monitor.record_actor(batch.numel(), now - last)
-        frames += batch.numel()
-        progress.update(batch.numel())
+        monitor.record_actor(batch.numel(), run_log.collected(batch))
         buffer.extend(batch.reshape(-1))
 
         t0 = time.perf_counter()
-        if frames >= args.init_frames:
+        if run_log.frames >= args.init_frames:
             for _ in range(args.updates_per_batch):
                 sample = buffer.sample().reshape(args.batch_size, args.sequence)
                 losses = loss(sample)
@@ -175,44 +162,19 @@ def run(args, compression, logger, label):
                 target_updater.step()
                 updates += 1
                 if updates % args.ship_every == 0:
-                    if args.workers > 0:
-                        collector.update_policy_weights_(actor)  # compress + ship
-                    else:
-                        scheme.version += 1
-                        policy.update_from(
-                            actor, version=scheme.version, compressor=scheme.compressor
-                        )
+                    ship_weights(collector, actor, policy, scheme, workers=args.workers)
             level = monitor.level
             monitor.record_learner(
                 args.updates_per_batch, time.perf_counter() - t0, version=scheme.version
             )
-            monitor.check(batch.reshape(-1), step=frames)
+            monitor.check(batch.reshape(-1), step=run_log.frames)
             if monitor.level != level:
                 scheme.compressor = monitor.compressor
                 print(f"[{label}] monitor: {monitor.events[-1]}")
-        learner_time += time.perf_counter() - t0
-
-        done = batch["next", "done"].squeeze(-1)
-        if done.any():
-            ret = batch["next", "episode_reward"].squeeze(-1)[done].mean().item()
-            curve.append((time.perf_counter() - start, frames, ret))
-            logger.log_scalar(f"{label}/episode_return", ret, step=frames)
-            progress.set_postfix(ret=f"{ret:.1f}", pipeline=monitor.compressor.spec())
-        last = time.perf_counter()
-    progress.close()
+        run_log.learned(time.perf_counter() - t0)
+        run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
     collector.shutdown()
-    return {
-        "label": label,
-        "curve": curve,
-        "wall": time.perf_counter() - start,
-        "actor_share": actor_time / max(actor_time + learner_time, 1e-9),
-        "actor_time": actor_time,
-        "learner_time": learner_time,
-        "frames": frames,
-        "compression": why,
-        "final_pipeline": monitor.compressor.spec(),
-        "monitor_events": monitor.events,
-    }
+    return run_log.summary(compression=why, monitor=monitor)
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from accerl_report import time_to_threshold, write_accerl_report
+from accerl_common import time_to_threshold, write_accerl_report
 
 
 def _arm(label, curve):
