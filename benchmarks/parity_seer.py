@@ -41,9 +41,21 @@ FINAL_SHARE = 0.1
 NO_FREEZE = "no freeze"
 
 
+AUTO = "SEER T_f=auto"
+
+
 def arm_order(arm: str) -> tuple[int, int]:
-    """Sort key: SEER arms by freeze step, then the no-freeze arm."""
-    return (1, 0) if arm == NO_FREEZE else (0, int(arm.split("=")[1].replace(",", "")))
+    """Sort key: SEER arms by freeze step, then ``freeze_at="auto"``, then no freeze."""
+    if arm in (AUTO, NO_FREEZE):
+        return (1 if arm == AUTO else 2, 0)
+    return (0, int(arm.split("=")[1].replace(",", "")))
+
+
+def arm_name(config: dict[str, Any], freeze: dict[str, Any]) -> str:
+    """The arm of a run: ``freeze_at="auto"``, its fixed freeze step, or no freeze."""
+    if config["freeze_at"] == "auto":
+        return AUTO
+    return f"SEER T_f={freeze['freeze_step']:,}" if freeze else NO_FREEZE
 
 
 def _float(rows: dict[str, str], key: str) -> float:
@@ -82,7 +94,7 @@ def read_run(report_path: Path) -> dict[str, Any]:
     )
     return {
         "task": config["game"],
-        "arm": f"SEER T_f={freeze['freeze_step']:,}" if freeze else NO_FREEZE,
+        "arm": arm_name(config, freeze),
         "seed": config["seed"],
         "freeze_step": freeze.get("freeze_step"),
         "freeze_frame": freeze.get("freeze_frame"),
