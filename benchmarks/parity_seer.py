@@ -11,6 +11,9 @@ seed — the no-freeze arm is the same recipe with a freeze step beyond the run 
       python examples/seer_atari.py --game $game --freeze-at 100000000 --seed $seed \
           --out-dir runs/parity_seer/${game}_nofreeze_s$seed
     done; done
+    # the freeze_at="auto" criterion (ParameterConvergence) as its own arm:
+    python examples/seer_atari.py --game RoadRunner --freeze-at auto --seed 0 \
+        --out-dir runs/parity_seer/RoadRunner_auto_s0
     python -m benchmarks.parity_seer runs/parity_seer
 
 The page ``docs/benchmarks/seer_parity.md`` reports, per run, the training return at the end of

@@ -48,3 +48,15 @@ def test_timings_take_medians():
     assert timing.median >= 0
     both = interleaved_timings({"a": lambda: None, "b": lambda: None}, repeats=3, warmup=1)
     assert set(both) == {"a", "b"} and len(both["a"].seconds) == 3
+
+
+def test_seer_parity_names_and_orders_arms():
+    from benchmarks.parity_seer import AUTO, NO_FREEZE, arm_name, arm_order
+
+    fixed = arm_name({"freeze_at": "50000"}, {"freeze_step": 50_000})
+    assert fixed == "SEER T_f=50,000"
+    assert arm_name({"freeze_at": "auto"}, {"freeze_step": 31_000}) == AUTO
+    assert arm_name({"freeze_at": "auto"}, {}) == AUTO  # the criterion never fired
+    assert arm_name({"freeze_at": "100000000"}, {}) == NO_FREEZE
+    arms = [NO_FREEZE, AUTO, fixed, "SEER T_f=20,000"]
+    assert sorted(arms, key=arm_order) == ["SEER T_f=20,000", fixed, AUTO, NO_FREEZE]
