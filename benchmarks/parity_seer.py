@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("root", type=Path, help="folder holding one sub-folder per recipe run")
     parser.add_argument("--bin-frames", type=int, default=20_000, help="curve grid spacing")
     parser.add_argument("--window-frames", type=int, default=40_000, help="curve averaging")
+    parser.add_argument("--note", action="append", default=[], help="a paragraph for the page")
     args = parser.parse_args(argv)
     runs = [read_run(path) for path in sorted(args.root.glob("*/seer_atari_*/report.json"))]
     if not runs:
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> None:
     figure = DOCS_DIR / "seer_parity.png"
     fig.savefig(figure, dpi=90)
     report.add_figure(figure, "training return, mean and min-max over seeds")
+    for note in args.note:
+        report.add_note(note)
     report.raw["runs"] = [{k: v for k, v in r.items()} for r in runs]
     print(report.write())
 
