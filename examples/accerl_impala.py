@@ -203,8 +203,9 @@ def run(args, compression: str, logger, label: str):
         optim.step()
         if (i + 1) % args.ship_every == 0:
             ship_weights(collector, actor, policy, scheme, workers=args.workers)
-        run_log.learned(time.perf_counter() - t0)
-        monitor.record_learner(1, time.perf_counter() - t0, version=scheme.version)
+        learner_seconds = time.perf_counter() - t0
+        run_log.learned(learner_seconds)
+        monitor.record_learner(1, learner_seconds, version=scheme.version)
 
         if i % args.monitor_every == 0:
             level = monitor.level
