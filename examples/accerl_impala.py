@@ -164,7 +164,7 @@ def run(args, compression: str, logger, label: str):
         actor(td.unsqueeze(0))
         critic(td.unsqueeze(0))
     # timed at the actors' batch: one worker's environments (batch 1 by default)
-    example = probe_env.reset().reshape(-1)
+    example = td.reshape(-1)
     compressor, why = choose_compressor(compression, actor, example, kl_bound=args.kl_bound)
     print(f"[{label}] compression: {why}")
 
