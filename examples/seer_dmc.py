@@ -79,6 +79,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--learn-start", type=int, default=1_000)
     p.add_argument("--max-capacity", type=int, default=None, help="cap on the latent capacity")
+    p.add_argument(
+        "--autocast",
+        choices=["none", "bf16"],
+        default="none",
+        help="learner forward passes under torch.autocast (bf16 mixed precision, fp32 weights);"
+        " ~4x faster encoder updates on CPUs with AVX-512 BF16",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logger", default="csv")
@@ -190,7 +197,11 @@ def main(argv: list[str] | None = None) -> Path:
         logger=logger,
     )
 
-    # 6. training loop
+    # 6. training loop; optional bf16 autocast of the learner's forward passes (backward and
+    # optimizer steps stay on the fp32 weights, as in AMP; no loss scaling is needed for bf16)
+    def learner_precision() -> torch.autocast:
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.autocast == "bf16")
+
     collector = Collector(env, policy, frames_per_batch=1, total_frames=args.total_steps)
     episode_returns: list[tuple[int, float]] = []
     update_seconds: list[tuple[bool, float]] = []
@@ -211,10 +222,11 @@ def main(argv: list[str] | None = None) -> Path:
             continue
         start = time.perf_counter()
         batch = rb.sample()
-        features(batch)  # pixels -> encoder (with grad), or latents -> identity
-        with torch.no_grad():
-            target_features(batch["next"])
-        losses = loss(batch)
+        with learner_precision():
+            features(batch)  # pixels -> encoder (with grad), or latents -> identity
+            with torch.no_grad():
+                target_features(batch["next"])
+            losses = loss(batch)
         update_actor = updates % args.actor_update_freq == 0
         total = losses["loss_qvalue"]
         if update_actor:
@@ -228,7 +240,8 @@ def main(argv: list[str] | None = None) -> Path:
             actor_optim.step()
             alpha_optim.step()
         if curl_loss is not None and curl_optim is not None and not hook.frozen:
-            curl = curl_loss(batch)  # random crops of the stored 100x100 pixels
+            with learner_precision():
+                curl = curl_loss(batch)  # random crops of the stored 100x100 pixels
             encoder_optim.zero_grad()
             curl_optim.zero_grad()
             curl["loss_curl"].backward()
