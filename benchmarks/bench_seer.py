@@ -107,7 +107,7 @@ def atari_learner(num: int):
     )
     loss = DQNLoss(qnet, action_space="categorical", delay_value=True, double_dqn=True)
     loss.make_value_estimator(gamma=0.99)
-    optim = torch.optim.Adam(loss.parameters(), lr=1e-4, eps=1.5e-4)
+    optim = torch.optim.Adam(loss.parameters(), lr=1e-4, eps=1.5e-4, fused=True)
     rb = pixel_buffer(atari_transitions(num), 32)
 
     def update() -> None:
@@ -164,10 +164,14 @@ def dmc_learner(num: int, num_copies: int = 4):
         out_keys=["state_action_value"],
     )
     loss = DetachedEncoderSACLoss(actor, qvalue, num_qvalue_nets=2, action_spec=spec)
-    critic_optim = torch.optim.Adam([*loss.qvalue_network_params.values(True, True)], lr=1e-3)
-    encoder_optim = torch.optim.Adam(encoder.parameters(), lr=1e-3)
-    actor_optim = torch.optim.Adam([*loss.actor_network_params.values(True, True)], lr=1e-3)
-    alpha_optim = torch.optim.Adam([loss.log_alpha], lr=1e-4, betas=(0.5, 0.999))
+    critic_optim = torch.optim.Adam(
+        [*loss.qvalue_network_params.values(True, True)], lr=1e-3, fused=True
+    )
+    encoder_optim = torch.optim.Adam(encoder.parameters(), lr=1e-3, fused=True)
+    actor_optim = torch.optim.Adam(
+        [*loss.actor_network_params.values(True, True)], lr=1e-3, fused=True
+    )
+    alpha_optim = torch.optim.Adam([loss.log_alpha], lr=1e-4, betas=(0.5, 0.999), fused=True)
     optims = [critic_optim, encoder_optim, actor_optim, alpha_optim]
     rb = pixel_buffer(dmc_transitions(num), 128)
 

@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> Path:
     # 3. loss, optimizer, target updates
     loss = DQNLoss(qnet, action_space=env.action_spec, delay_value=True, double_dqn=True)
     loss.make_value_estimator(gamma=args.gamma)
-    optimizer = torch.optim.Adam(loss.parameters(), lr=args.lr, eps=args.adam_eps)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=args.lr, eps=args.adam_eps, fused=True)
     target_updater = HardUpdate(loss, value_network_update_interval=args.target_update)
 
     # 4. replay buffer of pixel transitions (the n-step return is computed once, at collection,

@@ -38,7 +38,7 @@ def batch(start, n, channels=4, size=SIZE, continuous=False):
     )
 
 
-def make_dqn():
+def make_dqn(fused: bool = False):
     torch.manual_seed(0)
     encoder = DataEfficientAtariEncoder(4, screen_size=SIZE)
     head = TensorDictModule(
@@ -51,7 +51,7 @@ def make_dqn():
     )
     loss = DQNLoss(qnet, action_space="categorical", delay_value=True)
     loss.make_value_estimator(gamma=0.9)
-    optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
+    optim = torch.optim.Adam(loss.parameters(), lr=1e-3, fused=fused)
     return encoder, head, loss, optim
 
 
@@ -63,8 +63,9 @@ def train_steps(loss, optim, rb, n):
         optim.step()
 
 
-def test_dqn_frozen_layers_get_no_grad_and_do_not_change_while_heads_learn():
-    encoder, head, loss, optim = make_dqn()
+@pytest.mark.parametrize("fused", [False, True], ids=["adam", "fused-adam"])
+def test_dqn_frozen_layers_get_no_grad_and_do_not_change_while_heads_learn(fused):
+    encoder, head, loss, optim = make_dqn(fused=fused)
     rb = ReplayBuffer(storage=LazyTensorStorage(64), batch_size=16)
     hook = FreezeEncoderHook(
         encoder,
