@@ -1,7 +1,8 @@
-r"""Returns parity of SEER on Atari against the same agent without a freeze: aggregates recipe runs.
+r"""Returns parity of SEER against the same agent without a freeze: aggregates recipe runs.
 
-This is a long experiment, not part of ``make bench``. Run the SEER recipe once per game, arm and
-seed — the no-freeze arm is the same recipe with a freeze step beyond the run — then aggregate::
+This is a long experiment, not part of ``make bench``. Run a SEER recipe once per task, arm and
+seed — the no-freeze arm is the same recipe with a freeze step beyond the run — then aggregate.
+Atari (``examples/seer_atari.py``)::
 
     for seed in 0 1; do for game in RoadRunner Breakout; do
       python examples/seer_atari.py --game $game --freeze-at 20000 --seed $seed \
@@ -16,9 +17,21 @@ seed — the no-freeze arm is the same recipe with a freeze step beyond the run 
         --out-dir runs/parity_seer/RoadRunner_auto_s0
     python -m benchmarks.parity_seer runs/parity_seer
 
-The page ``docs/benchmarks/seer_parity.md`` reports, per run, the training return at the end of
-the run, the learner updates before and after the freeze and their median times, and per game
-the mean over seeds of each arm (one arm per freeze step).
+DMC from pixels (``examples/seer_dmc.py``, 12,500 agent steps = 100k environment steps at
+action repeat 8)::
+
+    for seed in 0 1 2; do
+      python examples/seer_dmc.py --total-steps 12500 --freeze-at 2500 --autocast bf16 \
+          --no-curl --seed $seed --out-dir runs/parity_seer_dmc/cartpole_swingup_seer_s$seed
+      python examples/seer_dmc.py --total-steps 12500 --freeze-at 100000000 --autocast bf16 \
+          --no-curl --seed $seed --out-dir runs/parity_seer_dmc/cartpole_swingup_nofreeze_s$seed
+    done
+    python -m benchmarks.parity_seer runs/parity_seer_dmc --recipe dmc
+
+The page (``docs/benchmarks/seer_parity.md`` for Atari, ``seer_parity_dmc.md`` for DMC) reports,
+per run, the training return at the end of the run, the learner updates before and after the
+freeze and their median times, and per task the mean over seeds of each arm (one arm per freeze
+step).
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +52,7 @@ import matplotlib.pyplot as plt
 
 from benchmarks.curves import Curve, bin_curve, plot_mean_band, read_scalar_csv
 from benchmarks.harness import DOCS_DIR, BenchmarkReport
+from torchrl_seer.envs import PLANET_ACTION_REPEAT
 
 #: Returns at the end of a run are the mean over episodes finished in this last share of it.
 FINAL_SHARE = 0.1
@@ -45,6 +60,73 @@ NO_FREEZE = "no freeze"
 
 
 AUTO = "SEER T_f=auto"
+
+
+@dataclass(frozen=True)
+class RecipePage:
+    """What differs between the Atari and the DMC parity pages."""
+
+    page: str
+    title: str
+    description: str
+    bin_frames: int
+    window_frames: int
+
+
+RECIPES = {
+    "atari": RecipePage(
+        page="seer_parity",
+        title="SEER: returns parity on Atari against the same agent without a freeze (CPU)",
+        description=(
+            "DQN with the data-efficient CNN from `examples/seer_atari.py` at its defaults "
+            "(100k agent steps = 400k frames, replay ratio 1, 3-step returns, pixel replay of "
+            "100k transitions). The SEER arm freezes the lower CNN at T_f and continues on "
+            "latent replay grown to the pixel buffer's memory budget; the no-freeze arm is the "
+            "same run with T_f beyond the end. Returns are training-episode returns "
+            "(epsilon-greedy, epsilon 0.01 after 20k steps): the final return averages the "
+            f"episodes ending in the last {FINAL_SHARE:.0%} of each run's frames, the "
+            "second-half return those ending in its second half. Before T_f the two arms of "
+            "one seed are the same run (same seed, deterministic), which the curves show. "
+            "Learner seconds = updates x median update time, per phase."
+        ),
+        bin_frames=20_000,
+        window_frames=40_000,
+    ),
+    "dmc": RecipePage(
+        page="seer_parity_dmc",
+        title="SEER: returns parity on DMC from pixels against the same agent without a freeze "
+        "(CPU)",
+        description=(
+            "SAC from pixels with the CURL/SAC-AE encoder from `examples/seer_dmc.py`: 100x100 "
+            "renders, 3 stacked frames, random 84x84 crops for learning, batch 128, hidden "
+            "1024, pixel replay of 5,000 transitions, learning from 1,000 steps, one update per "
+            "agent step, 12,500 agent steps = 100k environment steps at action repeat 8. The "
+            "SEER arm freezes the whole encoder at T_f and continues on latent replay (K=4 "
+            "random-crop latents per observation) grown to the pixel buffer's memory budget; "
+            "the no-freeze arm is the same run with T_f beyond the end. The flags of each run "
+            "(e.g. `--autocast bf16`, `--no-curl`) are in its `report.json`. Returns are "
+            "training-episode returns (1,000 environment steps each, actions sampled from the "
+            f"policy): the final return averages the episodes ending in the last "
+            f"{FINAL_SHARE:.0%} of each run's environment steps, the second-half return those "
+            "ending in its second half. Learner seconds = updates x median update time, per "
+            "phase."
+        ),
+        bin_frames=5_000,
+        window_frames=10_000,
+    ),
+}
+
+
+def frames_per_step(config: dict[str, Any]) -> int:
+    """Environment frames per agent step of a recipe run: 4 on Atari, the action repeat on DMC."""
+    if "game" in config:
+        return 4
+    return config.get("action_repeat") or PLANET_ACTION_REPEAT.get(task_name(config), 1)
+
+
+def task_name(config: dict[str, Any]) -> str:
+    """The Atari game, or ``domain_task`` on DMC."""
+    return config.get("game") or f"{config['domain']}_{config['task']}"
 
 
 def arm_order(arm: str) -> tuple[int, int]:
@@ -84,7 +166,7 @@ def read_run(report_path: Path) -> dict[str, Any]:
     config, rows, freeze = report["config"], report["rows"], report["freeze"]
     csv_files = list(report_path.parent.glob("*/scalars/episode_return.csv"))
     curve: Curve = read_scalar_csv(csv_files[0]) if csv_files else []
-    last = 4 * config["total_steps"]  # Atari frames: 4 per agent step
+    last = frames_per_step(config) * config["total_steps"]
     tail = [ret for step, ret in curve if step > (1 - FINAL_SHARE) * last]
     second_half = [ret for step, ret in curve if step > last / 2]
     updates_before, updates_after = (
@@ -96,7 +178,7 @@ def read_run(report_path: Path) -> dict[str, Any]:
         updates_before * ms_before + (updates_after * ms_after if updates_after else 0.0)
     )
     return {
-        "task": config["game"],
+        "task": task_name(config),
         "arm": arm_name(config, freeze),
         "seed": config["seed"],
         "freeze_step": freeze.get("freeze_step"),
@@ -117,13 +199,18 @@ def read_run(report_path: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="folder holding one sub-folder per recipe run")
-    parser.add_argument("--bin-frames", type=int, default=20_000, help="curve grid spacing")
-    parser.add_argument("--window-frames", type=int, default=40_000, help="curve averaging")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="atari")
+    parser.add_argument("--bin-frames", type=int, default=None, help="curve grid spacing")
+    parser.add_argument("--window-frames", type=int, default=None, help="curve averaging")
     parser.add_argument("--note", action="append", default=[], help="a paragraph for the page")
     args = parser.parse_args(argv)
-    runs = [read_run(path) for path in sorted(args.root.glob("*/seer_atari_*/report.json"))]
+    recipe = RECIPES[args.recipe]
+    bin_frames = args.bin_frames or recipe.bin_frames
+    window_frames = args.window_frames or recipe.window_frames
+    pattern = f"*/seer_{args.recipe}_*/report.json"
+    runs = [read_run(path) for path in sorted(args.root.glob(pattern))]
     if not runs:
-        raise SystemExit(f"no SEER recipe runs under {args.root}")
+        raise SystemExit(f"no SEER recipe runs ({pattern}) under {args.root}")
     runs.sort(key=lambda r: (r["task"], arm_order(r["arm"]), r["seed"]))
     tasks = sorted({r["task"] for r in runs})
     arms = sorted({r["arm"] for r in runs}, key=arm_order)
@@ -131,22 +218,11 @@ def main(argv: list[str] | None = None) -> None:
     colors = {arm: "black" if arm == NO_FREEZE else next(palette) for arm in arms}
 
     report = BenchmarkReport(
-        "seer_parity",
-        "SEER: returns parity on Atari against the same agent without a freeze (CPU)",
-        description=(
-            "DQN with the data-efficient CNN from `examples/seer_atari.py` at its defaults "
-            "(100k agent steps = 400k frames, replay ratio 1, 3-step returns, pixel replay of "
-            "100k transitions). The SEER arm freezes the lower CNN at T_f and continues on "
-            "latent replay grown to the pixel buffer's memory budget; the no-freeze arm is the "
-            "same run with T_f beyond the end. Returns are training-episode returns "
-            "(epsilon-greedy, epsilon 0.01 after 20k steps): the final return averages the "
-            f"episodes ending in the last {FINAL_SHARE:.0%} of each run's frames, the "
-            "second-half return those ending in its second half. Before T_f the two arms of "
-            "one seed are the same run (same seed, deterministic), which the curves show. "
-            "Learner seconds = updates x median update time, per phase."
-        ),
-        command="python -m benchmarks.parity_seer <runs folder>` after the recipe runs listed "
-        "in that module's docstring (a long experiment, not part of `make bench",
+        recipe.page,
+        recipe.title,
+        description=f"{recipe.description} The recipe runs are listed in the docstring of "
+        "`benchmarks/parity_seer.py` (a long experiment, not part of `make bench`).",
+        command=f"python -m benchmarks.parity_seer <runs folder> --recipe {args.recipe}",
     )
     report.add_table(
         "Every run",
@@ -216,9 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             if not group:
                 continue
             binned = {
-                str(r["seed"]): bin_curve(
-                    r["curve"], bin_width=args.bin_frames, window=args.window_frames
-                )
+                str(r["seed"]): bin_curve(r["curve"], bin_width=bin_frames, window=window_frames)
                 for r in group
             }
             plot_mean_band(ax, binned, label=arm, color=colors[arm])
@@ -226,12 +300,12 @@ def main(argv: list[str] | None = None) -> None:
             ax.axvline(frame, color="grey", ls="--", lw=1)
         ax.set(
             xlabel="environment frames",
-            ylabel=f"training return (mean over {args.window_frames:,} frames)",
+            ylabel=f"training return (mean over {window_frames:,} frames)",
             title=f"{task}: SEER vs no freeze (dashed: T_f)",
         )
         ax.legend()
     fig.tight_layout()
-    figure = DOCS_DIR / "seer_parity.png"
+    figure = DOCS_DIR / f"{recipe.page}.png"
     fig.savefig(figure, dpi=90)
     report.add_figure(figure, "training return, mean and min-max over seeds")
     for note in args.note:

@@ -60,3 +60,13 @@ def test_seer_parity_names_and_orders_arms():
     assert arm_name({"freeze_at": "100000000"}, {}) == NO_FREEZE
     arms = [NO_FREEZE, AUTO, fixed, "SEER T_f=20,000"]
     assert sorted(arms, key=arm_order) == ["SEER T_f=20,000", fixed, AUTO, NO_FREEZE]
+
+
+def test_seer_parity_reads_atari_and_dmc_configs():
+    from benchmarks.parity_seer import frames_per_step, task_name
+
+    atari = {"game": "Breakout", "total_steps": 100_000}
+    assert task_name(atari) == "Breakout" and frames_per_step(atari) == 4
+    dmc = {"domain": "cartpole", "task": "swingup", "action_repeat": None}
+    assert task_name(dmc) == "cartpole_swingup" and frames_per_step(dmc) == 8  # PlaNet's
+    assert frames_per_step({**dmc, "action_repeat": 2}) == 2
