@@ -8,7 +8,9 @@ on a shared machine hits before and after alike.
 
 * Atari: TorchRL ``DQNLoss`` (double DQN) with the data-efficient CNN, batch 32.
 * DMC: TorchRL ``SACLoss`` (hidden 1024) on the CURL encoder (shared critic encoder, target
-  encoder, random 84x84 crops of 100x100 frames, K = 4 latent copies), batch 128.
+  encoder, random 84x84 crops of 100x100 frames, K = 4 latent copies), batch 128; once with the
+  SAC update alone, once as the reference's learner, which also runs CURL's contrastive update
+  (:class:`~torchrl_seer.objectives.CURLLoss`) before the freeze and stops it at the freeze.
 
 Capacity: the pixel buffer's measured bytes are the budget; the latent capacity reached in fp32
 and int8 (:class:`~torchrl_seer.data.QuantizedStorage`) is compared with SEER's reference
@@ -45,6 +47,7 @@ from torchrl_seer.modules import (
     LatentOrPixelFeatures,
     RandomCrop,
 )
+from torchrl_seer.objectives import CURLLoss
 from torchrl_seer.trainers import FreezeEncoderHook, ParameterConvergence
 
 LATENT_KEYS = ["latent", ("next", "latent")]
@@ -135,8 +138,11 @@ class DetachedEncoderSACLoss(SACLoss):
         return super().actor_loss(tensordict.detach())
 
 
-def dmc_learner(num: int, num_copies: int = 4):
-    """SAC + CURL-encoder learner: returns its update function and an unstepped hook."""
+def dmc_learner(num: int, num_copies: int = 4, *, curl: bool = False):
+    """SAC + CURL-encoder learner: returns its update function and an unstepped hook.
+
+    With ``curl=True`` the update also takes CURL's contrastive step until the hook freezes.
+    """
     torch.manual_seed(0)
     encoder = CURLPixelEncoder(9)
     target_encoder = copy.deepcopy(encoder).requires_grad_(False)
@@ -173,6 +179,8 @@ def dmc_learner(num: int, num_copies: int = 4):
     )
     alpha_optim = torch.optim.Adam([loss.log_alpha], lr=1e-4, betas=(0.5, 0.999), fused=True)
     optims = [critic_optim, encoder_optim, actor_optim, alpha_optim]
+    curl_loss = CURLLoss(encoder, key_encoder=target_encoder) if curl else None
+    curl_optim = torch.optim.Adam([curl_loss.bilinear], lr=1e-3, fused=True) if curl_loss else None
     rb = pixel_buffer(dmc_transitions(num), 128)
 
     def update() -> None:
@@ -186,6 +194,13 @@ def dmc_learner(num: int, num_copies: int = 4):
         (losses["loss_qvalue"] + losses["loss_actor"] + losses["loss_alpha"]).backward()
         for optim in optims:
             optim.step()
+        if curl_loss is not None and curl_optim is not None and not hook.frozen:
+            contrastive = curl_loss(batch)
+            encoder_optim.zero_grad()
+            curl_optim.zero_grad()
+            contrastive["loss_curl"].backward()
+            encoder_optim.step()
+            curl_optim.step()
 
     hook = FreezeEncoderHook(
         encoder,
@@ -351,6 +366,12 @@ def main(argv: list[str] | None = None) -> None:
     for name, make_learner, batch, target in [
         ("Atari data-efficient CNN + DQNLoss", atari_learner, 32, 0.35),
         ("DMC CURL encoder + SACLoss", dmc_learner, 128, 0.1),
+        (
+            "DMC CURL encoder + SACLoss + CURLLoss (reference learner)",
+            functools.partial(dmc_learner, curl=True),
+            128,
+            0.1,
+        ),
     ]:
         result = compare_before_after(make_learner, num, repeats)
         ratio = result["after"].median / result["before"].median
