@@ -43,7 +43,8 @@ def test_atari_recipe_freezes_migrates_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_dmc_recipe_freezes_migrates_and_reports(tmp_path):
+@pytest.mark.parametrize("autocast", ["none", "bf16"])
+def test_dmc_recipe_freezes_migrates_and_reports(tmp_path, autocast):
     import seer_dmc
 
     report = seer_dmc.main(
@@ -55,6 +56,7 @@ def test_dmc_recipe_freezes_migrates_and_reports(tmp_path):
             "--batch-size", "8",
             "--hidden", "32",
             "--num-copies", "2",
+            "--autocast", autocast,
             "--out-dir", str(tmp_path),
         ]
     )  # fmt: skip
