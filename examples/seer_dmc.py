@@ -81,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learn-start", type=int, default=1_000)
     p.add_argument("--max-capacity", type=int, default=None, help="cap on the latent capacity")
     p.add_argument(
+        "--target-sync",
+        choices=["full", "encoder"],
+        default="full",
+        help="at the freeze: hard-copy the whole critic into its target (spec §7), or only the"
+        " frozen encoder",
+    )
+    p.add_argument(
         "--autocast",
         choices=["none", "bf16"],
         default="none",
@@ -200,7 +207,7 @@ def main(argv: list[str] | None = None) -> Path:
         latent_transform=LatentEncodeTransform(
             encoder, num_copies=args.num_copies, augmentation=RandomCrop(84)
         ),
-        target_sync="full",
+        target_sync=args.target_sync,
         max_capacity=args.max_capacity,
         logger=logger,
     )
