@@ -51,6 +51,8 @@ def test_crops():
     for k, crop in enumerate(crops):
         assert any(torch.equal(crop, w[k % 2]) for w in windows.values())
     assert len({crop[0, 0, 0].item() for crop in crops}) > 1  # independent windows
+    assert RandomCrop(6)(pixels.expand(4, 2, 3, 10, 10)).shape == (4, 2, 3, 6, 6)
+    assert RandomCrop(6)(pixels[:0]).shape == (0, 3, 6, 6)  # an empty batch stays empty
     with pytest.raises(ValueError, match="cannot crop"):
         RandomCrop(12)(pixels)
 
