@@ -11,6 +11,7 @@ from torchrl.data import Bounded, Categorical, LazyTensorStorage, ReplayBuffer
 from torchrl.modules import MLP, ProbabilisticActor, QValueModule, TanhNormal
 from torchrl.objectives import DQNLoss, SACLoss
 
+from torchrl_seer.data import LatentEncodeTransform
 from torchrl_seer.modules import CURLPixelEncoder, DataEfficientAtariEncoder, LatentOrPixelFeatures
 from torchrl_seer.trainers import FreezeEncoderHook, ParameterConvergence
 
@@ -119,6 +120,43 @@ def test_no_transition_lost_at_freeze():
     assert len(rb) == written
     ids = rb.storage.get(torch.arange(len(rb)))["id"]
     assert ids.tolist() == list(range(written))  # each exactly once, in order
+
+
+def test_transform_built_before_training_encodes_with_the_weights_at_the_freeze():
+    """Regression: the DMC recipe builds its K-crop transform at step 0, before any training.
+
+    The transform used to keep a private copy of the untrained encoder, so every latent (migrated
+    and written after the freeze) came from the step-0 weights while acting used trained ones.
+    """
+    encoder, _, loss, optim = make_dqn()
+    initial = copy.deepcopy(encoder)
+    rb = ReplayBuffer(storage=LazyTensorStorage(100), batch_size=16)
+    transform = LatentEncodeTransform(encoder)  # built before any update, as in the recipe
+    hook = FreezeEncoderHook(
+        encoder,
+        freeze_at=1,
+        modules=[loss],
+        optimizers=[optim],
+        replay_buffer=rb,
+        latent_transform=transform,
+        progress=False,
+    )
+    rb.extend(batch(0, 20))
+    train_steps(loss, optim, rb, 5)
+    assert any(
+        not torch.equal(p0, p1)
+        for p0, p1 in zip(initial.parameters(), encoder.parameters(), strict=True)
+    )
+    assert hook.step(1)
+    rb.extend(batch(20, 10))  # encoded on write after the freeze
+    stored = rb.storage.get(torch.arange(30))
+    pixels = torch.cat([batch(0, 20)["pixels"], batch(20, 10)["pixels"]])
+    with torch.no_grad():
+        expected = encoder.frozen_part_forward(pixels)
+        stale = initial.frozen_part_forward(pixels)
+    torch.testing.assert_close(stored["latent"], expected)
+    assert not torch.allclose(stored["latent"], stale)
+    assert encoder.training  # encoding in eval mode restored the acting network's mode
 
 
 def make_sac():

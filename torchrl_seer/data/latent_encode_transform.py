@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from tensordict import NestedKey, TensorDictBase
@@ -15,14 +15,28 @@ from torchrl_seer.modules.encoders import SplitEncoder
 __all__ = ["LatentEncodeTransform"]
 
 
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Puts ``module`` in eval mode and restores each submodule's training flag on exit."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class LatentEncodeTransform(Transform):
     """Encodes pixels into frozen-encoder latents on write; picks one augmented copy on read.
 
     Append it to a replay buffer (``rb.append_transform(t)``): ``ReplayBuffer.extend`` runs
     :meth:`inv` before writing, so the storage only ever allocates the latent keys. Encoding runs
-    in eval mode under ``torch.no_grad`` on a private, gradient-free copy of the encoder's frozen
-    part (SEER spec R7), so the buffer neither tracks autograd nor is affected by the training
-    mode of the acting network.
+    under ``torch.no_grad`` in eval mode (SEER spec R7; each submodule's training mode is restored
+    afterwards) with the encoder's frozen part **as it is at write time**: the transform shares
+    that module instead of copying it, so a transform built before training, or before a
+    checkpoint is loaded, still encodes with the trained weights. :class:`FreezeEncoderHook`
+    stops those weights from changing at the freeze, so every latent comes from one encoder.
 
     With ``num_copies = K > 1`` every observation gets ``K`` independently augmented copies (CURL
     crop augmentation, SEER spec §6) stored as ``[*batch, K, *latent_shape]``; on sampling one copy
@@ -90,7 +104,7 @@ class LatentEncodeTransform(Transform):
             latent_shape = latent_shape if latent_shape is not None else encoder.latent_shape
         else:
             frozen = encoder
-        self.frozen_encoder = copy.deepcopy(frozen).eval().requires_grad_(False)
+        self.frozen_encoder = frozen
         self.augmentation = augmentation
         self.num_copies = num_copies
         self.latent_shape = torch.Size(latent_shape) if latent_shape is not None else None
@@ -107,8 +121,7 @@ class LatentEncodeTransform(Transform):
         """
         batch = pixels.shape[:-3]
         flat = pixels.reshape(-1, *pixels.shape[-3:])
-        self.frozen_encoder.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _eval_mode(self.frozen_encoder):
             if self.num_copies == 1:
                 views = [self.augmentation(flat) if self.augmentation is not None else flat]
             else:
