@@ -26,6 +26,10 @@ action repeat 8)::
       python examples/seer_dmc.py --total-steps 12500 --freeze-at 100000000 --autocast bf16 \
           --no-curl --seed $seed --out-dir runs/parity_seer_dmc/cartpole_swingup_nofreeze_s$seed
     done
+    # ablation: the same freeze, pixel replay kept (a fresh crop per sample, no latents)
+    python examples/seer_dmc.py --total-steps 12500 --freeze-at 2500 --autocast bf16 \
+        --no-curl --no-latent-replay --seed 0 \
+        --out-dir runs/parity_seer_dmc/cartpole_swingup_freezeonly_s0
     python -m benchmarks.parity_seer runs/parity_seer_dmc --recipe dmc
 
 The page (``docs/benchmarks/seer_parity.md`` for Atari, ``seer_parity_dmc.md`` for DMC) reports,
@@ -60,6 +64,8 @@ NO_FREEZE = "no freeze"
 
 
 AUTO = "SEER T_f=auto"
+#: Arm label of the ablation that freezes the encoder but keeps pixel replay (no latents).
+FREEZE_ONLY = "freeze, pixel replay"
 
 
 @dataclass(frozen=True)
@@ -129,18 +135,24 @@ def task_name(config: dict[str, Any]) -> str:
     return config.get("game") or f"{config['domain']}_{config['task']}"
 
 
-def arm_order(arm: str) -> tuple[int, int]:
-    """Sort key: SEER arms by freeze step, then ``freeze_at="auto"``, then no freeze."""
+def arm_order(arm: str) -> tuple[int, int, int]:
+    """Sort key: fixed freeze steps (SEER, then the freeze-only ablation), auto, no freeze."""
     if arm in (AUTO, NO_FREEZE):
-        return (1 if arm == AUTO else 2, 0)
-    return (0, int(arm.split("=")[1].replace(",", "")))
+        return (1 if arm == AUTO else 2, 0, 0)
+    return (0, int(arm.split("=")[1].replace(",", "")), int(arm.startswith(FREEZE_ONLY)))
 
 
 def arm_name(config: dict[str, Any], freeze: dict[str, Any]) -> str:
-    """The arm of a run: ``freeze_at="auto"``, its fixed freeze step, or no freeze."""
+    """The arm of a run: ``freeze_at="auto"``, its fixed freeze step, or no freeze.
+
+    A run with ``--no-latent-replay`` (the encoder frozen, pixel replay kept) is its own arm.
+    """
     if config["freeze_at"] == "auto":
         return AUTO
-    return f"SEER T_f={freeze['freeze_step']:,}" if freeze else NO_FREEZE
+    if not freeze:
+        return NO_FREEZE
+    kind = "SEER" if config.get("latent_replay", True) else FREEZE_ONLY
+    return f"{kind} T_f={freeze['freeze_step']:,}"
 
 
 def _float(rows: dict[str, str], key: str) -> float:

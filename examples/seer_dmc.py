@@ -81,6 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--learn-start", type=int, default=1_000)
     p.add_argument("--max-capacity", type=int, default=None, help="cap on the latent capacity")
     p.add_argument(
+        "--latent-replay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="at the freeze, move the buffer to K random-crop latents (SEER); --no-latent-replay"
+        " freezes the encoder but keeps pixel replay with a fresh crop per sample (an ablation)",
+    )
+    p.add_argument(
         "--target-sync",
         choices=["full", "encoder"],
         default="full",
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> Path:
         freeze_at=args.freeze_at,
         modules=[target_encoder, loss],
         optimizers=[encoder_optim, critic_optim],
-        replay_buffer=rb,
+        replay_buffer=rb if args.latent_replay else None,
         latent_transform=LatentEncodeTransform(
             encoder, num_copies=args.num_copies, augmentation=RandomCrop(84)
         ),

@@ -58,8 +58,10 @@ def test_seer_parity_names_and_orders_arms():
     assert arm_name({"freeze_at": "auto"}, {"freeze_step": 31_000}) == AUTO
     assert arm_name({"freeze_at": "auto"}, {}) == AUTO  # the criterion never fired
     assert arm_name({"freeze_at": "100000000"}, {}) == NO_FREEZE
-    arms = [NO_FREEZE, AUTO, fixed, "SEER T_f=20,000"]
-    assert sorted(arms, key=arm_order) == ["SEER T_f=20,000", fixed, AUTO, NO_FREEZE]
+    ablation = arm_name({"freeze_at": "20000", "latent_replay": False}, {"freeze_step": 20_000})
+    assert ablation == "freeze, pixel replay T_f=20,000"
+    arms = [NO_FREEZE, AUTO, fixed, ablation, "SEER T_f=20,000"]
+    assert sorted(arms, key=arm_order) == ["SEER T_f=20,000", ablation, fixed, AUTO, NO_FREEZE]
 
 
 def test_seer_parity_reads_atari_and_dmc_configs():
