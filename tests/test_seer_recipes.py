@@ -61,3 +61,25 @@ def test_dmc_recipe_freezes_migrates_and_reports(tmp_path, autocast):
         ]
     )  # fmt: skip
     assert "latent capacity c'" in report.read_text()
+
+
+@pytest.mark.slow
+def test_dmc_recipe_freeze_only_ablation_keeps_pixel_replay(tmp_path):
+    import seer_dmc
+
+    report = seer_dmc.main(
+        [
+            "--total-steps", "40",
+            "--freeze-at", "25",
+            "--learn-start", "15",
+            "--buffer-size", "30",
+            "--batch-size", "8",
+            "--hidden", "32",
+            "--no-curl",
+            "--no-latent-replay",
+            "--out-dir", str(tmp_path),
+        ]
+    )  # fmt: skip
+    text = report.read_text()
+    assert "| learner updates before / after freeze | 10 / 16 |" in text
+    assert "latent capacity c'" not in text  # the buffer was not migrated
