@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 from tensordict import NestedKey, TensorDictBase
 from torch import nn
 from torchrl.envs.transforms import Transform
 
-from torchrl_seer.modules.encoders import SplitEncoder
+from torchrl_seer.modules.encoders import SplitEncoder, eval_mode
 
 __all__ = ["LatentEncodeTransform"]
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Puts ``module`` in eval mode and restores each submodule's training flag on exit."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 class LatentEncodeTransform(Transform):
@@ -121,7 +108,7 @@ class LatentEncodeTransform(Transform):
         """
         batch = pixels.shape[:-3]
         flat = pixels.reshape(-1, *pixels.shape[-3:])
-        with torch.no_grad(), _eval_mode(self.frozen_encoder):
+        with torch.no_grad(), eval_mode(self.frozen_encoder):
             if self.num_copies == 1:
                 views = [self.augmentation(flat) if self.augmentation is not None else flat]
             else:

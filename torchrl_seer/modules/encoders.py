@@ -10,7 +10,8 @@ consume. The parameter names of the frozen layers all contain ``"frozen_part"``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,6 +24,18 @@ __all__ = [
     "PixelScale",
     "SplitEncoder",
 ]
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Puts ``module`` in eval mode and restores each submodule's training flag on exit."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 class PixelScale(nn.Module):
@@ -76,10 +89,8 @@ class SplitEncoder(nn.Module):
         self.input_shape = torch.Size(input_shape)
         with torch.no_grad():
             probe = torch.zeros(1, *self.input_shape, dtype=torch.uint8)
-            was_training = frozen_part.training
-            frozen_part.eval()
-            latent = frozen_part(probe)
-            frozen_part.train(was_training)
+            with eval_mode(frozen_part):
+                latent = frozen_part(probe)
             self.latent_shape = latent.shape[1:]
             self.out_features = self.trainable_part(latent).shape[-1]
 
