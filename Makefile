@@ -47,19 +47,19 @@ test-all: install-dev  ## run every test, slow ones included
 	$(PY) -m pytest -n 2 --timeout 1200 -q
 
 lint: install-dev  ## ruff check + ruff format --check + mypy
-	$(PY) -m ruff check torchrl_seer tests examples benchmarks
-	$(PY) -m ruff format --check torchrl_seer tests examples benchmarks
+	$(PY) -m ruff check torchrl_seer tests examples seer_benchmarks
+	$(PY) -m ruff format --check torchrl_seer tests examples seer_benchmarks
 	$(PY) -m mypy
 
 format: install-dev  ## apply ruff fixes and formatting
-	$(PY) -m ruff check --fix torchrl_seer tests examples benchmarks
-	$(PY) -m ruff format torchrl_seer tests examples benchmarks
+	$(PY) -m ruff check --fix torchrl_seer tests examples seer_benchmarks
+	$(PY) -m ruff format torchrl_seer tests examples seer_benchmarks
 
 demo: install  ## run the flagship recipe on CPU (short budget) and print where its report is
 	$(PY) examples/seer_atari.py --demo
 
 bench: install-dev  ## run the benchmarks and rewrite docs/benchmarks*.md
-	$(PY) -m benchmarks.run_all
+	$(PY) -m seer_benchmarks.run_all
 
 docs: install-docs  ## build the docs with warnings as errors
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from benchmarks.datasets import stack_frames
-from benchmarks.harness import BenchmarkReport, interleaved_timings, time_call
+from seer_benchmarks.datasets import stack_frames
+from seer_benchmarks.harness import BenchmarkReport, interleaved_timings, time_call
 from torchrl_seer.envs import make_atari_env
 
 
@@ -51,7 +51,7 @@ def test_timings_take_medians():
 
 
 def test_seer_parity_names_and_orders_arms():
-    from benchmarks.parity_seer import AUTO, NO_FREEZE, arm_name, arm_order
+    from seer_benchmarks.parity_seer import AUTO, NO_FREEZE, arm_name, arm_order
 
     fixed = arm_name({"freeze_at": "50000"}, {"freeze_step": 50_000})
     assert fixed == "SEER T_f=50,000"
@@ -65,7 +65,7 @@ def test_seer_parity_names_and_orders_arms():
 
 
 def test_seer_parity_reads_atari_and_dmc_configs():
-    from benchmarks.parity_seer import frames_per_step, task_name
+    from seer_benchmarks.parity_seer import frames_per_step, task_name
 
     atari = {"game": "Breakout", "total_steps": 100_000}
     assert task_name(atari) == "Breakout" and frames_per_step(atari) == 4

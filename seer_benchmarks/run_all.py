@@ -1,10 +1,10 @@
-"""Runs every ``benchmarks/bench_*.py`` in turn (``make bench``); each rewrites its docs page.
+"""Runs every ``seer_benchmarks/bench_*.py`` in turn (``make bench``); each rewrites its docs page.
 
 Usage::
 
-    python -m benchmarks.run_all            # full benchmarks
-    python -m benchmarks.run_all --quick    # smaller datasets and fewer repeats
-    python -m benchmarks.run_all delta_storage seer   # a selection
+    python -m seer_benchmarks.run_all            # full benchmarks
+    python -m seer_benchmarks.run_all --quick    # smaller datasets and fewer repeats
+    python -m seer_benchmarks.run_all delta_storage seer   # a selection
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"== benchmark {name}", flush=True)
         start = time.perf_counter()
-        module = importlib.import_module(f"benchmarks.bench_{name}")
+        module = importlib.import_module(f"seer_benchmarks.bench_{name}")
         try:
             module.main(["--quick"] if args.quick else [])
         except Exception as err:  # report every benchmark, then fail

@@ -192,7 +192,7 @@ class BenchmarkReport:
 
     Keyword Args:
         description: a paragraph saying what is measured and against what.
-        command: how to regenerate the page; defaults to running ``benchmarks.bench_<name>``
+        command: how to regenerate the page; defaults to running ``seer_benchmarks.bench_<name>``
             (which ``make bench`` does).
         out_dir: where the page goes; defaults to ``docs/benchmarks``.
 
@@ -241,7 +241,7 @@ class BenchmarkReport:
             f"Measured {m['date']} on {m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch "
             f"threads), Python {m['python']}, torch {m['torch']}, torchrl {m['torchrl']}, "
             f"tensordict {m['tensordict']}, commit `{m['commit']}`. "
-            f"Regenerate with `{self.command or f'python -m benchmarks.bench_{self.name}'}`.",
+            f"Regenerate with `{self.command or f'python -m seer_benchmarks.bench_{self.name}'}`.",
             "",
         ]
         for table in self.tables:

@@ -1,6 +1,6 @@
 """Learning curves of recipe runs: reading TorchRL CSV scalars, binning and mean/min-max plots.
 
-Shared by the returns-parity aggregators (``benchmarks.parity_*``), which turn the CSV logs that
+Shared by the returns-parity aggregators (``seer_benchmarks.parity_*``), which turn the CSV logs that
 the example recipes write into docs pages.
 """
 

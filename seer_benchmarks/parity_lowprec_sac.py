@@ -10,7 +10,7 @@ trains every listed precision in sequence with the same seed), then aggregate::
     done
     python examples/lowprec_sac_dmc.py --precision naive-fp16 fp16 --total-steps 12000 \
         --eval-every 2000 --eval-episodes 2 --seed 0 --out-dir runs/parity_lowprec/fp16_seed0
-    python -m benchmarks.parity_lowprec_sac runs/parity_lowprec
+    python -m seer_benchmarks.parity_lowprec_sac runs/parity_lowprec
 
 One folder of runs holds one task. The page ``docs/benchmarks/lowprec_sac_parity_<task>.md``
 reports the evaluation returns of every precision per seed, their mean and spread, and where a
@@ -30,8 +30,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from benchmarks.curves import Curve, plot_mean_band, read_scalar_csv
-from benchmarks.harness import DOCS_DIR, BenchmarkReport
+from seer_benchmarks.curves import Curve, plot_mean_band, read_scalar_csv
+from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport
 
 PRECISION_ORDER = ("fp32", "bf16", "bf16-lean", "fp16", "fp16-lean", "naive-fp16")
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             "evaluated every 2,000 steps with the deterministic policy (mean of 2 episodes). "
             "Each seed trains every precision with the same seed."
         ),
-        command="python -m benchmarks.parity_lowprec_sac <runs folder>` after the recipe runs "
+        command="python -m seer_benchmarks.parity_lowprec_sac <runs folder>` after the recipe runs "
         "listed in that module's docstring (a long experiment, not part of `make bench",
     )
     rows = []

@@ -18,7 +18,7 @@ on the data). The fp32 baseline is TorchRL's ``SACLoss`` + three ``torch.optim.A
   fp16 has no CPU kernels: it is timed with a tiny repeat count as a correctness path only;
   fp16 on a GPU is not measured here.
 
-Run: ``python -m benchmarks.bench_lowprec_sac [--quick]``.
+Run: ``python -m seer_benchmarks.bench_lowprec_sac [--quick]``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torchrl.data import Bounded
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SACLoss, SoftUpdate
 
-from benchmarks.harness import BenchmarkReport, interleaved_timings, time_call
+from seer_benchmarks.harness import BenchmarkReport, interleaved_timings, time_call
 from torchrl_seer.objectives import PRECISION_PRESETS, LowPrecisionSACLoss
 
 OBS_DIM, ACT_DIM = 24, 6  # walker_walk

@@ -9,7 +9,7 @@ the other) and saves ``results.json``; run it once per seed, then aggregate::
           --workers 2 --frames 61440 --frames-per-batch 1024 --ship-every 4 --threshold 195 \
           --seed $seed --out runs/accerl_wall/int8_s$seed
     done
-    python -m benchmarks.accerl_wall_time runs/accerl_wall
+    python -m seer_benchmarks.accerl_wall_time runs/accerl_wall
 
 The page ``docs/benchmarks/accerl_wall_time.md`` reports per seed the wall time each arm needed
 to reach the threshold and their ratio, the final returns, and where the time went. To explain
@@ -36,8 +36,8 @@ import torch
 from tensordict import TensorDict
 from torchrl.envs import GymEnv
 
-from benchmarks.bench_accerl import categorical_mlp
-from benchmarks.harness import DOCS_DIR, BenchmarkReport, interleaved_timings
+from seer_benchmarks.bench_accerl import categorical_mlp
+from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport, interleaved_timings
 from torchrl_seer.collectors import CompressedPolicy, PolicyCompressor
 
 #: Final return = mean of this many last logged returns (one per batch that ended episodes).
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
             f"reaches {threshold:g}. Target: compressed ÷ full ≤ 0.7 with final returns within "
             "seed noise. " + args.conditions
         ).strip(),
-        command="python -m benchmarks.accerl_wall_time <runs folder>` after the recipe runs "
+        command="python -m seer_benchmarks.accerl_wall_time <runs folder>` after the recipe runs "
         "listed in that module's docstring (a long experiment, not part of `make bench",
     )
     rows, ratios, wall_ratios = [], [], []

@@ -33,8 +33,8 @@ from torchrl.data import Bounded, Categorical, LazyTensorStorage, TensorDictRepl
 from torchrl.modules import MLP, ProbabilisticActor, QValueModule, TanhNormal
 from torchrl.objectives import DQNLoss, SACLoss
 
-from benchmarks.datasets import load_rollout, stack_frames
-from benchmarks.harness import BenchmarkReport, interleaved_timings
+from seer_benchmarks.datasets import load_rollout, stack_frames
+from seer_benchmarks.harness import BenchmarkReport, interleaved_timings
 from torchrl_seer.data import (
     LatentEncodeTransform,
     QuantizedStorage,

@@ -15,7 +15,7 @@ Atari (``examples/seer_atari.py``)::
     # the freeze_at="auto" criterion (ParameterConvergence) as its own arm:
     python examples/seer_atari.py --game RoadRunner --freeze-at auto --seed 0 \
         --out-dir runs/parity_seer/RoadRunner_auto_s0
-    python -m benchmarks.parity_seer runs/parity_seer
+    python -m seer_benchmarks.parity_seer runs/parity_seer
 
 DMC from pixels (``examples/seer_dmc.py``, 12,500 agent steps = 100k environment steps at
 action repeat 8)::
@@ -30,7 +30,7 @@ action repeat 8)::
     python examples/seer_dmc.py --total-steps 12500 --freeze-at 2500 --autocast bf16 \
         --no-curl --no-latent-replay --seed 0 \
         --out-dir runs/parity_seer_dmc/cartpole_swingup_freezeonly_s0
-    python -m benchmarks.parity_seer runs/parity_seer_dmc --recipe dmc
+    python -m seer_benchmarks.parity_seer runs/parity_seer_dmc --recipe dmc
 
 The page (``docs/benchmarks/seer_parity.md`` for Atari, ``seer_parity_dmc.md`` for DMC) reports,
 per run, the training return at the end of the run, the learner updates before and after the
@@ -54,8 +54,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from benchmarks.curves import Curve, bin_curve, plot_mean_band, read_scalar_csv
-from benchmarks.harness import DOCS_DIR, BenchmarkReport
+from seer_benchmarks.curves import Curve, bin_curve, plot_mean_band, read_scalar_csv
+from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport
 from torchrl_seer.envs import PLANET_ACTION_REPEAT
 
 #: Returns at the end of a run are the mean over episodes finished in this last share of it.
@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> None:
         recipe.page,
         recipe.title,
         description=f"{recipe.description} The recipe runs are listed in the docstring of "
-        "`benchmarks/parity_seer.py` (a long experiment, not part of `make bench`).",
-        command=f"python -m benchmarks.parity_seer <runs folder> --recipe {args.recipe}",
+        "`seer_benchmarks/parity_seer.py` (a long experiment, not part of `make bench`).",
+        command=f"python -m seer_benchmarks.parity_seer <runs folder> --recipe {args.recipe}",
     )
     report.add_table(
         "Every run",

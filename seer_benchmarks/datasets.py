@@ -7,7 +7,7 @@ holds ``pixels``, ``("next", "pixels")``, ``action`` and the ``("next", ...)`` r
 done/terminated/truncated flags. :func:`stack_frames` rebuilds the stacked transitions that a
 :class:`~torchrl.envs.CatFrames` environment would emit from the same frames.
 
-The cache lives in ``benchmarks/.cache/`` (git-ignored); delete it to capture again.
+The cache lives in ``seer_benchmarks/.cache/`` (git-ignored); delete it to capture again.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ batch-256 ``get`` time (one thread, and with the decoding thread pool), ``extend
 throughput, the codec and chunk-length comparison, and a check of ``bytes()`` against the
 growth of the process RSS.
 
-Run: ``.venv/bin/python -m benchmarks.bench_delta_storage [--quick]``.
+Run: ``.venv/bin/python -m seer_benchmarks.bench_delta_storage [--quick]``.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import torch
 from tensordict import TensorDictBase
 from torchrl.data import CompressedListStorage, LazyTensorStorage, ReplayBuffer
 
-from benchmarks.datasets import ATARI_GAMES, DMC_TASKS, load_rollout, stack_frames
-from benchmarks.harness import BenchmarkReport, interleaved_timings, machine_info, rss_bytes
+from seer_benchmarks.datasets import ATARI_GAMES, DMC_TASKS, load_rollout, stack_frames
+from seer_benchmarks.harness import BenchmarkReport, interleaved_timings, machine_info, rss_bytes
 from torchrl_seer.data import DeltaFrameStorage
 
 __all__ = ["main"]

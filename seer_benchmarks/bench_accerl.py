@@ -8,7 +8,7 @@ log-prob) for each pipeline, interleaved with the fp32 policy, and report the me
 together with the divergence KL(π‖μ). ``auto`` is what
 :func:`~torchrl_seer.collectors.select_compression` picks at start-up for that policy and shape.
 
-Run: ``python -m benchmarks.bench_accerl [--quick]``.
+Run: ``python -m seer_benchmarks.bench_accerl [--quick]``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
 
-from benchmarks.harness import BenchmarkReport, interleaved_timings
+from seer_benchmarks.harness import BenchmarkReport, interleaved_timings
 from torchrl_seer.collectors import (
     CompressedPolicy,
     PolicyCompressor,
