@@ -42,7 +42,7 @@ from torchrl.objectives import DQNLoss, HardUpdate
 from torchrl.record.loggers import get_logger
 from tqdm import tqdm
 
-from torchrl_seer.data import QuantizedStorage, reference_capacity_atari
+from torchrl_seer.data import LatentReplayOptions, QuantizedStorage, reference_capacity_atari
 from torchrl_seer.envs import make_atari_env
 from torchrl_seer.modules import DataEfficientAtariEncoder, LatentOrPixelFeatures
 from torchrl_seer.trainers import FreezeEncoderHook, ParameterConvergence
@@ -84,7 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--capacity-rule", choices=["measured", "reference"], default="measured")
     p.add_argument("--max-capacity", type=int, default=None, help="cap on the latent capacity")
     p.add_argument(
-        "--latent-capacity", type=int, default=None, help="latent capacity if frozen at step 0"
+        "--latent-capacity",
+        type=int,
+        default=None,
+        help="explicit latent capacity (else the measured rule; an empty buffer keeps its own)",
     )
     p.add_argument("--latent-dtype", choices=["fp32", "bf16", "int8"], default="fp32")
     p.add_argument("--auto-interval", type=int, default=1_000, help="auto: steps between checks")
@@ -178,14 +181,15 @@ def main(argv: list[str] | None = None) -> Path:
         optimizers=[optimizer],
         replay_buffer=rb,
         target_sync="encoder",  # target CNN = online CNN; target head keeps its hard updates
-        max_capacity=args.max_capacity,
-        reference_capacity=(
-            functools.partial(reference_capacity_atari, t_max=args.total_steps)
-            if args.capacity_rule == "reference"
-            else None
+        replay_options=LatentReplayOptions(
+            max_capacity=args.max_capacity,
+            capacity=(
+                functools.partial(reference_capacity_atari, t_max=args.total_steps)
+                if args.capacity_rule == "reference"
+                else args.latent_capacity
+            ),
+            storage_factory=latent_storage,
         ),
-        latent_storage=latent_storage,
-        latent_capacity=args.latent_capacity,
         convergence=ParameterConvergence(
             encoder.frozen_part.parameters(),
             check_interval=args.auto_interval,

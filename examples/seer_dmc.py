@@ -44,7 +44,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 from torchrl.record.loggers import get_logger
 from tqdm import tqdm
 
-from torchrl_seer.data import LatentEncodeTransform
+from torchrl_seer.data import LatentEncodeTransform, LatentReplayOptions
 from torchrl_seer.envs import PLANET_ACTION_REPEAT, make_dmc_env
 from torchrl_seer.modules import CenterCrop, CURLPixelEncoder, LatentOrPixelFeatures, RandomCrop
 from torchrl_seer.objectives import CURLLoss
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> Path:
             encoder, num_copies=args.num_copies, augmentation=RandomCrop(84)
         ),
         target_sync=args.target_sync,
-        max_capacity=args.max_capacity,
+        replay_options=LatentReplayOptions(max_capacity=args.max_capacity),
         logger=logger,
     )
 

@@ -37,6 +37,7 @@ from seer_benchmarks.datasets import load_rollout, stack_frames
 from seer_benchmarks.harness import BenchmarkReport, interleaved_timings
 from torchrl_seer.data import (
     LatentEncodeTransform,
+    LatentReplayOptions,
     QuantizedStorage,
     reference_capacity_atari,
     reference_capacity_dmc,
@@ -126,7 +127,7 @@ def atari_learner(num: int):
         optimizers=[optim],
         replay_buffer=rb,
         target_sync="encoder",
-        progress=False,
+        replay_options=LatentReplayOptions(progress=False),
     )
     return update, hook
 
@@ -209,7 +210,7 @@ def dmc_learner(num: int, num_copies: int = 4, *, curl: bool = False):
         optimizers=optims,
         replay_buffer=rb,
         latent_transform=LatentEncodeTransform(encoder, num_copies=num_copies, augmentation=crop),
-        progress=False,
+        replay_options=LatentReplayOptions(progress=False),
     )
     return update, hook
 
@@ -257,8 +258,7 @@ def capacity_rows(num: int) -> tuple[list[list], dict]:
                 freeze_at=0,
                 replay_buffer=rb,
                 latent_transform=transform,
-                latent_storage=factory,
-                progress=False,
+                replay_options=LatentReplayOptions(storage_factory=factory, progress=False),
             )
             hook.step(0)
             rep = hook.freeze_report

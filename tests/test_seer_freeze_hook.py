@@ -11,12 +11,13 @@ from torchrl.data import Bounded, Categorical, LazyTensorStorage, ReplayBuffer
 from torchrl.modules import MLP, ProbabilisticActor, QValueModule, TanhNormal
 from torchrl.objectives import DQNLoss, SACLoss
 
-from torchrl_seer.data import LatentEncodeTransform
+from torchrl_seer.data import LatentEncodeTransform, LatentReplayOptions
 from torchrl_seer.modules import CURLPixelEncoder, DataEfficientAtariEncoder, LatentOrPixelFeatures
 from torchrl_seer.trainers import FreezeEncoderHook, ParameterConvergence
 
 SIZE = 25
 NUM_ACTIONS = 3
+QUIET = LatentReplayOptions(progress=False)
 
 
 def batch(start, n, channels=4, size=SIZE, continuous=False):
@@ -75,7 +76,7 @@ def test_dqn_frozen_layers_get_no_grad_and_do_not_change_while_heads_learn(fused
         optimizers=[optim],
         replay_buffer=rb,
         target_sync="encoder",
-        progress=False,
+        replay_options=QUIET,
     )
     frozen_before = None
     for step in range(6):
@@ -110,7 +111,12 @@ def test_no_transition_lost_at_freeze():
     encoder, _, loss, optim = make_dqn()
     rb = ReplayBuffer(storage=LazyTensorStorage(1000), batch_size=16)
     hook = FreezeEncoderHook(
-        encoder, freeze_at=3, modules=[loss], optimizers=[optim], replay_buffer=rb, progress=False
+        encoder,
+        freeze_at=3,
+        modules=[loss],
+        optimizers=[optim],
+        replay_buffer=rb,
+        replay_options=QUIET,
     )
     written = 0
     for step in range(7):
@@ -139,7 +145,7 @@ def test_transform_built_before_training_encodes_with_the_weights_at_the_freeze(
         optimizers=[optim],
         replay_buffer=rb,
         latent_transform=transform,
-        progress=False,
+        replay_options=QUIET,
     )
     rb.extend(batch(0, 20))
     train_steps(loss, optim, rb, 5)
@@ -201,7 +207,7 @@ def test_sac_stacked_q_copies_and_targets_are_frozen_and_synced():
         modules=[actor, loss],
         optimizers=[optim],
         replay_buffer=rb,
-        progress=False,
+        replay_options=QUIET,
     )
     rb.extend(batch(0, 16, channels=3, continuous=True))
     train_steps(loss, optim, rb, 3)  # the stacked Q encoders drift away from the actor's
@@ -238,7 +244,7 @@ def test_checkpoint_after_freeze_restores_and_resumes_on_latents(tmp_path):
         optimizers=[optim],
         replay_buffer=rb,
         target_sync="encoder",
-        progress=False,
+        replay_options=QUIET,
     )
     for step in range(3):
         rb.extend(batch(step * 8, 8))
@@ -264,7 +270,7 @@ def test_checkpoint_after_freeze_restores_and_resumes_on_latents(tmp_path):
         optimizers=[optim2],
         replay_buffer=rb2,
         target_sync="encoder",
-        progress=False,
+        replay_options=QUIET,
     )
     state = torch.load(tmp_path / "ckpt.pt", weights_only=False)
     loss2.load_state_dict(state["loss"])
@@ -305,7 +311,7 @@ def test_auto_freeze_fires_when_parameters_stop_moving():
         modules=[loss],
         optimizers=[optim],
         replay_buffer=rb,
-        progress=False,
+        replay_options=QUIET,
     )
     rb.extend(batch(0, 16))
     step = 0
@@ -331,32 +337,3 @@ def test_bad_arguments():
         FreezeEncoderHook(encoder, freeze_at=0, target_sync="soft")
     with pytest.raises(TypeError, match="SplitEncoder"):
         FreezeEncoderHook(nn.Linear(2, 2), freeze_at=0)
-
-
-def test_register_in_a_torchrl_trainer():
-    from torchrl.trainers import Trainer
-
-    encoder, _, loss, optim = make_dqn()
-    rb = ReplayBuffer(storage=LazyTensorStorage(64), batch_size=16)
-    rb.extend(batch(0, 16))
-    trainer = Trainer.__new__(Trainer)  # only the hook registry is exercised
-    trainer._modules = {}
-    trainer.checkpoint = None
-    trainer.collected_frames = 0
-    ops = {}
-    trainer.register_op = lambda stage, fn, **kw: ops.setdefault(stage, []).append(fn)
-    hook = FreezeEncoderHook(
-        encoder, freeze_at=32, modules=[loss], optimizers=[optim], replay_buffer=rb, progress=False
-    )
-    hook.register(trainer)
-    assert trainer._modules["freeze_encoder"] is hook
-    assert set(ops) == {"post_steps", "post_steps_log"}
-    ops["post_steps"][0]()
-    assert not hook.frozen
-    trainer.collected_frames = 32
-    ops["post_steps"][0]()
-    assert hook.frozen and hook.freeze_step == 32
-    assert ops["post_steps_log"][0](None) == {
-        "seer_frozen": 1.0,
-        "seer_latent_capacity": float(rb.storage.max_size),
-    }

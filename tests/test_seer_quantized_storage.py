@@ -71,7 +71,7 @@ def test_int8_multiplies_capacity_by_four_under_one_budget():
     fp32 = LazyTensorStorage(1)
     int8 = QuantizedStorage(1, keys=["latent", ("next", "latent")], dtype="int8")
     int8.calibrate(data)
-    from torchrl_seer.data.latent_capacity import transition_nbytes
+    from torchrl_seer.data.latent_migration import transition_nbytes
 
     c_fp32 = equal_budget_capacity(budget, transition_nbytes(data, fp32))
     c_int8 = equal_budget_capacity(budget, transition_nbytes(data, int8))
@@ -81,7 +81,7 @@ def test_int8_multiplies_capacity_by_four_under_one_budget():
     storage.calibrate(data)
     storage.set(torch.arange(8), data)
     params = 4 * 50 * 4  # scale and offset per feature, per key
-    assert storage.nbytes() - params <= budget
+    assert storage.nbytes_held() - params <= budget
 
 
 def test_checkpoint_roundtrip_dumps_and_state_dict(tmp_path):

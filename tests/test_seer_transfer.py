@@ -5,6 +5,7 @@ import torch
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 
+from torchrl_seer.data import LatentReplayOptions
 from torchrl_seer.modules import DataEfficientAtariEncoder, NatureAtariEncoder
 from torchrl_seer.trainers import FreezeEncoderHook
 
@@ -36,8 +37,7 @@ def test_saved_encoder_starts_new_task_in_latent_mode_from_first_transition(tmp_
         freeze_at=0,
         optimizers=[optim],
         replay_buffer=rb,
-        latent_capacity=500,
-        progress=False,
+        replay_options=LatentReplayOptions(capacity=500, progress=False),
     )
     assert hook.step(0)  # before the first write: latent replay from the first transition
     assert hook.freeze_report["num_migrated"] == 0

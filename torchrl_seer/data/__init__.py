@@ -1,4 +1,4 @@
-"""Replay-buffer storages for image observations."""
+"""Replay-buffer storages for image observations, latent replay and in-place rewiring."""
 
 from torchrl_seer.data.delta_checkpointer import DeltaFrameStorageCheckpointer
 from torchrl_seer.data.delta_frame_storage import DeltaFrameStorage
@@ -11,24 +11,38 @@ from torchrl_seer.data.frame_codecs import (
 )
 from torchrl_seer.data.latent_capacity import (
     equal_budget_capacity,
-    grow_replay_buffer,
     reference_capacity_atari,
     reference_capacity_dmc,
-    storage_nbytes,
 )
 from torchrl_seer.data.latent_encode_transform import LatentEncodeTransform
-from torchrl_seer.data.latent_migration import LatentMigrationReport, migrate_to_latent_replay
+from torchrl_seer.data.latent_migration import (
+    LatentMigrationReport,
+    LatentReplayOptions,
+    migrate_to_latent_replay,
+)
 from torchrl_seer.data.quantized_storage import QuantizedStorage
+from torchrl_seer.data.replay_rewiring import storage_nbytes
+from torchrl_seer.data.resizable_writer import ResizableRoundRobinWriter, grow_replay_buffer
+from torchrl_seer.data.storage_protocols import (
+    EncodedRowStorage,
+    RowRelocatingStorage,
+    SizedStorage,
+)
 
 __all__ = [
     "DeltaFrameStorage",
     "DeltaFrameStorageCheckpointer",
+    "EncodedRowStorage",
     "FrameCodec",
     "KeyframeSparseCodec",
     "LatentEncodeTransform",
     "LatentMigrationReport",
+    "LatentReplayOptions",
     "QuantizedStorage",
     "RawCodec",
+    "ResizableRoundRobinWriter",
+    "RowRelocatingStorage",
+    "SizedStorage",
     "ZstdChunkCodec",
     "equal_budget_capacity",
     "grow_replay_buffer",

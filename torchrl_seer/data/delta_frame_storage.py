@@ -7,12 +7,13 @@ from typing import Any
 
 import torch
 from tensordict import NestedKey, TensorDict, TensorDictBase, is_tensor_collection, unravel_key
-from torchrl.data import LazyTensorStorage, RoundRobinWriter
+from torchrl.data import LazyTensorStorage
 
 from torchrl_seer.data.chunked_frame_pool import ChunkedFramePool
 from torchrl_seer.data.delta_checkpointer import DeltaFrameStorageCheckpointer
 from torchrl_seer.data.frame_codecs import FrameCodec, make_frame_codec
 from torchrl_seer.data.frame_stack_index import FrameStackIndex
+from torchrl_seer.data.replay_rewiring import relocate_tensor_rows, rewind_failed_write
 
 __all__ = ["DeltaFrameStorage"]
 
@@ -221,14 +222,8 @@ class DeltaFrameStorage(LazyTensorStorage):
                 )
 
     def _rollback_writers(self, cursor: torch.Tensor) -> None:
-        """Undoes the cursor move of round-robin writers after a rejected batch."""
-        if cursor.numel() == 0:
-            return
-        for entity in self._attached_entities:
-            writer = getattr(entity, "_writer", None)
-            if isinstance(writer, RoundRobinWriter) and getattr(writer, "_storage", None) is self:
-                writer._cursor = int(cursor.reshape(-1)[0])
-                writer._write_count -= cursor.numel()
+        """Undoes the cursor move of the writer executing a rejected write (if any)."""
+        rewind_failed_write(self, cursor)
 
     # ------------------------------------------------------------------ writing
     def set(
@@ -326,8 +321,22 @@ class DeltaFrameStorage(LazyTensorStorage):
             out.set(("next", key), self._from_frames(nxt, shape).view(*positions.shape, *shape))
         return out
 
+    def relocate_rows(self, slots: torch.Tensor, capacity: int) -> None:
+        """Keeps the transitions at ``slots`` (in order) in slots ``0..n-1`` of ``capacity``.
+
+        The raw keys and the frame ids move together, so a resized storage returns exactly
+        the transitions it held (see :class:`~torchrl_seer.data.ResizableRoundRobinWriter`).
+
+        Args:
+            slots: distinct slots, in the order they take.
+            capacity: the new capacity.
+        """
+        for index in self._indices.values():
+            index.relocate(slots, capacity)
+        relocate_tensor_rows(self, slots, capacity)
+
     # ---------------------------------------------------------------- accounting
-    def bytes(self) -> int:
+    def nbytes_held(self) -> int:
         """Bytes held: payloads, open chunks, caches, codec contexts, index tables, raw keys.
 
         Returns:
@@ -342,6 +351,10 @@ class DeltaFrameStorage(LazyTensorStorage):
                 if isinstance(v, torch.Tensor)
             )
         return total
+
+    def bytes(self) -> int:
+        """Alias of :meth:`nbytes_held` (the name TorchRL's storages use)."""
+        return self.nbytes_held()
 
     def num_frames(self) -> int:
         """Number of distinct frames referenced by the stored transitions, over pixel keys."""

@@ -354,6 +354,23 @@ class FrameStackIndex:
             self._close(stream)
         self._streams = []
 
+    def relocate(self, slots: torch.Tensor, capacity: int) -> None:
+        """Keeps the rows of ``slots`` (in that order) in rows ``0..n-1`` of ``capacity`` rows.
+
+        The frames of dropped rows lose their references (chunks nobody uses are freed).
+
+        Args:
+            slots: distinct ``int64`` slots, in the order they take.
+            capacity: the new number of slots.
+        """
+        table = torch.full((int(capacity), 2 * self.frame_stack), -1, dtype=torch.int32)
+        table[: slots.numel()] = self.table[slots]
+        dropped = torch.ones(self.max_size, dtype=torch.bool)
+        dropped[slots] = False
+        self.pool.decref(self.table[dropped].to(torch.int64).reshape(-1))
+        self.table = table
+        self.max_size = int(capacity)
+
     # ------------------------------------------------------------------ reading
     def read(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the observation and next-observation stacks of storage slots.

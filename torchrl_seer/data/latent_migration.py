@@ -7,30 +7,32 @@ import gc
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 from tensordict import TensorDictBase
 from torchrl.data import ReplayBuffer
-from torchrl.data.replay_buffers.storages import (
-    LazyMemmapStorage,
-    LazyTensorStorage,
-    Storage,
-    TensorStorage,
-)
+from torchrl.data.replay_buffers.storages import LazyTensorStorage, Storage, TensorStorage
 from tqdm.auto import tqdm
 
-from torchrl_seer.data.latent_capacity import (
-    chronological_indices,
-    equal_budget_capacity,
-    install_storage,
-    storage_nbytes,
-    transition_nbytes,
-)
+from torchrl_seer.data.latent_capacity import equal_budget_capacity
 from torchrl_seer.data.latent_encode_transform import LatentEncodeTransform
+from torchrl_seer.data.replay_rewiring import (
+    oldest_first_slots,
+    release_storage,
+    storage_nbytes,
+    switch_to_latent_replay,
+)
+from torchrl_seer.data.storage_protocols import EncodedRowStorage
 
-__all__ = ["LatentMigrationReport", "migrate_to_latent_replay", "process_rss_bytes"]
+__all__ = [
+    "LatentMigrationReport",
+    "LatentReplayOptions",
+    "migrate_to_latent_replay",
+    "process_rss_bytes",
+    "transition_nbytes",
+]
 
 
 def process_rss_bytes() -> int:
@@ -48,6 +50,94 @@ def process_rss_bytes() -> int:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError):
         return -1
+
+
+def transition_nbytes(data: TensorDictBase, storage: Storage | None = None) -> int:
+    """Bytes one transition of ``data`` takes once written to ``storage``.
+
+    Args:
+        data (TensorDictBase): a batch of transitions (batch dimension first), as written.
+        storage (Storage, optional): the target storage; an
+            :class:`~torchrl_seer.data.storage_protocols.EncodedRowStorage` (e.g. a
+            :class:`~torchrl_seer.data.QuantizedStorage`) accounts for its encoding.
+
+    Returns:
+        The size of one transition, counting every stored field.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> transition_nbytes(TensorDict({"latent": torch.zeros(3, 576)}, [3]))
+        2304
+    """
+    if isinstance(storage, EncodedRowStorage):
+        return int(storage.bytes_per_row(data))
+    return sum(leaf[0].numel() * leaf.element_size() for leaf in data.values(True, True))
+
+
+@dataclass(frozen=True)
+class LatentReplayOptions:
+    """How :func:`migrate_to_latent_replay` sizes and fills the latent buffer.
+
+    The fields are its keyword arguments, so ``migrate_to_latent_replay(rb, t, **vars(o))``
+    and :class:`~torchrl_seer.trainers.FreezeEncoderHook` ``(replay_options=o)`` do the same.
+
+    Attributes:
+        budget_bytes (int, optional): memory budget of the latent buffer. Defaults to the
+            bytes the pixel storage holds (measured).
+        max_capacity (int, optional): cap on the latent capacity ``c'``.
+        capacity (int or callable, optional): an explicit ``c'``, or ``pixel_capacity -> c'``
+            (e.g. ``functools.partial(reference_capacity_atari, t_max=500_000)``); overrides the
+            budget rule.
+        storage_factory (callable, optional): ``capacity -> TensorStorage`` for the latents,
+            e.g. ``lambda c: QuantizedStorage(c, keys=[...])``. Defaults to
+            ``LazyTensorStorage``.
+        batch_size (int): transitions encoded per batch. Defaults to ``512``.
+        progress (bool): show a tqdm progress bar. Defaults to ``True``.
+
+    Examples:
+        >>> options = LatentReplayOptions(max_capacity=10_000, progress=False)
+        >>> options.max_capacity, options.batch_size
+        (10000, 512)
+    """
+
+    budget_bytes: int | None = None
+    max_capacity: int | None = None
+    capacity: int | Callable[[int], int] | None = None
+    storage_factory: Callable[[int], TensorStorage] | None = None
+    batch_size: int = 512
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}.")
+        for name in ("budget_bytes", "max_capacity"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}.")
+        if isinstance(self.capacity, int) and self.capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {self.capacity}.")
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The options as keyword arguments of :func:`migrate_to_latent_replay`."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    def latent_capacity(self, pixel_capacity: int) -> int | None:
+        """The explicit latent capacity for a pixel buffer of ``pixel_capacity`` (or ``None``).
+
+        Args:
+            pixel_capacity (int): the capacity of the pixel buffer.
+
+        Returns:
+            ``capacity`` (called with ``pixel_capacity`` if callable), capped by
+            ``max_capacity``; ``None`` under the budget rule.
+        """
+        if self.capacity is None:
+            return None
+        capacity = self.capacity(pixel_capacity) if callable(self.capacity) else self.capacity
+        if self.max_capacity is not None:
+            capacity = min(capacity, self.max_capacity)
+        return int(capacity)
 
 
 def _return_freed_memory() -> None:
@@ -99,24 +189,13 @@ class LatentMigrationReport:
         return asdict(self)
 
 
-def _release(storage: Storage) -> None:
-    """Frees the buffers of a storage that is no longer used."""
-    storage._empty()  # storages with side structures (e.g. frame pools) free them here
-    if isinstance(storage, LazyMemmapStorage) and getattr(storage, "_auto_cleanup", False):
-        storage.cleanup()  # TorchRL's own policy: only storages that own their files
-    if isinstance(storage, TensorStorage):
-        storage._storage = None
-        storage.initialized = False
-    _return_freed_memory()
-
-
 def migrate_to_latent_replay(
     replay_buffer: ReplayBuffer,
     transform: LatentEncodeTransform,
     *,
     budget_bytes: int | None = None,
     max_capacity: int | None = None,
-    capacity: int | None = None,
+    capacity: int | Callable[[int], int] | None = None,
     storage_factory: Callable[[int], TensorStorage] | None = None,
     batch_size: int = 512,
     progress: bool = True,
@@ -125,28 +204,37 @@ def migrate_to_latent_replay(
 
     Every stored transition is read oldest first (``cursor..C-1`` then ``0..cursor-1``), encoded
     in batches by ``transform`` (eval, ``no_grad``) and written to slots ``0..n-1`` of a new
-    latent storage of capacity ``c'``; the writer resumes at ``n`` (SEER spec R2). If ``c' < N``
-    the newest ``c'`` transitions are kept (R3). The pixel storage is then released (R4) and
-    ``transform`` is appended to the buffer so later writes are encoded on arrival. Non-pixel
-    fields (actions, rewards, n-step returns, done flags) are copied bit for bit, so the
-    transition written at the freeze step and every bootstrap mask survive (R1, R5).
+    latent storage of capacity ``c'``; the writer resumes at ``n``. If ``c' < N`` the newest
+    ``c'`` transitions are kept. The buffer is then switched to the latent storage
+    (:func:`~torchrl_seer.data.replay_rewiring.switch_to_latent_replay`: writer, sampler
+    priorities, attachment, and ``transform`` appended so later writes are encoded on arrival)
+    and the pixel storage is released. Non-pixel fields (actions, rewards, n-step returns, done
+    flags) are copied bit for bit, so the transition written at the freeze step and every
+    bootstrap mask survive.
+
+    The migration is atomic: everything is encoded and written to the new storage before the
+    buffer changes, so an error (encoder, budget, storage) leaves the buffer as it was.
 
     Args:
-        replay_buffer (ReplayBuffer): the pixel buffer; its storage is any TorchRL storage whose
-            ``get(index)`` returns a TensorDict (``LazyTensorStorage``, ``LazyMemmapStorage``,
+        replay_buffer (ReplayBuffer): the pixel buffer, written by a round-robin writer; its
+            storage is any TorchRL storage whose ``get(index)`` returns a TensorDict
+            (``LazyTensorStorage``, ``LazyMemmapStorage``,
             :class:`~torchrl_seer.data.DeltaFrameStorage`...).
         transform (LatentEncodeTransform): the encode-on-write transform of the frozen encoder.
 
     Keyword Args:
         budget_bytes (int, optional): memory budget of the latent buffer. Defaults to the
-            allocated bytes of the pixel storage (measured).
+            bytes the pixel storage holds (measured).
         max_capacity (int, optional): cap on ``c'``.
-        capacity (int, optional): an explicit ``c'`` (e.g. from the reference formulas); overrides
-            the budget rule.
+        capacity (int or callable, optional): an explicit ``c'``, or ``pixel_capacity -> c'``
+            (e.g. from the reference formulas); overrides the budget rule. An empty pixel
+            buffer without it keeps its capacity (capped by ``max_capacity``).
         storage_factory (callable, optional): ``capacity -> TensorStorage`` for the latents, e.g.
             ``lambda c: QuantizedStorage(c, keys=[...])``. Defaults to ``LazyTensorStorage``.
         batch_size (int): transitions encoded per batch. Defaults to ``512``.
         progress (bool): show a tqdm progress bar. Defaults to ``True``.
+
+    These keyword arguments are the fields of :class:`LatentReplayOptions`.
 
     Returns:
         A :class:`LatentMigrationReport`.
@@ -166,12 +254,20 @@ def migrate_to_latent_replay(
         >>> rb.sample()["latent"].shape
         torch.Size([8, 576])
     """
+    options = LatentReplayOptions(
+        budget_bytes=budget_bytes,
+        max_capacity=max_capacity,
+        capacity=capacity,
+        storage_factory=storage_factory,
+        batch_size=batch_size,
+        progress=progress,
+    )
     start = time.perf_counter()
     rss_before = process_rss_bytes()
     old_storage = replay_buffer.storage
     num_transitions = len(old_storage)
     pixel_capacity = int(old_storage.max_size)
-    cursor = int(replay_buffer._writer._cursor)
+    slots = oldest_first_slots(replay_buffer)
     try:
         pixel_bytes = storage_nbytes(old_storage)
     except TypeError:
@@ -182,28 +278,25 @@ def migrate_to_latent_replay(
         budget_bytes = pixel_bytes
     factory = storage_factory if storage_factory is not None else LazyTensorStorage
 
-    slots = chronological_indices(num_transitions, pixel_capacity, cursor)
-    latent_storage = factory(1)
-    if num_transitions:
+    new_capacity = options.latent_capacity(pixel_capacity)
+    rule = "reference"
+    latent_bytes = 0
+    if new_capacity is None and num_transitions == 0:
+        new_capacity = min(pixel_capacity, max_capacity or pixel_capacity)
+        rule = "pixel capacity"
+    elif new_capacity is None:
+        probe_storage = factory(1)
         probe = transform.inv(old_storage.get(slots[:1]))
-        latent_bytes = transition_nbytes(probe, latent_storage)
-    elif capacity is None:
-        raise ValueError(
-            "cannot size a latent buffer from an empty pixel buffer with the measured rule: "
-            "pass capacity= (a latent buffer from the first transition)."
+        latent_bytes = transition_nbytes(probe, probe_storage)
+        overhead = (
+            int(probe_storage.fixed_nbytes(probe))
+            if isinstance(probe_storage, EncodedRowStorage)
+            else 0
         )
-    else:
-        latent_bytes = 0
-    if capacity is None:
-        fixed_nbytes = getattr(latent_storage, "fixed_nbytes", None)
-        overhead = int(fixed_nbytes(probe)) if callable(fixed_nbytes) else 0
         new_capacity = equal_budget_capacity(
             budget_bytes - overhead, latent_bytes, max_capacity=max_capacity
         )
         rule = "measured"
-    else:
-        new_capacity = min(capacity, max_capacity) if max_capacity is not None else capacity
-        rule = "reference"
     kept = slots[max(0, num_transitions - new_capacity) :]
 
     chunks: list[TensorDictBase] = []
@@ -218,14 +311,16 @@ def migrate_to_latent_replay(
     if chunks:
         latents = torch.cat(chunks)
         chunks.clear()
-        calibrate = getattr(latent_storage, "calibrate", None)
-        if callable(calibrate):
-            calibrate(latents)
+        if latent_bytes == 0:
+            latent_bytes = transition_nbytes(latents, latent_storage)
+        if isinstance(latent_storage, EncodedRowStorage):
+            latent_storage.calibrate(latents)
         latent_storage.set(torch.arange(len(kept)), latents)
         del latents
-    install_storage(replay_buffer, latent_storage, old_slots=kept, length=len(kept))
-    replay_buffer.append_transform(transform)
-    _release(old_storage)
+    switch_to_latent_replay(
+        replay_buffer, latent_storage, transform, old_slots=kept, length=len(kept)
+    )
+    release_storage(old_storage)
     del old_storage
     _return_freed_memory()
     latent_storage_bytes = storage_nbytes(latent_storage)

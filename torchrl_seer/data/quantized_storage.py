@@ -229,7 +229,11 @@ class QuantizedStorage(LazyTensorStorage):
             return 0
         return sum(2 * 4 * self._get_float(data, key).shape[-1] for key in self.quantized_keys)
 
-    def nbytes(self) -> int:
+    def bytes(self) -> int:
+        """Alias of :meth:`nbytes_held` (the name TorchRL's storages use)."""
+        return self.nbytes_held()
+
+    def nbytes_held(self) -> int:
         """Allocated bytes: encoded rows plus the per-feature int8 parameters."""
         params = sum(
             t.numel() * t.element_size() for t in (*self.scales.values(), *self.offsets.values())

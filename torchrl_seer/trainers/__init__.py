@@ -1,6 +1,23 @@
-"""Trainer hooks."""
+"""SEER's freeze: the model-side function, and the trainer hook that adds the replay switch."""
 
 from torchrl_seer.trainers.encoder_convergence import ParameterConvergence
+from torchrl_seer.trainers.encoder_freeze import (
+    EncoderFreezeReport,
+    FreezeSnapshot,
+    drop_from_optimizers,
+    freeze_encoder,
+    frozen_tensors,
+    sync_targets,
+)
 from torchrl_seer.trainers.freeze_encoder_hook import FreezeEncoderHook
 
-__all__ = ["FreezeEncoderHook", "ParameterConvergence"]
+__all__ = [
+    "EncoderFreezeReport",
+    "FreezeEncoderHook",
+    "FreezeSnapshot",
+    "ParameterConvergence",
+    "drop_from_optimizers",
+    "freeze_encoder",
+    "frozen_tensors",
+    "sync_targets",
+]

@@ -1,0 +1,539 @@
+"""Rewiring of TorchRL replay buffers in place: the one module that touches their internals.
+
+TorchRL has no public API to change a buffer's capacity, to swap its storage for one of another
+kind with the writer, sampler and attachments kept consistent, or to undo a writer's cursor move
+after a refused write. Every such operation of this library goes through the functions below,
+so that what depends on TorchRL's private state (writer cursors and write counts, a storage's
+length, inner rows and cached shape, the trees of a :class:`~torchrl.data.PrioritizedSampler`,
+the buffers attached to a storage) lives in one place.
+
+Functions:
+
+* reading a buffer: :func:`writer_position`, :func:`oldest_first_slots`,
+  :func:`chronological_indices`, :func:`attached_replay_buffers`, :func:`storage_nbytes`;
+* changing capacity: :func:`resize_round_robin` (rows kept oldest first, cursor, priorities),
+  built from :func:`relocate_rows` and :func:`relocate_sampler_state`;
+* switching storage: :func:`install_storage`, :func:`switch_to_latent_replay`,
+  :func:`is_latent_replay`, :func:`release_storage`;
+* refused writes: :func:`write_transaction` (a writer's own writes) and
+  :func:`rewind_failed_write` (the writer that moved for a write a storage refuses).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+from collections.abc import Iterator
+
+import torch
+from tensordict import is_tensor_collection
+from torch.utils._pytree import tree_flatten, tree_map
+from torchrl.data import ReplayBuffer
+from torchrl.data.replay_buffers.samplers import PrioritizedSampler, Sampler, SliceSampler
+from torchrl.data.replay_buffers.storages import LazyMemmapStorage, Storage, TensorStorage
+from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
+from torchrl.envs.transforms import Transform
+
+from torchrl_seer.data.storage_protocols import RowRelocatingStorage, SizedStorage
+
+__all__ = [
+    "adopt_loaded_capacity",
+    "attached_replay_buffers",
+    "chronological_indices",
+    "install_storage",
+    "is_latent_replay",
+    "oldest_first_slots",
+    "release_storage",
+    "relocate_rows",
+    "relocate_sampler_state",
+    "relocate_tensor_rows",
+    "resize_round_robin",
+    "rewind_failed_write",
+    "set_writer_position",
+    "storage_nbytes",
+    "switch_to_latent_replay",
+    "write_transaction",
+    "writer_position",
+]
+
+
+# --------------------------------------------------------------------------------- reading
+def writer_position(writer: Writer) -> tuple[int, int]:
+    """The next slot and the number of rows written of a round-robin writer.
+
+    Args:
+        writer (Writer): a :class:`~torchrl.data.RoundRobinWriter` (or subclass).
+
+    Returns:
+        ``(cursor, write_count)``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import LazyTensorStorage, ReplayBuffer
+        >>> rb = ReplayBuffer(storage=LazyTensorStorage(4))
+        >>> _ = rb.extend(torch.arange(6))
+        >>> writer_position(rb.writer)
+        (2, 6)
+    """
+    if not isinstance(writer, RoundRobinWriter):
+        raise TypeError(f"expected a RoundRobinWriter, got {type(writer).__name__}.")
+    return int(writer._cursor), int(writer._write_count)
+
+
+def set_writer_position(writer: Writer, cursor: int, write_count: int | None = None) -> None:
+    """Moves a round-robin writer's cursor (and write count).
+
+    Args:
+        writer (Writer): a :class:`~torchrl.data.RoundRobinWriter` (or subclass).
+        cursor (int): the next slot to write.
+        write_count (int, optional): rows written so far; unchanged if omitted.
+    """
+    if not isinstance(writer, RoundRobinWriter):
+        raise TypeError(f"expected a RoundRobinWriter, got {type(writer).__name__}.")
+    writer._cursor = int(cursor)
+    if write_count is not None:
+        writer._write_count = int(write_count)
+
+
+def chronological_indices(length: int, capacity: int, cursor: int) -> torch.Tensor:
+    """Storage slots from oldest to newest for a round-robin buffer.
+
+    Args:
+        length (int): rows held.
+        capacity (int): slots.
+        cursor (int): the writer's next slot.
+
+    Returns:
+        ``arange(length)`` before the first wrap, else
+        ``cat(arange(cursor, C), arange(0, cursor))``.
+
+    Examples:
+        >>> chronological_indices(5, 5, 2)
+        tensor([2, 3, 4, 0, 1])
+    """
+    if length < capacity:
+        return torch.arange(length)
+    return torch.cat([torch.arange(cursor, capacity), torch.arange(0, cursor)])
+
+
+def oldest_first_slots(replay_buffer: ReplayBuffer) -> torch.Tensor:
+    """The slots of a round-robin buffer's rows, oldest first.
+
+    Args:
+        replay_buffer (ReplayBuffer): a buffer written by a round-robin writer.
+
+    Returns:
+        A 1-D ``int64`` tensor of ``len(replay_buffer.storage)`` slots.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import LazyTensorStorage, ReplayBuffer
+        >>> rb = ReplayBuffer(storage=LazyTensorStorage(4))
+        >>> _ = rb.extend(torch.arange(6))
+        >>> oldest_first_slots(rb)
+        tensor([2, 3, 0, 1])
+    """
+    storage = replay_buffer.storage
+    cursor, _ = writer_position(replay_buffer.writer)
+    return chronological_indices(len(storage), int(storage.max_size), cursor)
+
+
+def attached_replay_buffers(storage: Storage) -> list[ReplayBuffer]:
+    """The replay buffers reading from ``storage`` (those ``storage.attach`` registered).
+
+    Args:
+        storage (Storage): a TorchRL storage.
+
+    Returns:
+        The attached :class:`~torchrl.data.ReplayBuffer` objects.
+    """
+    return [entity for entity in storage._attached_entities if isinstance(entity, ReplayBuffer)]
+
+
+def storage_nbytes(storage: Storage) -> int:
+    """Bytes a storage holds allocated.
+
+    A :class:`SizedStorage` (every storage of this library) reports itself; for a TorchRL
+    :class:`~torchrl.data.TensorStorage` (lazy, memmap) the preallocated rows are summed.
+
+    Args:
+        storage (Storage): the storage to measure.
+
+    Returns:
+        The allocated size in bytes (``0`` for a storage not yet initialized).
+
+    Raises:
+        TypeError: for a storage that is neither.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from torchrl.data import LazyTensorStorage
+        >>> storage = LazyTensorStorage(10)
+        >>> storage.set(0, TensorDict({"x": torch.zeros(4)}))
+        >>> storage_nbytes(storage)
+        160
+    """
+    if isinstance(storage, SizedStorage):
+        return int(storage.nbytes_held())
+    if isinstance(storage, TensorStorage):
+        if not storage.initialized:
+            return 0
+        data = storage._storage
+        leaves = data.values(True, True) if is_tensor_collection(data) else [data]
+        return sum(leaf.numel() * leaf.element_size() for leaf in leaves)
+    raise TypeError(
+        f"cannot measure the bytes of a {type(storage).__name__}: implement the SizedStorage "
+        "protocol (nbytes_held) or pass an explicit budget."
+    )
+
+
+# ------------------------------------------------------------------------ changing capacity
+def _check_resizable(storage: Storage) -> TensorStorage:
+    if not isinstance(storage, TensorStorage):
+        raise TypeError(
+            f"resizing needs a TensorStorage (LazyTensorStorage, LazyMemmapStorage or a storage "
+            f"of this library), got {type(storage).__name__}."
+        )
+    if storage.ndim != 1:
+        raise ValueError(f"resizing needs a storage with ndim=1, got ndim={storage.ndim}.")
+    return storage
+
+
+def relocate_rows(storage: Storage, slots: torch.Tensor, capacity: int) -> None:
+    """Keeps the rows at ``slots`` (in that order) in slots ``0..n-1`` of ``capacity`` slots.
+
+    The storage keeps its identity (buffers, writers and samplers still point at it); its
+    capacity becomes ``capacity``, its length ``n = len(slots)`` and every other row is dropped.
+    A :class:`RowRelocatingStorage` moves its own side structures; for a TorchRL
+    :class:`~torchrl.data.TensorStorage` the inner rows are copied into a new allocation (a
+    memory-mapped one stays memory-mapped) and the per-slot write generations follow their rows.
+
+    Args:
+        storage (Storage): a :class:`~torchrl.data.TensorStorage` with ``ndim=1``.
+        slots (torch.Tensor): distinct slots, in the order they take.
+        capacity (int): the new capacity, at least ``len(slots)``.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import LazyTensorStorage
+        >>> storage = LazyTensorStorage(4)
+        >>> storage.set(torch.arange(4), torch.arange(10, 14))
+        >>> relocate_rows(storage, torch.tensor([2, 3, 0]), 6)
+        >>> storage.max_size, len(storage), storage.get(torch.arange(3))
+        (6, 3, tensor([12, 13, 10]))
+    """
+    storage = _check_resizable(storage)
+    slots = torch.as_tensor(slots, dtype=torch.int64).reshape(-1)
+    if capacity < max(1, slots.numel()):
+        raise ValueError(f"capacity {capacity} cannot hold {slots.numel()} rows (nor be < 1).")
+    if isinstance(storage, RowRelocatingStorage):
+        storage.relocate_rows(slots, capacity)
+        return
+    relocate_tensor_rows(storage, slots, capacity)
+
+
+def relocate_tensor_rows(storage: TensorStorage, slots: torch.Tensor, capacity: int) -> None:
+    """:func:`relocate_rows` for the inner rows of a :class:`~torchrl.data.TensorStorage`.
+
+    Storages implementing :class:`RowRelocatingStorage` call it for their TensorDict part.
+
+    Args:
+        storage (TensorStorage): the storage (``ndim=1``).
+        slots (torch.Tensor): distinct slots, in the order they take.
+        capacity (int): the new capacity.
+    """
+    num_rows = slots.numel()
+    if storage.initialized:
+        data = storage._storage
+
+        def move(leaf: torch.Tensor) -> torch.Tensor:
+            moved = leaf.new_zeros((capacity, *leaf.shape[1:]))
+            moved[:num_rows] = leaf[slots]
+            return moved
+
+        if is_tensor_collection(data):
+            moved = data.apply(move, batch_size=[capacity], call_on_nested=False)
+            if data.is_memmap():
+                moved = moved.memmap_()
+        else:
+            moved = tree_map(move, data)
+        storage._storage = moved
+    storage.max_size = int(capacity)
+    storage.__dict__.pop("_total_shape_value", None)
+    storage._len = num_rows
+    storage._set_last_cursor(num_rows - 1 if num_rows else -1)
+    generations = getattr(storage, "_slot_generations", None)
+    if generations is not None:
+        moved_generations = torch.full(
+            (capacity,), -1, dtype=generations.dtype, device=generations.device
+        )
+        in_range = slots < generations.numel()
+        moved_generations[:num_rows][in_range] = generations[slots[in_range]]
+        storage._slot_generations = moved_generations
+    storage._bump_mutation_revision()
+
+
+def relocate_sampler_state(
+    sampler: Sampler, slots: torch.Tensor, capacity: int, storage: Storage | None = None
+) -> None:
+    """Moves a sampler's per-slot state with rows that :func:`relocate_rows` moved.
+
+    A :class:`~torchrl.data.PrioritizedSampler` (or prioritized slice sampler) gets sum/min
+    trees of the new capacity, each row keeping its priority (``slots[i]`` → ``i``) and the
+    running maximum priority following its row; a :class:`~torchrl.data.SliceSampler` drops
+    its cached trajectory boundaries; other samplers reset what they derived from the storage
+    (e.g. :class:`~torchrl.data.SamplerWithoutReplacement` starts a new epoch).
+
+    Args:
+        sampler (Sampler): the sampler of a buffer reading the storage.
+        slots (torch.Tensor): the previous slot of each new row ``0..n-1``.
+        capacity (int): the new capacity.
+        storage (Storage, optional): the storage (unused by TorchRL's samplers today).
+    """
+    slots = torch.as_tensor(slots, dtype=torch.int64).reshape(-1)
+    if isinstance(sampler, PrioritizedSampler):
+        values = (
+            torch.as_tensor(sampler._sum_tree[slots.numpy()], dtype=torch.float64)
+            if slots.numel()
+            else None
+        )
+        max_priority, max_index = sampler._max_priority
+        sampler._max_capacity = int(capacity)
+        sampler._init()  # new trees of the new capacity, no maximum yet
+        if values is not None:
+            new_slots = torch.arange(slots.numel()).numpy()
+            sampler._sum_tree[new_slots] = values.numpy()
+            sampler._min_tree[new_slots] = values.numpy()
+        if max_priority is not None and max_index is not None:
+            if sampler._max_priority_within_buffer:
+                matches = (slots == int(max_index)).nonzero()
+                max_index = int(matches[0, 0]) if len(matches) else None
+                max_priority = max_priority if max_index is not None else None
+        if max_priority is not None:
+            sampler._max_priority = (max_priority, max_index)
+    if isinstance(sampler, SliceSampler):
+        sampler._cache.clear()
+    if not isinstance(sampler, PrioritizedSampler):
+        sampler._empty()
+
+
+def resize_round_robin(writer: Writer, capacity: int) -> torch.Tensor:
+    """Changes the capacity of the storage a round-robin writer fills, in place.
+
+    The newest ``min(len, capacity)`` rows move, oldest first, to slots ``0..n-1``; the writer
+    resumes at ``n % capacity`` (its write count is kept) and the sampler of every buffer
+    attached to the storage follows (:func:`relocate_sampler_state`).
+
+    Args:
+        writer (Writer): a :class:`~torchrl.data.RoundRobinWriter` with a registered storage.
+        capacity (int): the new capacity (``>= 1``).
+
+    Returns:
+        The previous slot of each kept row, oldest first.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl.data import LazyTensorStorage, ReplayBuffer
+        >>> rb = ReplayBuffer(storage=LazyTensorStorage(4))
+        >>> _ = rb.extend(torch.arange(6))
+        >>> resize_round_robin(rb.writer, 3)
+        tensor([3, 0, 1])
+        >>> rb.storage.get(torch.arange(3)), writer_position(rb.writer)
+        (tensor([3, 4, 5]), (0, 6))
+    """
+    if int(capacity) < 1:
+        raise ValueError(f"capacity must be >= 1, got {capacity}.")
+    storage = writer._storage
+    if storage is None:
+        raise RuntimeError("the writer has no storage: register it with a buffer first.")
+    storage = _check_resizable(storage)
+    cursor, _ = writer_position(writer)
+    slots = chronological_indices(len(storage), int(storage.max_size), cursor)[-int(capacity) :]
+    relocate_rows(storage, slots, int(capacity))
+    for buffer in attached_replay_buffers(storage):
+        relocate_sampler_state(buffer.sampler, slots, int(capacity), storage)
+    set_writer_position(writer, slots.numel() % int(capacity))
+    return slots
+
+
+def adopt_loaded_capacity(storage: Storage) -> int | None:
+    """Sets ``max_size`` to the number of rows a checkpoint loaded into ``storage``.
+
+    TorchRL's ``load_state_dict`` of a lazy storage that was not initialized assigns the
+    checkpoint's rows as they are and keeps the constructor's ``max_size`` (and a
+    :class:`~torchrl.data.PrioritizedSampler` its constructor's capacity with the
+    checkpoint's trees): both take the checkpoint's capacity.
+
+    Args:
+        storage (Storage): a :class:`~torchrl.data.TensorStorage`.
+
+    Returns:
+        The number of allocated rows, or ``None`` when the storage holds none.
+    """
+    storage = _check_resizable(storage)
+    if not storage.initialized:
+        return None
+    data = storage._storage
+    rows = data.shape[0] if is_tensor_collection(data) else tree_flatten(data)[0][0].shape[0]
+    storage.max_size = int(rows)
+    storage.__dict__.pop("_total_shape_value", None)
+    for buffer in attached_replay_buffers(storage):
+        if isinstance(buffer.sampler, PrioritizedSampler):
+            buffer.sampler._max_capacity = int(rows)
+    return int(rows)
+
+
+# ------------------------------------------------------------------------ switching storage
+def install_storage(
+    replay_buffer: ReplayBuffer,
+    storage: TensorStorage,
+    *,
+    old_slots: torch.Tensor,
+    length: int,
+) -> None:
+    """Makes ``storage`` (rows ``0..length-1`` filled, oldest first) the buffer's storage.
+
+    Wires writer, attachment, cursor and sampler as TorchRL's constructor would
+    (``ReplayBuffer.set_storage`` alone does neither): the writer cursor becomes
+    ``length % capacity`` (its write count is kept), the previous storage no longer notifies
+    the buffer, and the sampler's per-slot state moves with the rows (``old_slots[i]`` → ``i``,
+    :func:`relocate_sampler_state`).
+
+    Args:
+        replay_buffer (ReplayBuffer): the buffer to modify in place.
+        storage (TensorStorage): the new, filled storage.
+
+    Keyword Args:
+        old_slots (torch.Tensor): the previous slot of each new row ``0..length-1``.
+        length (int): rows written.
+    """
+    previous = replay_buffer.storage
+    if replay_buffer in previous._attached_entities:
+        previous._attached_entities.remove(replay_buffer)
+    replay_buffer.set_storage(storage)
+    replay_buffer.writer.register_storage(storage)
+    storage.attach(replay_buffer)
+    storage._len = int(length)
+    storage._set_last_cursor(int(length) - 1 if length else -1)
+    set_writer_position(replay_buffer.writer, int(length) % int(storage.max_size))
+    relocate_sampler_state(replay_buffer.sampler, old_slots, int(storage.max_size), storage)
+
+
+def is_latent_replay(replay_buffer: ReplayBuffer, transform: Transform) -> bool:
+    """Whether ``transform`` already encodes the buffer's writes (the buffer was switched).
+
+    Args:
+        replay_buffer (ReplayBuffer): the buffer.
+        transform (Transform): the encode-on-write transform.
+
+    Returns:
+        ``True`` if ``transform`` is one of the buffer's transforms.
+    """
+    return any(t is transform for t in replay_buffer.transform)
+
+
+def switch_to_latent_replay(
+    replay_buffer: ReplayBuffer,
+    storage: TensorStorage,
+    transform: Transform,
+    *,
+    old_slots: torch.Tensor,
+    length: int,
+) -> None:
+    """Switches a pixel buffer to latent replay: the one path for migration and restore.
+
+    Installs ``storage`` (:func:`install_storage`) and appends the encode-on-write
+    ``transform``, so later writes are encoded on arrival.
+
+    Args:
+        replay_buffer (ReplayBuffer): the pixel buffer.
+        storage (TensorStorage): the latent storage, rows ``0..length-1`` filled (or empty).
+        transform (Transform): the encode-on-write transform.
+
+    Keyword Args:
+        old_slots (torch.Tensor): the pixel slot of each latent row (for the sampler state).
+        length (int): latent rows written.
+
+    Raises:
+        RuntimeError: if the buffer is already in latent replay with this transform.
+    """
+    if is_latent_replay(replay_buffer, transform):
+        raise RuntimeError("the replay buffer is already in latent replay with this transform.")
+    install_storage(replay_buffer, storage, old_slots=old_slots, length=length)
+    replay_buffer.append_transform(transform)
+
+
+def release_storage(storage: Storage) -> None:
+    """Frees the buffers of a storage that is no longer used.
+
+    Args:
+        storage (Storage): a storage no buffer reads any more.
+    """
+    storage._empty()  # storages with side structures (e.g. frame pools) free them here
+    if isinstance(storage, LazyMemmapStorage) and getattr(storage, "_auto_cleanup", False):
+        storage.cleanup()  # TorchRL's own policy: only storages that own their files
+    if isinstance(storage, TensorStorage):
+        storage._storage = None
+        storage.initialized = False
+    gc.collect()
+
+
+# ---------------------------------------------------------------------------- refused writes
+@contextlib.contextmanager
+def write_transaction(writer: RoundRobinWriter) -> Iterator[None]:
+    """Restores a round-robin writer's position if the write inside does not reach storage.
+
+    TorchRL writers move their cursor before writing (so that concurrent writers never take
+    the same slots); if the storage then refuses the write, the cursor and write count are
+    put back, unless the storage did change (the write landed and a later step failed).
+
+    Args:
+        writer (RoundRobinWriter): the writer about to write.
+    """
+    position = writer_position(writer)
+    storage = writer._storage
+    revision = storage._mutation_revision if storage is not None else None
+    try:
+        yield
+    except BaseException:
+        if storage is None or storage._mutation_revision == revision:
+            set_writer_position(writer, *position)
+        raise
+
+
+def rewind_failed_write(storage: Storage, slots: torch.Tensor) -> bool:
+    """Puts back the cursor of the writer that moved for a write ``storage`` refuses.
+
+    Call it from a storage's ``set`` before raising. Only the writer whose ``add``/``extend``
+    (or ``write_at``) is executing this very write is rewound -- found on the call stack, so a
+    direct ``storage.set`` by the user moves no writer, and the writers of other buffers
+    attached to the same storage are left alone.
+
+    Args:
+        storage (Storage): the storage refusing the write.
+        slots (torch.Tensor): the slots of the refused write.
+
+    Returns:
+        ``True`` if a writer was rewound.
+    """
+    slots = torch.as_tensor(slots).reshape(-1)
+    frame = inspect.currentframe()
+    frame = frame.f_back if frame is not None else None
+    while frame is not None and frame.f_locals.get("self") is storage:
+        frame = frame.f_back
+    if frame is None or slots.numel() == 0:
+        return False
+    writer = frame.f_locals.get("self")
+    method = frame.f_code.co_name
+    if not isinstance(writer, RoundRobinWriter) or writer._storage is not storage:
+        return False
+    cursor, write_count = writer_position(writer)
+    if method in ("add", "extend"):
+        set_writer_position(writer, int(slots[0]), write_count - slots.numel())
+        return True
+    if method == "write_at":
+        set_writer_position(writer, cursor, write_count - slots.numel())
+        return True
+    return False
