@@ -14,7 +14,7 @@ Functions:
 * changing capacity: :func:`resize_round_robin` (rows kept oldest first, cursor, priorities),
   built from :func:`relocate_rows` and :func:`relocate_sampler_state`;
 * switching storage: :func:`install_storage`, :func:`switch_to_latent_replay`,
-  :func:`is_latent_replay`, :func:`release_storage`;
+  :func:`is_latent_replay`, :func:`watch_for_latent_checkpoint`, :func:`release_storage`;
 * refused writes: :func:`write_transaction` (a writer's own writes) and
   :func:`rewind_failed_write` (the writer that moved for a write a storage refuses).
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from tensordict import is_tensor_collection
@@ -35,6 +35,7 @@ from torchrl.data.replay_buffers.storages import LazyMemmapStorage, Storage, Ten
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 from torchrl.envs.transforms import Transform
 
+from torchrl_seer.data.latent_replay_checkpointer import LatentReplayCheckpointer
 from torchrl_seer.data.storage_protocols import RowRelocatingStorage, SizedStorage
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "set_writer_position",
     "storage_nbytes",
     "switch_to_latent_replay",
+    "watch_for_latent_checkpoint",
     "write_transaction",
     "writer_position",
 ]
@@ -461,8 +463,32 @@ def switch_to_latent_replay(
     """
     if is_latent_replay(replay_buffer, transform):
         raise RuntimeError("the replay buffer is already in latent replay with this transform.")
+    if not isinstance(storage.checkpointer, LatentReplayCheckpointer):
+        storage.checkpointer = LatentReplayCheckpointer(storage.checkpointer)
     install_storage(replay_buffer, storage, old_slots=old_slots, length=length)
     replay_buffer.append_transform(transform)
+
+
+def watch_for_latent_checkpoint(
+    replay_buffer: ReplayBuffer, on_latent_checkpoint: Callable[[int], Storage]
+) -> None:
+    """Lets a pixel buffer load a latent-replay checkpoint (``rb.loads``) by switching first.
+
+    Wraps the pixel storage's checkpointer in a
+    :class:`~torchrl_seer.data.latent_replay_checkpointer.LatentReplayCheckpointer`.
+
+    Args:
+        replay_buffer (ReplayBuffer): the pixel buffer.
+        on_latent_checkpoint (callable): ``capacity -> Storage``: switches the buffer to an
+            empty latent storage of that capacity and returns it.
+    """
+    storage = replay_buffer.storage
+    checkpointer = storage.checkpointer
+    if isinstance(checkpointer, LatentReplayCheckpointer):
+        checkpointer = checkpointer.checkpointer
+    storage.checkpointer = LatentReplayCheckpointer(
+        checkpointer, on_latent_checkpoint=on_latent_checkpoint
+    )
 
 
 def release_storage(storage: Storage) -> None:

@@ -16,7 +16,11 @@ from torchrl.trainers import Trainer, TrainerHookBase
 
 from torchrl_seer.data.latent_encode_transform import LatentEncodeTransform
 from torchrl_seer.data.latent_migration import LatentReplayOptions, migrate_to_latent_replay
-from torchrl_seer.data.replay_rewiring import is_latent_replay, switch_to_latent_replay
+from torchrl_seer.data.replay_rewiring import (
+    is_latent_replay,
+    switch_to_latent_replay,
+    watch_for_latent_checkpoint,
+)
 from torchrl_seer.modules.encoders import SplitEncoder
 from torchrl_seer.trainers.encoder_convergence import ParameterConvergence
 from torchrl_seer.trainers.encoder_freeze import (
@@ -59,12 +63,15 @@ class FreezeEncoderHook(TrainerHookBase):
     The hook is checkpointed (:meth:`state_dict`): frozen flag, T_f, storage mode and latent
     capacity. Restoring a frozen state re-applies the model-side freeze and switches the buffer
     to an empty latent storage of the saved capacity, into which the buffer's own checkpoint is
-    then loaded: restore this hook before the replay buffer (in a Trainer, register it before
-    the replay-buffer hook); a buffer that already holds transitions when the hook is restored
-    is refused with an error. Restoring is atomic too, and restoring a hook that is already
-    frozen changes neither the parameters nor the buffer. Optimizer checkpoints taken after the
-    freeze are tagged, and loading one purges the frozen parameters first, so optimizers may be
-    restored before or after the hook.
+    then loaded. With ``dumps``/``loads`` checkpoints (``rb.dumps``, TorchRL's
+    :class:`~torchrl.checkpoint.Checkpoint` used by the Trainer) the order does not matter: the
+    buffer's checkpoint is marked as latent and the pixel buffer switches itself when it loads
+    one. With ``state_dict`` checkpoints restore this hook before the replay buffer (in a
+    Trainer, register it first); a buffer that already holds transitions when the hook is
+    restored is refused with an error. Restoring is atomic too, and restoring a hook that is
+    already frozen changes neither the parameters nor the buffer. Optimizer checkpoints taken
+    after the freeze are tagged, and loading one purges the frozen parameters first, so
+    optimizers may be restored before or after the hook.
 
     Args:
         encoder (SplitEncoder): the online encoder (its ``frozen_part`` defines the latents).
@@ -163,6 +170,8 @@ class FreezeEncoderHook(TrainerHookBase):
         self.storage_mode = "pixels"
         self.latent_capacity: int | None = None
         self.freeze_report: dict[str, Any] = {}
+        if replay_buffer is not None:
+            watch_for_latent_checkpoint(replay_buffer, self._switch_for_buffer_checkpoint)
 
     # ----------------------------------------------------------------------------- stepping
     def step(self, step: int) -> bool:
@@ -242,6 +251,27 @@ class FreezeEncoderHook(TrainerHookBase):
     def _latent_storage(self, capacity: int) -> Any:
         factory = self.replay_options.storage_factory
         return (factory if factory is not None else LazyTensorStorage)(capacity)
+
+    def _switch_to_empty_latent_storage(self, capacity: int) -> None:
+        assert self.replay_buffer is not None
+        switch_to_latent_replay(
+            self.replay_buffer,
+            self._latent_storage(capacity),
+            self._make_transform(),
+            old_slots=torch.arange(0),
+            length=0,
+        )
+
+    def _switch_for_buffer_checkpoint(self, capacity: int) -> Any:
+        """Called when the pixel buffer loads a latent checkpoint before this hook is restored."""
+        assert self.replay_buffer is not None
+        if self.frozen and self.storage_mode == "latent":
+            raise RuntimeError(
+                "the replay buffer's pixel storage was asked to load a latent checkpoint while "
+                "this hook is already in latent replay."
+            )
+        self._switch_to_empty_latent_storage(capacity)
+        return self.replay_buffer.storage
 
     # ------------------------------------------------------------------------ checkpointing
     def _tag_optimizer_state(
@@ -329,14 +359,7 @@ class FreezeEncoderHook(TrainerHookBase):
                     self.encoder, modules=self.modules, optimizers=self.optimizers
                 )
             if switch:
-                assert self.replay_buffer is not None
-                switch_to_latent_replay(
-                    self.replay_buffer,
-                    self._latent_storage(int(capacity)),
-                    self._make_transform(),
-                    old_slots=torch.arange(0),
-                    length=0,
-                )
+                self._switch_to_empty_latent_storage(int(capacity))
         except BaseException:
             snapshot.restore()
             self.latent_transform = transform
