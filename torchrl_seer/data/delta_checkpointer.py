@@ -9,6 +9,12 @@ from typing import Any
 import torch
 from torchrl.data.replay_buffers.checkpointers import StorageCheckpointerBase
 
+from torchrl_seer.data.checkpoint_checksums import (
+    CheckpointCorruptedError,
+    verify_checksum_manifest,
+    write_checksum_manifest,
+)
+
 __all__ = ["DeltaFrameStorageCheckpointer"]
 
 _STATE_FILE = "delta_frame_storage.pt"
@@ -19,10 +25,19 @@ class DeltaFrameStorageCheckpointer(StorageCheckpointerBase):
     """Saves a :class:`~torchrl_seer.data.DeltaFrameStorage` with its encoded chunks.
 
     ``dumps`` writes the storage's :meth:`~torchrl_seer.data.DeltaFrameStorage.state_dict`
-    (raw keys, frame-id tables, compressed chunk payloads and their CRC32 checksums) to
-    ``delta_frame_storage.pt`` plus a readable ``storage_metadata.json``; ``loads`` restores
-    it bit-exactly and raises ``ValueError`` if a payload does not match its checksum. The
-    compressed form is what is written: a checkpoint is about as small as the storage.
+    (raw keys, frame-id tables, compressed chunk payloads, a CRC32 of each of these tensors
+    and a SHA-256 of the whole state) to ``delta_frame_storage.pt``, a readable
+    ``storage_metadata.json``, and ``CHECKSUMS.sha256`` with the SHA-256 of both files.
+    ``loads`` verifies every byte against those checksums before restoring anything, and
+    restores bit-exactly; any mismatch raises
+    :class:`~torchrl_seer.data.checkpoint_checksums.CheckpointCorruptedError` (a
+    ``ValueError``). The compressed form is what is written: a checkpoint is about as small
+    as the storage.
+
+    TorchRL's save and load hooks (``register_save_hook``), which transform the full
+    TensorDict layout of a ``TensorStorage``, are refused: the pixels are not held in that
+    layout. To export a buffer in another layout, read ``rb[:]`` into a
+    ``LazyMemmapStorage``.
 
     Examples:
         >>> import tempfile
@@ -45,8 +60,23 @@ class DeltaFrameStorageCheckpointer(StorageCheckpointerBase):
         (4, True)
     """
 
+    def register_save_hook(self, hook: Any) -> None:
+        """Refused: the storage is saved in its compressed form, not a TensorDict layout."""
+        raise NotImplementedError(
+            "DeltaFrameStorage does not support save hooks: it is checkpointed in its "
+            "compressed form, not in the TensorDict layout that TorchRL's hooks transform. "
+            "To save a buffer through hooks, copy rb[:] into a LazyMemmapStorage buffer."
+        )
+
+    def register_load_hook(self, hook: Any) -> None:
+        """Refused: the storage is loaded from its compressed form, not a TensorDict layout."""
+        raise NotImplementedError(
+            "DeltaFrameStorage does not support load hooks: it loads its own compressed "
+            "checkpoints only."
+        )
+
     def dumps(self, storage: Any, path: str | Path) -> None:
-        """Writes ``storage`` under the directory ``path``."""
+        """Writes ``storage`` under the directory ``path``, with checksums."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = storage.state_dict()
@@ -59,11 +89,23 @@ class DeltaFrameStorageCheckpointer(StorageCheckpointerBase):
         }
         with open(path / _METADATA_FILE, "w") as file:
             json.dump(metadata, file, indent=2)
+        write_checksum_manifest(path)
 
     def loads(self, storage: Any, path: str | Path) -> None:
-        """Restores ``storage`` from the directory ``path``."""
+        """Verifies the checksums of the directory ``path``, then restores ``storage``."""
         path = Path(path)
         state_file = path / _STATE_FILE
         if not state_file.exists():
-            raise FileNotFoundError(f"no DeltaFrameStorage checkpoint at {state_file}")
-        storage.load_state_dict(torch.load(state_file, weights_only=True))
+            found = ""
+            if (path / _METADATA_FILE).exists():
+                found = (
+                    f"; {path} holds a checkpoint of another storage kind (e.g. "
+                    "LazyTensorStorage): load it into that storage"
+                )
+            raise FileNotFoundError(f"no DeltaFrameStorage checkpoint at {state_file}{found}")
+        verify_checksum_manifest(path)
+        try:
+            state = torch.load(state_file, weights_only=True)
+        except Exception as error:  # checksums passed: the file was written by another version
+            raise CheckpointCorruptedError(f"cannot read {state_file}: {error}") from error
+        storage.load_state_dict(state)

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+import sys
 from collections.abc import Sequence
+from multiprocessing.context import get_spawning_popen
+from types import CodeType
 from typing import Any
 
 import torch
 from tensordict import NestedKey, TensorDict, TensorDictBase, is_tensor_collection, unravel_key
-from torchrl.data import LazyTensorStorage
+from torchrl.data import LazyTensorStorage, ReplayBuffer, SliceSampler
+from torchrl.data.replay_buffers.storages import Storage
 
+from torchrl_seer.data.checkpoint_checksums import seal_state, verify_state
 from torchrl_seer.data.chunked_frame_pool import ChunkedFramePool
 from torchrl_seer.data.delta_checkpointer import DeltaFrameStorageCheckpointer
 from torchrl_seer.data.frame_codecs import FrameCodec, make_frame_codec
@@ -17,7 +24,8 @@ from torchrl_seer.data.replay_rewiring import relocate_tensor_rows, rewind_faile
 
 __all__ = ["DeltaFrameStorage"]
 
-_FORMAT_VERSION = 1
+# 2: every tensor and value of a checkpoint is checksummed
+_FORMAT_VERSION = 2
 
 
 class DeltaFrameStorage(LazyTensorStorage):
@@ -104,6 +112,9 @@ class DeltaFrameStorage(LazyTensorStorage):
         cache_bytes: int = 4 * 2**20,
         num_threads: int | None = None,
     ) -> None:
+        if int(max_size) < 1:
+            raise ValueError(f"max_size must be >= 1 transition, got {max_size}")
+        self._pending_edit: tuple[torch.Tensor, TensorDictBase] | None = None
         super().__init__(max_size, device="cpu")
         if isinstance(pixel_keys, str):
             pixel_keys = [pixel_keys]
@@ -154,8 +165,26 @@ class DeltaFrameStorage(LazyTensorStorage):
         return torch.Size([*shape[:axis], shape[axis] // self.frame_stack, *shape[axis + 1 :]])
 
     # --------------------------------------------------------------- validation
-    def _check_pixels(self, data: TensorDictBase) -> dict[NestedKey, tuple[torch.Tensor, ...]]:
-        """Validates every pixel tensor and returns (obs, next_obs) per key."""
+    def _pixel_entries(self) -> list[NestedKey]:
+        return [*self.pixel_keys, *[unravel_key(("next", k)) for k in self.pixel_keys]]
+
+    def _pixel_twin(self, key: NestedKey) -> NestedKey | None:
+        """The pixel key that ``key`` (a pixel key or its ``("next", key)`` twin) belongs to."""
+        key = unravel_key(key)
+        for pixel_key in self.pixel_keys:
+            if key in (pixel_key, unravel_key(("next", pixel_key))):
+                return pixel_key
+        return None
+
+    def _check_pixels(
+        self, data: TensorDictBase, trial_index: Any
+    ) -> dict[NestedKey, tuple[torch.Tensor, torch.Tensor]]:
+        """Validates every pixel tensor and returns contiguous ``uint8`` (obs, next_obs) per key.
+
+        Once a key is stored, a value that ``LazyTensorStorage`` would accept with a cast or a
+        broadcast (an integer dtype, a non-contiguous tensor) is converted exactly as its index
+        write converts it; what that write refuses is refused here with a clear error.
+        """
         out = {}
         for key in self.pixel_keys:
             pair: list[torch.Tensor] = []
@@ -169,63 +198,113 @@ class DeltaFrameStorage(LazyTensorStorage):
                     )
                 if not isinstance(value, torch.Tensor):
                     raise TypeError(f"expected {full_key!r} to be a tensor, got {type(value)}")
-                if value.dtype != torch.uint8:
-                    raise TypeError(
-                        f"expected {full_key!r} of dtype torch.uint8, got {value.dtype}"
-                    )
-                if value.device.type != "cpu":
+                if value.device.type == "meta":
                     raise ValueError(
-                        f"expected {full_key!r} on device cpu, got {value.device}; "
-                        "move the batch to the CPU before extending"
-                    )
-                if not value.is_contiguous():
-                    raise ValueError(
-                        f"expected {full_key!r} to be a contiguous tensor; call .contiguous()"
-                    )
-                shape = value.shape[1:]
-                if len(shape) < -self.stack_dim:
-                    raise ValueError(
-                        f"expected {full_key!r} to have at least {-self.stack_dim} dimensions "
-                        f"per transition (stack_dim={self.stack_dim}), got shape {tuple(shape)}"
-                    )
-                stacked = shape[self._stack_axis(shape)]
-                if stacked % self.frame_stack:
-                    raise ValueError(
-                        f"{full_key!r} has {stacked} slices along stack_dim={self.stack_dim}, "
-                        f"which is not a multiple of frame_stack={self.frame_stack}"
+                        f"expected {full_key!r} on device cpu, got {value.device} (no data)"
                     )
                 expected = self._pixel_shapes.get(key)
-                if expected is not None and shape != expected:
+                if expected is None:
+                    value = self._check_first_pixels(full_key, value)
+                elif value.dtype != torch.uint8 or value.shape[1:] != expected:
+                    value = self._cast_like_lazy_storage(full_key, value, expected, trial_index)
+                value = value.to("cpu").contiguous()
+                if pair and value.shape != pair[0].shape:
                     raise ValueError(
-                        f"expected {full_key!r} of shape {tuple(expected)} per transition, "
-                        f"got {tuple(shape)}"
-                    )
-                if pair and shape != pair[0].shape[1:]:
-                    raise ValueError(
-                        f"{full_key!r} has shape {tuple(shape)} but {key!r} has "
+                        f"{full_key!r} has shape {tuple(value.shape[1:])} but {key!r} has "
                         f"{tuple(pair[0].shape[1:])}"
                     )
                 pair.append(value)
-            out[key] = tuple(pair)
+            out[key] = (pair[0], pair[1])
         return out
 
-    def _check_other(self, other: TensorDictBase) -> None:
-        """Checks that keys already stored keep their per-transition shape."""
+    def _check_first_pixels(self, full_key: NestedKey, value: torch.Tensor) -> torch.Tensor:
+        """Checks the pixels that define a key's layout (its first write)."""
+        if value.dtype != torch.uint8:
+            raise TypeError(
+                f"expected {full_key!r} of dtype torch.uint8, got {value.dtype}: "
+                "DeltaFrameStorage stores uint8 frames only"
+            )
+        shape = value.shape[1:]
+        if len(shape) < -self.stack_dim:
+            raise ValueError(
+                f"expected {full_key!r} to have at least {-self.stack_dim} dimensions "
+                f"per transition (stack_dim={self.stack_dim}), got shape {tuple(shape)}"
+            )
+        stacked = shape[self._stack_axis(shape)]
+        if stacked % self.frame_stack:
+            raise ValueError(
+                f"{full_key!r} has {stacked} slices along stack_dim={self.stack_dim}, "
+                f"which is not a multiple of frame_stack={self.frame_stack}"
+            )
+        return value
+
+    @staticmethod
+    def _cast_like_lazy_storage(
+        full_key: NestedKey, value: torch.Tensor, shape: torch.Size, trial_index: Any
+    ) -> torch.Tensor:
+        """Converts ``value`` as ``LazyTensorStorage``'s index write into a uint8 key would."""
+        rows = value.shape[0] if value.ndim else 1
+        converted = torch.empty((rows, *shape), dtype=torch.uint8)
+        try:
+            converted[trial_index] = value
+        except RuntimeError as error:
+            kind = ValueError if value.dtype == torch.uint8 else TypeError
+            raise kind(
+                f"expected {full_key!r} of dtype torch.uint8 and shape {tuple(shape)} per "
+                f"transition (what the storage holds), got {value.dtype} {tuple(value.shape)}: "
+                f"{error}"
+            ) from error
+        return converted
+
+    def _check_other(self, other: TensorDictBase, rows: int, trial_index: Any) -> None:
+        """Tries every raw key's write on a scratch copy: refuses what the real write would.
+
+        A key the storage holds must accept the value exactly as ``LazyTensorStorage``'s index
+        write does (dtype, shape, device; with the same casts and broadcasts), so that a batch
+        that passes cannot fail half-written.
+        """
         if not self.initialized:
             return
+        device = self._storage.device
         for key, value in other.items(True, True):
             stored = self._storage.get(key, None)
-            if stored is not None and stored.shape[1:] != value.shape[1:]:
+            if not isinstance(stored, torch.Tensor) or not isinstance(value, torch.Tensor):
+                continue
+            scratch = torch.empty((rows, *stored.shape[1:]), dtype=stored.dtype)
+            try:
+                scratch[trial_index] = value if device is None else value.to(device)
+            except RuntimeError as error:
                 raise ValueError(
-                    f"expected {key!r} of shape {tuple(stored.shape[1:])} per transition, "
-                    f"got {tuple(value.shape[1:])}"
-                )
+                    f"expected {key!r} of dtype {stored.dtype} and shape "
+                    f"{tuple(stored.shape[1:])} per transition (what the storage holds), got "
+                    f"{value.dtype} {tuple(value.shape[1:])}: {error}"
+                ) from error
 
     def _rollback_writers(self, cursor: torch.Tensor) -> None:
         """Undoes the cursor move of the writer executing a rejected write (if any)."""
         rewind_failed_write(self, cursor)
 
     # ------------------------------------------------------------------ writing
+    def _slots(self, cursor: Any) -> tuple[torch.Tensor, bool, Any]:
+        """The storage slots of ``cursor`` (torch indexing rules) and how to write one batch.
+
+        Returns:
+            The ``int64`` slots ``[B]``, whether the cursor addresses one transition, and the
+            index that writes a ``[B]`` batch (``[1]`` for one transition) into a scratch
+            tensor with the same semantics (cast and broadcast rules) as ``cursor`` into the
+            storage: integers and slices copy, tensors and sequences index-put.
+        """
+        if isinstance(cursor, range):
+            cursor = list(cursor)
+        slots = torch.arange(self.max_size)[cursor]
+        single = slots.ndim == 0
+        slots = slots.reshape(-1)
+        if isinstance(cursor, slice):
+            return slots, single, slice(0, slots.numel())
+        if single and not isinstance(cursor, torch.Tensor):
+            return slots, single, slice(0, 1)
+        return slots, single, torch.arange(slots.numel())
+
     def set(
         self,
         cursor: int | Sequence[int] | slice | torch.Tensor,
@@ -235,19 +314,30 @@ class DeltaFrameStorage(LazyTensorStorage):
     ) -> None:
         """Writes transitions at ``cursor``; validates the whole batch before storing anything.
 
+        ``cursor`` follows the indexing rules of :class:`~torchrl.data.LazyTensorStorage`
+        (negative indices count from ``max_size``). Every key is checked against what the
+        storage holds before anything is written: a refused batch raises and leaves the
+        storage bit-identical.
+
         Args:
             cursor: the storage slot(s).
-            data: a TensorDict of one transition (integer cursor) or of a batch ``[B]``.
+            data: a TensorDict (or tensorclass) of one transition (integer cursor) or of a
+                batch ``[B]``, or a list of transitions.
 
         Keyword Args:
             set_cursor: whether to update the length and last cursor (``False`` for
                 ``storage[index] = data``).
         """
-        if isinstance(cursor, slice):
-            cursor = torch.arange(self.max_size)[cursor]
-        single = isinstance(cursor, int) or (isinstance(cursor, torch.Tensor) and cursor.ndim == 0)
-        slots = torch.as_tensor(cursor, dtype=torch.int64).reshape(-1)
+        self._pending_edit = None
+        slots, single, trial_index = self._slots(cursor)
         try:
+            if isinstance(data, list):
+                if not data or not all(is_tensor_collection(d) for d in data):
+                    raise TypeError(
+                        "DeltaFrameStorage expected a non-empty list of TensorDicts, got "
+                        f"{[type(d).__name__ for d in data]}"
+                    )
+                data = torch.stack(data)
             if not is_tensor_collection(data):
                 raise TypeError(
                     f"DeltaFrameStorage expected a TensorDict of transitions, got {type(data)}"
@@ -258,12 +348,11 @@ class DeltaFrameStorage(LazyTensorStorage):
                     f"expected a batch of {slots.numel()} transitions with one batch "
                     f"dimension, got batch_size {tuple(data.batch_size)}"
                 )
-            if bool(((slots < 0) | (slots >= self.max_size)).any()):
-                raise IndexError(f"slot out of range for max_size={self.max_size}")
-            pixels = self._check_pixels(batch)
-            pixel_entries = [*self.pixel_keys, *[("next", k) for k in self.pixel_keys]]
-            other = data.exclude(*pixel_entries)
-            self._check_other(batch.exclude(*pixel_entries))
+            if slots.numel() == 0 and not self.initialized:
+                raise ValueError("cannot initialize a DeltaFrameStorage from an empty batch")
+            pixels = self._check_pixels(batch, trial_index)
+            other = data.exclude(*self._pixel_entries())
+            self._check_other(batch.exclude(*self._pixel_entries()), slots.numel(), trial_index)
             done = batch.get(self.done_key, None)
             done = (
                 torch.zeros(slots.numel(), dtype=torch.bool)
@@ -278,7 +367,9 @@ class DeltaFrameStorage(LazyTensorStorage):
             if set_cursor:
                 self._rollback_writers(slots)
             raise
-        super().set(cursor, other, set_cursor=set_cursor)
+        super().set(cursor, self._without_aliases(other), set_cursor=set_cursor)
+        if slots.numel() == 0:
+            return
         for key, (obs, _) in pixels.items():
             index = self._indices.get(key)
             if index is None:
@@ -286,6 +377,20 @@ class DeltaFrameStorage(LazyTensorStorage):
                 self._pixel_shapes[key] = shape
                 index = self._indices[key] = self._make_index(self._frame_shape(shape))
             index.write(slots, *frames[key], done)
+
+    def _without_aliases(self, other: TensorDictBase) -> TensorDictBase:
+        """Clones ``other`` if it views the raw storage (``rb[:k] = rb[:k]``)."""
+        if not self.initialized:
+            return other
+        held = {
+            v.untyped_storage().data_ptr()
+            for v in self._storage.values(True, True)
+            if isinstance(v, torch.Tensor)
+        }
+        for value in other.values(True, True):
+            if isinstance(value, torch.Tensor) and value.untyped_storage().data_ptr() in held:
+                return other.clone()
+        return other
 
     def _make_index(self, frame_shape: torch.Size) -> FrameStackIndex:
         return FrameStackIndex(
@@ -303,13 +408,22 @@ class DeltaFrameStorage(LazyTensorStorage):
     def get(self, index: Any) -> TensorDictBase:
         """Returns the transitions at ``index``, as :class:`~torchrl.data.LazyTensorStorage` does.
 
+        The result is a new TensorDict: the decoded pixels never enter the raw storage. When
+        :class:`~torchrl.data.SliceSampler` reads the whole storage to find its trajectories
+        (it only reads the trajectory or done keys), no pixel is decoded.
+
         Args:
             index: an integer, slice, sequence, tensor (any shape) or 1-tuple of those.
 
         Returns:
-            A TensorDict with the raw keys and the rebuilt pixel stacks.
+            A TensorDict (or the tensorclass written) with the raw keys and the rebuilt pixel
+            stacks.
         """
-        out = super().get(index)
+        self._pending_edit = None
+        out = super().get(index).copy()
+        caller = _caller_kind()
+        if caller == "key-reader":
+            return out
         if isinstance(index, range):
             index = list(index)
         positions = torch.arange(self._len_along_dim0)[index]
@@ -319,6 +433,8 @@ class DeltaFrameStorage(LazyTensorStorage):
             shape = self._pixel_shapes[key]
             out.set(key, self._from_frames(obs, shape).view(*positions.shape, *shape))
             out.set(("next", key), self._from_frames(nxt, shape).view(*positions.shape, *shape))
+        if caller == "in-place-editor" and positions.ndim == 1:
+            self._pending_edit = (flat, out)
         return out
 
     def relocate_rows(self, slots: torch.Tensor, capacity: int) -> None:
@@ -334,6 +450,64 @@ class DeltaFrameStorage(LazyTensorStorage):
         for index in self._indices.values():
             index.relocate(slots, capacity)
         relocate_tensor_rows(self, slots, capacity)
+
+    # ---------------------------------------------------------- in-place updates
+    def _bump_mutation_revision(self) -> None:
+        super()._bump_mutation_revision()
+        pending, self._pending_edit = getattr(self, "_pending_edit", None), None
+        if pending is not None:
+            self._write_back(*pending)
+
+    def _write_back(self, positions: torch.Tensor, edited: TensorDictBase) -> None:
+        """Re-encodes the rows whose pixels an in-place update changed.
+
+        ``ReplayBuffer.set_at_``, ``set_`` and ``update_`` edit the TensorDict that a full
+        read returned: raw keys are views of the storage, pixels are decoded copies. The rows
+        whose pixels differ from what is stored are written back through :meth:`set`.
+        """
+        changed = torch.zeros(positions.numel(), dtype=torch.bool)
+        for key, frame_index in self._indices.items():
+            obs, nxt = frame_index.read(positions)
+            for stored, full_key in ((obs, key), (nxt, unravel_key(("next", key)))):
+                value = self._to_frames(edited.get(full_key))
+                changed |= (value != stored).reshape(positions.numel(), -1).any(-1)
+        if bool(changed.any()):
+            self.set(positions[changed], edited[changed], set_cursor=False)
+
+    def _conditional_patch_leaf(self, key: NestedKey) -> torch.Tensor:
+        pixel_key = self._pixel_twin(key)
+        if pixel_key is None or pixel_key not in self._pixel_shapes:
+            return super()._conditional_patch_leaf(key)
+        # dtype, shape and device of the pixel entry, without decoding anything
+        shape = self._pixel_shapes[pixel_key]
+        return torch.zeros((), dtype=torch.uint8).expand(self.max_size, *shape)
+
+    def _apply_conditional_patch(
+        self, index: torch.Tensor, patch: dict[NestedKey, torch.Tensor]
+    ) -> None:
+        if not any(self._pixel_twin(key) is not None for key in patch):
+            super()._apply_conditional_patch(index, patch)
+            return
+        slots = index.reshape(-1)
+        rows = self.get(slots)
+        for key, value in patch.items():
+            rows.set(key, value.reshape(slots.numel(), *value.shape[1:]))
+        self.set(slots, rows, set_cursor=False)
+
+    def __repr__(self) -> str:
+        keys = []
+        if self.initialized:
+            keys = [
+                f"{k}: {tuple(v.shape[1:])} {v.dtype}"
+                for k, v in self._storage.items(True, True)
+                if isinstance(v, torch.Tensor)
+            ]
+        for key, shape in self._pixel_shapes.items():
+            keys += [f"{k}: {tuple(shape)} torch.uint8 (encoded)" for k in (key, ("next", key))]
+        return (
+            f"{type(self).__name__}(max_size={self.max_size}, len={len(self)}, "
+            f"frame_stack={self.frame_stack}, keys=[{', '.join(keys)}])"
+        )
 
     # ---------------------------------------------------------------- accounting
     def nbytes_held(self) -> int:
@@ -371,6 +545,7 @@ class DeltaFrameStorage(LazyTensorStorage):
             index.pool.clear_cache()
 
     def _empty(self) -> None:
+        self._pending_edit = None
         super()._empty()
         for index in self._indices.values():
             index.clear()
@@ -387,13 +562,17 @@ class DeltaFrameStorage(LazyTensorStorage):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Returns the raw keys, index tables and encoded chunks (checksummed).
+        """Returns a copy of the raw keys, index tables and encoded chunks, checksummed.
+
+        Nothing in the result shares memory with the storage: later writes do not change
+        a state dict taken before them.
 
         Returns:
             A dict of tensors and plain Python values (``torch.load(weights_only=True)``
-            compatible).
+            compatible), with a CRC32 of every tensor and a SHA-256 of the whole state under
+            ``"checksums"``.
         """
-        return {
+        state = {
             "config": self._config(),
             "len": len(self),
             "last_cursor": self._last_cursor_index,
@@ -407,18 +586,41 @@ class DeltaFrameStorage(LazyTensorStorage):
                 for key, index in self._indices.items()
             ],
         }
+        return seal_state(_cloned(state))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict` bit-exactly; corrupted payloads raise ``ValueError``.
+        """Restores :meth:`state_dict` bit-exactly, as a copy; verifies every checksum first.
+
+        Restoring into a storage that already holds data replaces all of it (pixels and raw
+        keys together); a storage that holds a tensorclass keeps returning that tensorclass.
 
         Args:
             state_dict: the output of :meth:`state_dict`.
+
+        Raises:
+            ValueError: the state dict was written by another storage, by an unsupported
+                format version or for another configuration.
+            CheckpointCorruptedError: a tensor or value does not match its checksum.
         """
-        config = state_dict["config"]
+        config = state_dict.get("config") if isinstance(state_dict, dict) else None
+        if not isinstance(config, dict) or "format_version" not in config:
+            raise ValueError(
+                "this state dict was not written by DeltaFrameStorage.state_dict (keys "
+                f"{sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict)})"
+            )
+        version = config["format_version"]
+        if version != _FORMAT_VERSION:
+            raise ValueError(
+                f"DeltaFrameStorage checkpoint format version {version} is not supported: this "
+                f"version of torchrl_seer reads format version {_FORMAT_VERSION} only (format "
+                "1 carried no checksums for raw keys and index tables); re-create the buffer"
+            )
+        verify_state(state_dict, what="DeltaFrameStorage checkpoint")
         if config != self._config():
             raise ValueError(
                 f"checkpoint configuration {config} does not match this storage {self._config()}"
             )
+        state_dict = _cloned(state_dict)
         indices, shapes = {}, {}
         for entry in state_dict["pixels"]:
             key = unravel_key(
@@ -429,12 +631,105 @@ class DeltaFrameStorage(LazyTensorStorage):
             index.load_state_dict(entry["index"])
             indices[key], shapes[key] = index, shape
         if state_dict["other"] is not None:
-            self._storage = TensorDict(state_dict["other"], batch_size=[self.max_size])
+            other: TensorDictBase = TensorDict(state_dict["other"], batch_size=[self.max_size])
+            if self.initialized and not isinstance(self._storage, TensorDict):
+                other = type(self._storage).from_tensordict(other)  # a tensorclass
+            self._storage = other
             self.initialized = True
+        else:
+            self.initialized = False
         for replaced in self._indices.values():
             replaced.pool.shutdown()
         self._indices, self._pixel_shapes = indices, shapes
+        self._pending_edit = None
         self._len = int(state_dict["len"])
         last_cursor = state_dict["last_cursor"]
         self._set_last_cursor(-1 if last_cursor is None else int(last_cursor))
         self._bump_mutation_revision()
+
+    # ----------------------------------------------------------- processes/copies
+    def __getstate__(self) -> dict[str, Any]:
+        if get_spawning_popen() is not None:
+            raise RuntimeError(
+                "DeltaFrameStorage cannot be shared with another process: its frame chunks are "
+                "allocated by the process that writes them, so two processes writing one "
+                "buffer would corrupt each other's frames. Keep the replay buffer in one "
+                "process and send it the collected batches (e.g. iterate a collector in the "
+                "main process and call rb.extend), or use LazyTensorStorage / "
+                "LazyMemmapStorage for a buffer shared between processes."
+            )
+        state = super().__getstate__()
+        # a pickled copy is independent: no tensor of it may share memory with this storage
+        state["_pending_edit"] = None
+        if self.initialized:
+            state["_storage"] = self._storage.clone()
+        state["_indices"] = copy.deepcopy(self._indices)
+        return state
+
+    def register_save_hook(self, hook: Any) -> None:
+        """Refused: see :class:`~torchrl_seer.data.DeltaFrameStorageCheckpointer`."""
+        self.checkpointer.register_save_hook(hook)
+
+    def register_load_hook(self, hook: Any) -> None:
+        """Refused: see :class:`~torchrl_seer.data.DeltaFrameStorageCheckpointer`."""
+        self.checkpointer.register_load_hook(hook)
+
+    @property
+    def checkpointer(self) -> DeltaFrameStorageCheckpointer:
+        """The checkpointer (always a :class:`DeltaFrameStorageCheckpointer`)."""
+        return self._checkpointer
+
+    @checkpointer.setter
+    def checkpointer(self, value: Any) -> None:
+        if value is None:
+            value = DeltaFrameStorageCheckpointer()
+        if not isinstance(value, DeltaFrameStorageCheckpointer):
+            raise TypeError(
+                "DeltaFrameStorage is checkpointed in its compressed form by "
+                f"DeltaFrameStorageCheckpointer; got {type(value).__name__}, which would "
+                "save the raw keys without the pixels"
+            )
+        self._checkpointer = value
+
+
+def _cloned(value: Any) -> Any:
+    """A copy of a nested dict/list of tensors in which no tensor shares memory."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _cloned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cloned(v) for v in value]
+    return value
+
+
+def _code_objects(owner: Any, names: Sequence[str]) -> list[CodeType]:
+    functions = [getattr(owner, name, None) for name in names]
+    return [inspect.unwrap(f).__code__ for f in functions if f is not None]
+
+
+# Callers of ``storage[:]`` that read only non-pixel keys (trajectory ids, done flags) ...
+_KEY_READERS = _code_objects(SliceSampler, ("_get_stop_and_length", "_end_signal_from_keys"))
+_KEY_READERS += _code_objects(
+    getattr(sys.modules.get(SliceSampler.__module__), "_FragmentedTrajectoryIndex", None),
+    ("_read_records",),
+)
+# ... and those that edit the returned TensorDict in place (ReplayBuffer.set_at_ & co).
+_IN_PLACE_EDITORS = _code_objects(ReplayBuffer, ("set_at_", "set_", "update_"))
+_CALLER_KINDS = {
+    **{code: "key-reader" for code in _KEY_READERS},
+    **{code: "in-place-editor" for code in _IN_PLACE_EDITORS},
+}
+_GETITEM_CODE = Storage.__getitem__.__code__
+
+
+def _caller_kind() -> str | None:
+    """What the code that called :meth:`DeltaFrameStorage.get` does with the result.
+
+    Returns ``"key-reader"`` (only non-pixel keys are read), ``"in-place-editor"`` (the
+    result is edited in place and must be written back) or ``None`` (an ordinary read).
+    """
+    frame = sys._getframe(2)  # 0: this function, 1: get, 2: Storage.__getitem__ or the caller
+    if frame.f_code is _GETITEM_CODE and frame.f_back is not None:
+        frame = frame.f_back
+    return _CALLER_KINDS.get(frame.f_code)
