@@ -356,7 +356,7 @@ class DeltaFrameStorage(LazyTensorStorage):
             done = batch.get(self.done_key, None)
             done = (
                 torch.zeros(slots.numel(), dtype=torch.bool)
-                if done is None
+                if done is None or slots.numel() == 0
                 else done.reshape(slots.numel(), -1).any(-1).cpu()
             )
             frames = {

@@ -10,6 +10,11 @@ import torch
 from tensordict import NestedKey, TensorDictBase
 from torchrl.data.replay_buffers.storages import LazyTensorStorage
 
+from torchrl_seer.data.checkpoint_checksums import (
+    verify_checksum_manifest,
+    write_checksum_manifest,
+)
+
 __all__ = ["QuantizedStorage"]
 
 _FORMATS = {"int8": torch.uint8, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -277,14 +282,23 @@ class QuantizedStorage(LazyTensorStorage):
         super().load_state_dict(state_dict)
 
     def dumps(self, path: str | Path) -> None:
-        """Writes the encoded rows (TorchRL memmap checkpoint) and the quantization parameters."""
+        """Writes the encoded rows (TorchRL memmap checkpoint) and the quantization parameters.
+
+        A ``CHECKSUMS.sha256`` manifest with the SHA-256 of every file written is added.
+        """
         super().dumps(path)
         torch.save(self._quantization_state(), Path(path) / "quantization.pt")
+        write_checksum_manifest(path)
 
     def loads(self, path: str | Path) -> None:
-        """Reads a checkpoint written by :meth:`dumps`."""
+        """Reads a checkpoint written by :meth:`dumps`, after verifying every file's checksum.
+
+        Raises:
+            CheckpointCorruptedError: a file does not match the checksum written with it.
+        """
+        verify_checksum_manifest(path)
         super().loads(path)
-        self._load_quantization_state(torch.load(Path(path) / "quantization.pt"))
+        self._load_quantization_state(torch.load(Path(path) / "quantization.pt", weights_only=True))
 
     def __repr__(self) -> str:
         return (
