@@ -24,6 +24,7 @@ from torchrl.data import (
     TensorDictReplayBuffer,
     TensorDictRoundRobinWriter,
 )
+from torchrl.data.postprocs import MultiStep
 
 from torchrl_seer.data import DeltaFrameStorage, QuantizedStorage
 from torchrl_seer.data.checkpoint_checksums import CHECKSUM_MANIFEST, CheckpointCorruptedError
@@ -525,3 +526,29 @@ def test_any_write_sequence_matches_lazy_tensor_storage(operations, chunk_len, s
         assert len(rb.storage) == len(rb_lazy.storage)
         if len(rb_lazy.storage):
             assert_same(rb.storage[:], rb_lazy.storage[:])
+
+
+# ------------------------------------------------- MultiStep: each frame stored once
+@pytest.mark.parametrize("n_steps", [2, 3])
+def test_multistep_writes_store_each_frame_once(n_steps):
+    steps, num_envs = 48, 2
+    data = make_transitions(
+        num_envs=num_envs,
+        steps=steps,
+        frame_stack=FRAME_STACK,
+        channels=1,
+        size=16,
+        seed=n_steps,
+        done_prob=0.05,
+        repeat_prob=0.0,  # all frames distinct: the count of stored frames is known
+        order="env-major",
+    ).reshape(num_envs, steps)
+    delta, lazy = delta_storage(500, chunk_len=8), LazyTensorStorage(500)
+    rb, rb_lazy = ReplayBuffer(storage=delta), ReplayBuffer(storage=lazy)
+    for start in range(0, steps, 12):  # collector batches of 12 steps per environment
+        batch = MultiStep(gamma=0.9, n_steps=n_steps)(data[:, start : start + 12].clone())
+        rb.extend(batch.reshape(-1))
+        rb_lazy.extend(batch.reshape(-1))
+    assert_same(delta[:], lazy[:])
+    episodes = num_envs + int(data["next", "done"][:, :-1].sum())
+    assert delta.num_frames() == steps * num_envs + episodes

@@ -12,7 +12,9 @@ A frame reuses the id of another only when both are proven bit-identical:
 * ``n_{F-1} == n_{F-2}`` (or ``n_0 == o_0`` when ``F == 1``);
 * the whole stack ``o`` equals the next stack ``n`` of a *predecessor* transition, found by a
   fingerprint of its newest frame among the earlier rows of the batch and the last
-  transition of each open stream, then verified frame by frame.
+  transition of each open stream, then verified frame by frame;
+* any other frame equals an earlier frame of the batch or a frame of an open stream's last
+  stack, found by its fingerprint and verified (``MultiStep`` next stacks, static screens).
 
 Everything else is stored anew, so the index never returns data that was not written. The
 true final next observation of a terminated or truncated step is its own ``n_{F-1}``.
@@ -63,6 +65,44 @@ def _words(frames: torch.Tensor) -> torch.Tensor:
     """Views ``[B, F, *frame_shape]`` frames as ``[B, F, words]`` for fast exact comparison."""
     flat = frames.reshape(*frames.shape[:2], -1)
     return flat.view(torch.int64) if flat.shape[-1] % 8 == 0 else flat
+
+
+def _match_equal_frames(
+    parent: torch.Tensor,
+    external: torch.Tensor,
+    obs_words: Any,
+    next_words: Any,
+    streams: Sequence[_Stream],
+) -> None:
+    """Points each frame still to be stored at a proven-equal frame already at hand.
+
+    Catches the repeats the stack relations above do not: a ``MultiStep`` next stack (the
+    observation ``n`` steps later) shares all but its newest frame with the previous row's
+    next stack, a batch's first stacks share frames with the open streams' last stacks, and
+    static screens repeat whole frames. Candidates are earlier frames of the batch and the
+    frames of the streams' last stacks, found by fingerprint; each is proven by an exact
+    comparison. Edits ``parent`` (earlier position) or ``external`` (stored id) in place.
+    """
+    stack = obs_words.shape[1]
+    seen: dict[int, tuple[int, int, Any]] = {}  # fingerprint -> (position or -1, id, words)
+    for stream in streams:
+        if stream.tail_ids is not None and stream.tail_words is not None:
+            tail_words = stream.tail_words.numpy()
+            for frame_id, words in zip(stream.tail_ids.tolist(), tail_words, strict=True):
+                seen.setdefault(_fingerprint(words), (-1, frame_id, words))
+    roots = torch.nonzero((parent == torch.arange(parent.numel())) & (external < 0))
+    for position in roots.flatten().tolist():
+        row, col = divmod(position, 2 * stack)
+        words = obs_words[row, col] if col < stack else next_words[row, col - stack]
+        key = _fingerprint(words)
+        earlier = seen.get(key)
+        if earlier is not None and np.array_equal(earlier[2], words):
+            if earlier[0] >= 0:
+                parent[position] = earlier[0]
+            else:
+                external[position] = earlier[1]
+        else:
+            seen[key] = (position, -1, words)
 
 
 class FrameStackIndex:
@@ -175,6 +215,8 @@ class FrameStackIndex:
             parent[row, :stack] = pos[row, :stack]
             external[row, :stack] = stream.tail_ids  # type: ignore[assignment]
         parent = parent.view(-1)
+        external = external.view(-1)
+        _match_equal_frames(parent, external, obs_np, next_np, self._streams)
         while True:
             jumped = parent[parent]
             if torch.equal(jumped, parent):
@@ -184,7 +226,6 @@ class FrameStackIndex:
         row_streams = self._assign_streams(pred_row, pred_stream, done)
 
         # Allocate the new frames, grouped by stream, in time order.
-        external = external.view(-1)
         is_new = (parent == torch.arange(parent.numel())) & (external < 0)
         new_pos = torch.nonzero(is_new).flatten()
         ids = external.clone()
