@@ -48,6 +48,39 @@ class DeltaFrameStorage(LazyTensorStorage):
     cache. All other keys (actions, rewards, done flags, trajectory ids, ...) are kept raw in
     a ``LazyTensorStorage`` layout, so samplers that read them decode nothing.
 
+    The storage follows :class:`~torchrl.data.LazyTensorStorage`'s contract: writes at
+    integer, slice, tensor or negative cursors, lists of transitions and tensorclasses are
+    stored and returned as ``LazyTensorStorage`` stores and returns them, with the same casts
+    (an integer or slice cursor copies with a cast, a tensor cursor requires the stored
+    dtype). Every key of a batch is checked against what the storage holds before anything
+    is written: a refused batch raises an error naming the key and what was expected, and
+    leaves the storage bit-identical. ``ReplayBuffer.set_at_``, ``set_``, ``update_`` and
+    ``update_if_present`` work on pixel keys too (the changed rows are re-encoded). Reads
+    return new TensorDicts (decoded pixels are never kept), ``state_dict`` is a copy, and
+    checkpoints carry a checksum for every tensor.
+
+    Limits:
+        * Pixels are stored as ``uint8``: the first write of a pixel key must be ``uint8``
+          (later writes are cast as ``LazyTensorStorage`` would cast them into a ``uint8``
+          key). Pixel keys need their ``("next", key)`` twin and one batch dimension.
+        * The storage cannot be shared with another process: handing it (or a replay buffer
+          holding it) to a spawned process raises ``RuntimeError``. Keep the buffer in one
+          process and send it the collected batches, or use ``LazyMemmapStorage``. Pickling
+          it otherwise (``copy.deepcopy``, ``pickle``, a ``torch.multiprocessing`` queue)
+          gives an independent copy.
+        * In-place edits of a TensorDict read from the storage reach the storage only through
+          ``ReplayBuffer.set_at_`` / ``set_`` / ``update_`` / ``update_if_present`` (for raw
+          keys, through any view of ``storage[:]``, as with ``LazyTensorStorage``).
+        * Checkpoints load only into a ``DeltaFrameStorage`` of the same configuration;
+          TorchRL's save and load hooks and other checkpointers are refused
+          (``NotImplementedError`` / ``TypeError``), and a checkpoint of format version 1
+          (before checksums) raises ``ValueError`` naming its version.
+        * Overlapping slice copies (``rb[2:6] = rb[0:4]``), which ``LazyTensorStorage``
+          refuses, are accepted: the source is copied first.
+        * A batch larger than the storage keeps its last ``max_size`` rows (a
+          ``LazyTensorStorage`` given such a batch keeps an arbitrary mix of the rows that
+          share a slot).
+
     Args:
         max_size: capacity, in transitions.
 
