@@ -128,6 +128,9 @@ class DeltaFrameStorage(LazyTensorStorage):
     """
 
     _default_checkpointer = DeltaFrameStorageCheckpointer
+    # inherited from TensorStorage (the raw keys), annotated for type checkers
+    _storage: Any
+    initialized: bool
 
     def __init__(
         self,
@@ -664,7 +667,7 @@ class DeltaFrameStorage(LazyTensorStorage):
             index.load_state_dict(entry["index"])
             indices[key], shapes[key] = index, shape
         if state_dict["other"] is not None:
-            other: TensorDictBase = TensorDict(state_dict["other"], batch_size=[self.max_size])
+            other: Any = TensorDict(state_dict["other"], batch_size=[self.max_size])
             if self.initialized and not isinstance(self._storage, TensorDict):
                 other = type(self._storage).from_tensordict(other)  # a tensorclass
             self._storage = other
