@@ -245,7 +245,7 @@ def test_update_if_present_matches_lazy_tensor_storage(key):
 
 # ------------------------------------------------------- item 6: reads are pure
 def test_reads_store_nothing():
-    rb, _ = filled(max_size=16, steps=12, cache_bytes=0)  # full and wrapped
+    rb, _ = filled(max_size=16, steps=20, cache_bytes=0)  # full and wrapped
     rb.storage[0]  # creates the decompression context counted by bytes()
     held, keys = rb.storage.bytes(), set(rb.storage._storage.keys(True, True))
     with tempfile.TemporaryDirectory() as path:
