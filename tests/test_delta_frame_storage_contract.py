@@ -32,7 +32,7 @@ from torchrl_seer.data.checkpoint_checksums import CHECKSUM_MANIFEST, Checkpoint
 FRAME_STACK = 4
 
 
-def frames(rows, *, seed=0, num_envs=2, done_prob=0.1):
+def frames(rows, *, seed=0, num_envs=2, done_prob=0.1, **options):
     """``rows`` transitions of ``num_envs`` interleaved episodes, 4x16x16 uint8 stacks."""
     data = make_transitions(
         num_envs=num_envs,
@@ -42,6 +42,7 @@ def frames(rows, *, seed=0, num_envs=2, done_prob=0.1):
         size=16,
         seed=seed,
         done_prob=done_prob,
+        **options,
     )
     return data[:rows]
 
@@ -532,15 +533,13 @@ def test_any_write_sequence_matches_lazy_tensor_storage(operations, chunk_len, s
 @pytest.mark.parametrize("n_steps", [2, 3])
 def test_multistep_writes_store_each_frame_once(n_steps):
     steps, num_envs = 48, 2
-    data = make_transitions(
-        num_envs=num_envs,
-        steps=steps,
-        frame_stack=FRAME_STACK,
-        channels=1,
-        size=16,
+    # all frames distinct (no repeats): the count of stored frames is known
+    data = frames(
+        steps * num_envs,
         seed=n_steps,
+        num_envs=num_envs,
         done_prob=0.05,
-        repeat_prob=0.0,  # all frames distinct: the count of stored frames is known
+        repeat_prob=0.0,
         order="env-major",
     ).reshape(num_envs, steps)
     delta, lazy = delta_storage(500, chunk_len=8), LazyTensorStorage(500)
