@@ -26,8 +26,8 @@ from torchrl.data import (
 )
 from torchrl.data.postprocs import MultiStep
 
-from torchrl_seer.data import DeltaFrameStorage, QuantizedStorage
-from torchrl_seer.data.checkpoint_checksums import CHECKSUM_MANIFEST, CheckpointCorruptedError
+from torchrl_seer.data import CheckpointCorruptedError, DeltaFrameStorage, QuantizedStorage
+from torchrl_seer.data.checkpoint_checksums import CHECKSUM_MANIFEST
 
 FRAME_STACK = 4
 

@@ -1,5 +1,6 @@
 """Replay-buffer storages for image observations, latent replay and in-place rewiring."""
 
+from torchrl_seer.data.checkpoint_checksums import CheckpointCorruptedError
 from torchrl_seer.data.delta_checkpointer import DeltaFrameStorageCheckpointer
 from torchrl_seer.data.delta_frame_storage import DeltaFrameStorage
 from torchrl_seer.data.frame_codecs import (
@@ -30,6 +31,7 @@ from torchrl_seer.data.storage_protocols import (
 )
 
 __all__ = [
+    "CheckpointCorruptedError",
     "DeltaFrameStorage",
     "DeltaFrameStorageCheckpointer",
     "EncodedRowStorage",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import sys
+import threading
 from collections.abc import Sequence
 from multiprocessing.context import get_spawning_popen
 from types import CodeType
@@ -150,7 +151,8 @@ class DeltaFrameStorage(LazyTensorStorage):
     ) -> None:
         if int(max_size) < 1:
             raise ValueError(f"max_size must be >= 1 transition, got {max_size}")
-        self._pending_edit: tuple[torch.Tensor, TensorDictBase] | None = None
+        # (thread, rows, TensorDict) of a full read that ReplayBuffer.set_at_ & co edit
+        self._pending_edit: tuple[int, torch.Tensor, TensorDictBase] | None = None
         super().__init__(max_size, device="cpu")
         if isinstance(pixel_keys, str):
             pixel_keys = [pixel_keys]
@@ -364,7 +366,7 @@ class DeltaFrameStorage(LazyTensorStorage):
             set_cursor: whether to update the length and last cursor (``False`` for
                 ``storage[index] = data``).
         """
-        self._pending_edit = None
+        self._take_pending_edit()
         slots, single, trial_index = self._slots(cursor)
         try:
             if isinstance(data, list):
@@ -455,7 +457,7 @@ class DeltaFrameStorage(LazyTensorStorage):
             A TensorDict (or the tensorclass written) with the raw keys and the rebuilt pixel
             stacks.
         """
-        self._pending_edit = None
+        self._take_pending_edit()
         out = super().get(index).copy()
         caller = _caller_kind()
         if caller == "key-reader":
@@ -470,7 +472,7 @@ class DeltaFrameStorage(LazyTensorStorage):
             out.set(key, self._from_frames(obs, shape).view(*positions.shape, *shape))
             out.set(("next", key), self._from_frames(nxt, shape).view(*positions.shape, *shape))
         if caller == "in-place-editor" and positions.ndim == 1:
-            self._pending_edit = (flat, out)
+            self._pending_edit = (threading.get_ident(), flat, out)
         return out
 
     def relocate_rows(self, slots: torch.Tensor, capacity: int) -> None:
@@ -488,9 +490,17 @@ class DeltaFrameStorage(LazyTensorStorage):
         relocate_tensor_rows(self, slots, capacity)
 
     # ---------------------------------------------------------- in-place updates
+    def _take_pending_edit(self) -> tuple[torch.Tensor, TensorDictBase] | None:
+        """Removes and returns this thread's pending in-place edit, if any."""
+        pending = getattr(self, "_pending_edit", None)
+        if pending is None or pending[0] != threading.get_ident():
+            return None
+        self._pending_edit = None
+        return pending[1], pending[2]
+
     def _bump_mutation_revision(self) -> None:
         super()._bump_mutation_revision()
-        pending, self._pending_edit = getattr(self, "_pending_edit", None), None
+        pending = self._take_pending_edit()
         if pending is not None:
             self._write_back(*pending)
 
