@@ -81,6 +81,17 @@ def seal_state(state: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         ``state``, with a CRC32 per tensor and a SHA-256 of the whole state.
+
+    Examples:
+        >>> import torch
+        >>> state = seal_state({"len": 3, "rows": torch.arange(3)})
+        >>> verify_state(state, what="example")  # intact: no error
+        >>> state["rows"][0] = 7
+        >>> try:
+        ...     verify_state(state, what="example")
+        ... except CheckpointCorruptedError as error:
+        ...     print(str(error).split(" (")[0])
+        example: corrupted tensor 'rows'
     """
     state["checksums"] = _checksums(state)
     return state
@@ -128,6 +139,20 @@ def write_checksum_manifest(directory: str | Path) -> None:
 
     Args:
         directory: a checkpoint directory, after every file of it has been written.
+
+    Examples:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     _ = (Path(folder) / "rows.bin").write_bytes(b"abc")
+        ...     write_checksum_manifest(folder)
+        ...     verify_checksum_manifest(folder)  # intact: no error
+        ...     _ = (Path(folder) / "rows.bin").write_bytes(b"abd")
+        ...     try:
+        ...         verify_checksum_manifest(folder)
+        ...     except CheckpointCorruptedError as error:
+        ...         print("rows.bin" in str(error))
+        True
     """
     directory = Path(directory)
     files = sorted(
