@@ -4,16 +4,22 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+comma := ,
 # Rendering DMC pixels without a GPU goes through Mesa EGL.
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: help sysdeps venv install install-dev install-docs test test-all lint format demo bench docs clean
+# CPU-only machines can take torch from the PyTorch CPU wheel index (no CUDA libraries), e.g.
+#   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+
+.PHONY: help sysdeps venv install install-examples install-dev install-docs test test-all lint format demo bench docs clean
 
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-17s %s\n", $$1, $$2}'
 
-# Mesa's EGL (software rendering for dm_control) is usually present; install it when it is not.
+# Mesa's EGL (software rendering for dm_control) is usually present; when it is not, this
+# installs it with apt-get (needs root). Nothing is installed when libEGL_mesa is found.
 sysdeps:  ## system libraries for headless MuJoCo rendering (apt, only when missing)
 	@if ! ldconfig -p | grep -q libEGL_mesa; then \
 		echo "installing Mesa EGL for headless MuJoCo rendering"; \
@@ -23,22 +29,27 @@ sysdeps:  ## system libraries for headless MuJoCo rendering (apt, only when miss
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
+	$(if $(TORCH_INDEX),$(PIP) install -q --index-url $(TORCH_INDEX) "torch>=2.15$(comma)<2.16")
 
 # One stamp per extras set: reinstall when pyproject.toml changes.
 $(VENV)/.stamp-base: pyproject.toml | $(PY)
 	$(PIP) install -q -e .
 	@touch $@
+$(VENV)/.stamp-examples: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[examples]"
+	@touch $@ $(VENV)/.stamp-base
 $(VENV)/.stamp-dev: pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[dev]"
-	@touch $@ $(VENV)/.stamp-base
+	@touch $@ $(VENV)/.stamp-examples $(VENV)/.stamp-base
 $(VENV)/.stamp-docs: pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[dev,docs]"
-	@touch $@ $(VENV)/.stamp-dev $(VENV)/.stamp-base
+	@touch $@ $(VENV)/.stamp-dev $(VENV)/.stamp-examples $(VENV)/.stamp-base
 
 venv: $(PY)  ## create .venv
-install: sysdeps $(VENV)/.stamp-base  ## install the package into .venv
-install-dev: sysdeps $(VENV)/.stamp-dev  ## install the package with test and lint tools
-install-docs: $(VENV)/.stamp-docs  ## install the package with the docs toolchain
+install: $(VENV)/.stamp-base  ## install the package (core dependencies only) into .venv
+install-examples: sysdeps $(VENV)/.stamp-examples  ## + Atari, DMC and what the recipes need
+install-dev: sysdeps $(VENV)/.stamp-dev  ## + test and lint tools (the tests run the recipes)
+install-docs: $(VENV)/.stamp-docs  ## + the docs toolchain
 
 test: install-dev  ## run the test suite (fast; slow tests excluded)
 	$(PY) -m pytest -m "not slow" -n 2 --timeout 600 -q
@@ -55,7 +66,7 @@ format: install-dev  ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix torchrl_seer tests examples seer_benchmarks
 	$(PY) -m ruff format torchrl_seer tests examples seer_benchmarks
 
-demo: install  ## run the flagship recipe on CPU (short budget) and print where its report is
+demo: install-examples  ## run the flagship recipe on CPU (short budget) and print where its report is
 	$(PY) examples/seer_atari.py --demo
 
 bench: install-dev  ## run the benchmarks and rewrite docs/benchmarks*.md

@@ -28,6 +28,7 @@ from torchrl.weight_update import RayWeightSyncScheme
 
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 from torchrl_seer.collectors.weight_sync import CompressedPacketSender, _is_packet
+from torchrl_seer.optional_dependencies import import_optional
 
 __all__ = ["CompressedRayWeightSyncScheme"]
 
@@ -53,7 +54,7 @@ class _RayPacketTransport:
 
     def wait_ack(self) -> None:
         """Blocks until the remote collector has rebuilt its policy from the packet."""
-        import ray
+        ray = import_optional("ray", extra="ray")
 
         if self._pending is None:
             raise RuntimeError("no packet in flight: call send_weights_async first")

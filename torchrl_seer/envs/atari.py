@@ -15,6 +15,8 @@ from torchrl.envs import (
     UnsqueezeTransform,
 )
 
+from torchrl_seer.optional_dependencies import import_optional
+
 __all__ = ["make_atari_env"]
 
 
@@ -82,8 +84,9 @@ def make_atari_env(
         >>> bool((rollout["next", "pixels"][:-1] == rollout["pixels"][1:]).all())
         True
     """
-    import ale_py
-    import gymnasium as gym
+    ale_py = import_optional("ale_py", extra="atari")
+    gym = import_optional("gymnasium", extra="atari")
+    import_optional("cv2", extra="atari")  # AtariPreprocessing resizes frames with OpenCV
     from gymnasium.wrappers import AtariPreprocessing
 
     if frame_stack < 1:

@@ -17,6 +17,8 @@ from torchrl.envs import (
     TransformedEnv,
 )
 
+from torchrl_seer.optional_dependencies import import_optional
+
 __all__ = ["PLANET_ACTION_REPEAT", "make_dmc_env"]
 
 #: Action repeat of the PlaNet benchmark (Hafner et al., 2019), used by CURL, DrQ and SEER.
@@ -128,7 +130,7 @@ def make_dmc_env(
         torch.Size([2, 5])
     """
     _ensure_headless_rendering()
-    from dm_control import suite
+    suite = import_optional("dm_control.suite", extra="dmc")
 
     if frame_stack < 1:
         raise ValueError(f"frame_stack must be >= 1, got {frame_stack}.")
