@@ -12,8 +12,8 @@ Read top to bottom:
    the encoder beside the critic (``--no-curl`` turns it off);
 4. a pixel replay buffer;
 5. ``FreezeEncoderHook``: at T_f the whole encoder stops training (no encoder optimizer, no
-   contrastive update, no EMA), the target critic is hard-copied from the online one (SEER
-   spec §7), every stored observation is encoded into K random-crop latents
+   contrastive update, no EMA), the target critic is hard-copied from the online one (SEER's
+   reference behaviour), every stored observation is encoded into K random-crop latents
    (K = ``--num-copies``), the pixel storage is freed and the buffer re-sized to the same
    memory budget; new transitions are encoded on write and each sampled element uses one of
    its K copies;
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--target-sync",
         choices=["full", "encoder"],
         default="full",
-        help="at the freeze: hard-copy the whole critic into its target (spec §7), or only the"
+        help="at the freeze: hard-copy the whole critic into its target (SEER's default), or only the"
         " frozen encoder",
     )
     p.add_argument(
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> Path:
         updates += 1
         if updates % args.actor_update_freq == 0:
             target_q_updater.step()
-            if not hook.frozen:  # the encoder EMA stops at the freeze (spec §7)
+            if not hook.frozen:  # the encoder EMA stops at the freeze
                 with torch.no_grad():
                     for p_target, p in zip(
                         target_encoder.parameters(), encoder.parameters(), strict=True

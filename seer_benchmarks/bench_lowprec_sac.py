@@ -1,6 +1,6 @@
 """Low-precision SAC: learner-state memory and update time against TorchRL's fp32 SAC.
 
-Setting (spec §4): 2x1024 MLPs for the actor and the two critics, batch 1024, walker_walk's
+Setting: 2x1024 MLPs for the actor and the two critics, batch 1024, walker_walk's
 dimensions (24-d observation, 6-d action), synthetic batches (the update cost does not depend
 on the data). The fp32 baseline is TorchRL's ``SACLoss`` + three ``torch.optim.Adam`` +
 ``SoftUpdate``; the low-precision runs are ``LowPrecisionSACLoss`` with the ``bf16``,

@@ -19,14 +19,14 @@ class LatentEncodeTransform(Transform):
 
     Append it to a replay buffer (``rb.append_transform(t)``): ``ReplayBuffer.extend`` runs
     :meth:`inv` before writing, so the storage only ever allocates the latent keys. Encoding runs
-    under ``torch.no_grad`` in eval mode (SEER spec R7; each submodule's training mode is restored
+    under ``torch.no_grad`` in eval mode (each submodule's training mode is restored
     afterwards) with the encoder's frozen part **as it is at write time**: the transform shares
     that module instead of copying it, so a transform built before training, or before a
     checkpoint is loaded, still encodes with the trained weights. :class:`FreezeEncoderHook`
     stops those weights from changing at the freeze, so every latent comes from one encoder.
 
     With ``num_copies = K > 1`` every observation gets ``K`` independently augmented copies (CURL
-    crop augmentation, SEER spec §6) stored as ``[*batch, K, *latent_shape]``; on sampling one copy
+    crop augmentation, as SEER does on DMC) stored as ``[*batch, K, *latent_shape]``; on sampling one copy
     index per element is drawn and used for every latent key of that element.
 
     Args:

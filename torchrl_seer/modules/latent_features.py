@@ -15,7 +15,8 @@ __all__ = ["LatentOrPixelFeatures"]
 class LatentOrPixelFeatures(TensorDictModuleBase):
     """Encoder stage of a SEER network: features from a stored latent, or from pixels.
 
-    Dispatch is on an explicit key, never on a tensor shape (SEER spec R6): if ``latent_key``
+    Dispatch is on an explicit key, never on a tensor shape (which would break when the latent
+    and pixel shapes coincide): if ``latent_key``
     is in the input (a batch sampled from a latent replay buffer after the freeze) only the
     encoder's :attr:`~torchrl_seer.modules.SplitEncoder.trainable_part` runs; otherwise (acting
     on environment observations, or learning before the freeze) the full encoder runs on

@@ -28,7 +28,7 @@ class CURLLoss(LossModule):
         loss_curl    = cross_entropy(logits, labels = [0, 1, ..., B-1])
 
     Gradients reach ``f_q`` and ``W`` only. In SEER the update stops at the freeze step T_f
-    together with the encoder optimizer and EMA (spec §R8): stop calling this loss once
+    together with the encoder optimizer and EMA (a resumable freeze): stop calling this loss once
     :class:`~torchrl_seer.trainers.FreezeEncoderHook` has frozen the encoder, and give the
     hook the optimizer that holds the encoder so its state is dropped.
 
