@@ -91,8 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--target-sync",
         choices=["full", "encoder"],
         default="full",
-        help="at the freeze: hard-copy the whole critic into its target (SEER's default), or only the"
-        " frozen encoder",
+        help="at the freeze: hard-copy the whole critic into its target (SEER's default), or only"
+        " the frozen encoder",
     )
     p.add_argument(
         "--autocast",

@@ -1,7 +1,7 @@
 """Learning curves of recipe runs: reading TorchRL CSV scalars, binning and mean/min-max plots.
 
-Shared by the returns-parity aggregators (``seer_benchmarks.parity_*``), which turn the CSV logs that
-the example recipes write into docs pages.
+Shared by the returns-parity aggregators (``seer_benchmarks.parity_*``), which turn the CSV logs
+that the example recipes write into docs pages.
 """
 
 from __future__ import annotations

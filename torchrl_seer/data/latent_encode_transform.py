@@ -26,7 +26,8 @@ class LatentEncodeTransform(Transform):
     stops those weights from changing at the freeze, so every latent comes from one encoder.
 
     With ``num_copies = K > 1`` every observation gets ``K`` independently augmented copies (CURL
-    crop augmentation, as SEER does on DMC) stored as ``[*batch, K, *latent_shape]``; on sampling one copy
+    crop augmentation, as SEER does on DMC) stored as ``[*batch, K, *latent_shape]``; on
+    sampling one copy
     index per element is drawn and used for every latent key of that element.
 
     Args:
