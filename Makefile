@@ -52,7 +52,7 @@ install-dev: sysdeps $(VENV)/.stamp-dev  ## + test and lint tools (the tests run
 install-docs: $(VENV)/.stamp-docs  ## + the docs toolchain
 
 test: install-dev  ## run the test suite (fast; slow tests excluded)
-	$(PY) -m pytest -m "not slow" -n 2 --timeout 600 -q
+	$(PY) -m pytest -m "not slow" -n 2 --timeout 600 -q --durations=10
 
 test-all: install-dev  ## run every test, slow ones included
 	$(PY) -m pytest -n 2 --timeout 1200 -q
