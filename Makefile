@@ -67,7 +67,7 @@ format: install-dev  ## apply ruff fixes and formatting
 	$(PY) -m ruff format torchrl_seer tests examples seer_benchmarks
 
 demo: install-examples  ## run the flagship recipe on CPU (short budget) and print where its report is
-	$(PY) examples/seer_atari.py --demo
+	$(PY) examples/seer_atari.py --config-name seer_atari_demo
 
 bench: install-dev  ## run the benchmarks and rewrite docs/benchmarks*.md
 	$(PY) -m seer_benchmarks.run_all

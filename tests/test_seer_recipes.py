@@ -1,85 +1,84 @@
-"""End-to-end smoke runs of the SEER recipes (slow: real environments)."""
+"""SEER recipes at a tiny budget: freeze, migration, report, checkpoint and resume."""
 
-import sys
 from pathlib import Path
 
 import pytest
+from _recipes import assert_same_checkpoints, recipe_config, run_recipe
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+ATARI_TINY = (
+    "collector.total_frames=240", "seer.freeze_at=96", "optim.learn_start=48",
+    "replay_buffer.size=200", "optim.batch_size=8", "optim.updates_per_batch=1",
+    "logger.report_every=120",
+)  # fmt: skip
 
 
-@pytest.mark.slow
-def test_atari_recipe_freezes_migrates_and_reports(tmp_path):
-    import seer_atari
+def _run_dir(report: Path) -> Path:
+    return report.parent
 
-    report = seer_atari.main(
-        [
-            "--total-steps", "400",
-            "--freeze-at", "200",
-            "--learn-start", "100",
-            "--buffer-size", "300",
-            "--updates-per-batch", "2",
-            "--latent-dtype", "int8",
-            "--prioritized",
-            "--save-encoder", str(tmp_path / "enc.pt"),
-            "--out-dir", str(tmp_path),
-        ]
+
+def test_atari_recipe_freezes_migrates_reports_and_saves_the_encoder(tmp_path):
+    report = run_recipe(
+        "seer_atari", *ATARI_TINY, "seer.latent_dtype=int8", "replay_buffer.prioritized=true",
+        f"seer.save_encoder={tmp_path / 'enc.pt'}", f"logger.output_dir={tmp_path}",
     )  # fmt: skip
     text = report.read_text()
     assert "latent capacity c'" in text and (report.parent / "report.png").exists()
-    assert (tmp_path / "enc.pt").exists()
-    transfer = seer_atari.main(
-        [
-            "--game", "Breakout",
-            "--total-steps", "200",
-            "--freeze-at", "0",
-            "--learn-start", "100",
-            "--load-encoder", str(tmp_path / "enc.pt"),
-            "--latent-capacity", "1000",
-            "--out-dir", str(tmp_path),
-        ]
+    assert "Seeds: python 0, numpy 0, torch 0" in text
+    assert list(report.parent.rglob("*.csv"))  # TorchRL CSV logger output
+    transfer = run_recipe(
+        "seer_atari", "env.name=Breakout", "collector.total_frames=64", "seer.freeze_at=0",
+        "optim.learn_start=32", "optim.batch_size=8", "optim.updates_per_batch=1",
+        f"seer.load_encoder={tmp_path / 'enc.pt'}", "seer.latent_capacity=1000",
+        "logger.backend=null", f"logger.output_dir={tmp_path}",
     )  # fmt: skip
-    assert "| learner updates before / after freeze | 0 /" in transfer.read_text()
+    assert "| learner updates before / after freeze | 0 / 5 |" in transfer.read_text()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("autocast", ["none", "bf16"])
-def test_dmc_recipe_freezes_migrates_and_reports(tmp_path, autocast):
-    import seer_dmc
+def test_atari_recipe_resumed_after_the_freeze_equals_an_uninterrupted_run(tmp_path):
+    # checkpoint at 120 agent steps (frozen at 96, latent buffer), stopped, resumed to 240
+    common = (*ATARI_TINY, "checkpoint.interval=120", "logger.backend=csv")
+    full = run_recipe("seer_atari", *common, f"logger.output_dir={tmp_path / 'full'}")
+    stopped = run_recipe(
+        "seer_atari", *common, "collector.total_frames=120", f"logger.output_dir={tmp_path / 'cut'}"
+    )
+    assert "freeze step T_f (agent steps) | 96" in stopped.read_text()
+    resumed = run_recipe(
+        "seer_atari", *common, f"resume={stopped.parent}", f"logger.output_dir={tmp_path / 'cut'}"
+    )
+    assert resumed.parent == stopped.parent
+    assert_same_checkpoints(full.parent / "checkpoint", resumed.parent / "checkpoint")
+    assert resumed.read_text().split("## Configuration")[0].count("|") > 0
 
-    report = seer_dmc.main(
-        [
-            "--total-steps", "60",
-            "--freeze-at", "40",
-            "--learn-start", "20",
-            "--buffer-size", "50",
-            "--batch-size", "8",
-            "--hidden", "32",
-            "--num-copies", "2",
-            "--autocast", autocast,
-            "--out-dir", str(tmp_path),
-        ]
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("collector.total_frames=-5", "collector.total_frames must be > 0, got -5"),
+        ("optim.batch_size=0", "optim.batch_size must be > 0, got 0"),
+        ("env.name=Pongg", "env.name='Pongg' is not an ALE game. Did you mean"),
+        ("seer.freeze_at=-1", "seer.freeze_at must be a step >= 0 or 'auto'"),
+        ("logger.backend=visdom", "logger.backend must be one of"),
+        ("checkpoint.interval=12", "must be a multiple of collector.frames_per_batch"),
+    ],
+)
+def test_atari_recipe_refuses_bad_settings_before_creating_anything(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("'", "'")):
+        run_recipe("seer_atari", override, f"logger.output_dir={tmp_path / 'runs'}")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_refuses_a_changed_setting(tmp_path):
+    report = run_recipe(
+        "seer_atari", "collector.total_frames=16", "optim.learn_start=1000",
+        "logger.backend=null", f"logger.output_dir={tmp_path}",
     )  # fmt: skip
-    assert "latent capacity c'" in report.read_text()
+    with pytest.raises(ValueError, match=r"optim.lr: 0.0001 -> 0.5"):
+        run_recipe("seer_atari", "optim.lr=0.5", f"resume={report.parent}",
+                   f"logger.output_dir={tmp_path}")  # fmt: skip
 
 
-@pytest.mark.slow
-def test_dmc_recipe_freeze_only_ablation_keeps_pixel_replay(tmp_path):
-    import seer_dmc
-
-    report = seer_dmc.main(
-        [
-            "--total-steps", "40",
-            "--freeze-at", "25",
-            "--learn-start", "15",
-            "--buffer-size", "30",
-            "--batch-size", "8",
-            "--hidden", "32",
-            "--no-curl",
-            "--no-latent-replay",
-            "--out-dir", str(tmp_path),
-        ]
-    )  # fmt: skip
-    text = report.read_text()
-    assert "| learner updates before / after freeze | 10 / 16 |" in text
-    assert "latent capacity c'" not in text  # the buffer was not migrated
+def test_demo_config_is_the_recipe_config_with_a_shorter_run():
+    demo = recipe_config("seer_atari", config_name="seer_atari_demo")
+    full = recipe_config("seer_atari")
+    assert demo.collector.total_frames == 6_000 and demo.seer.freeze_at == 2_000
+    assert demo.optim.lr == full.optim.lr and demo.env.name == full.env.name

@@ -1,0 +1,83 @@
+"""Runs a recipe of ``examples/`` in-process with hydra overrides, as its command line would."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from tensordict import TensorDict
+
+from torchrl_seer.trainers.helpers import load_recipe_config
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_recipe(name: str) -> ModuleType:
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def recipe_config(name: str, *overrides: str, config_name: str | None = None):
+    return load_recipe_config(EXAMPLES / "configs", config_name or name, overrides)
+
+
+def run_recipe(name: str, *overrides: str, config_name: str | None = None):
+    return load_recipe(name).train(recipe_config(name, *overrides, config_name=config_name))
+
+
+def assert_same_checkpoints(dir_a: Path, dir_b: Path) -> None:
+    """Model/optimizer/hook state and replay-buffer files of two checkpoints are identical."""
+    a = torch.load(dir_a / "state.pt", weights_only=False)
+    b = torch.load(dir_b / "state.pt", weights_only=False)
+    assert a["frames"] == b["frames"]
+    _assert_equal(a["state"], b["state"], "state")
+    _assert_equal(a["rng"]["torch"], b["rng"]["torch"], "rng")
+    files_a = sorted(p.relative_to(dir_a) for p in dir_a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(dir_b) for p in dir_b.rglob("*") if p.is_file())
+    assert files_a == files_b
+    for buffer in sorted(p for p in dir_a.iterdir() if p.name.startswith("replay_buffer_")):
+        _assert_same_buffer(buffer, dir_b / buffer.name)
+
+
+def _assert_same_buffer(dir_a: Path, dir_b: Path) -> None:
+    """The filled part of two dumped replay buffers, their writer and sampler are identical."""
+    for name in ("writer/metadata.json", "storage/storage_metadata.json"):
+        assert (dir_a / name).read_text() == (dir_b / name).read_text(), name
+    length = json.loads((dir_a / "storage/storage_metadata.json").read_text())["len"]
+    if (dir_a / "storage" / "meta.json").exists():  # a TensorStorage: compare the filled slots
+        a = TensorDict.load_memmap(dir_a / "storage")[:length]
+        b = TensorDict.load_memmap(dir_b / "storage")[:length]
+        assert (a == b).all(), dir_a.name
+    for path in sorted(p for p in dir_a.rglob("*") if p.is_file()):
+        rel = path.relative_to(dir_a)
+        if rel.parts[0] != "storage" or not (dir_a / "storage" / "meta.json").exists():
+            assert path.read_bytes() == (dir_b / rel).read_bytes(), rel
+
+
+MEASUREMENTS = ("seconds", "rss_before_bytes", "rss_after_bytes")  # wall time and memory
+
+
+def _assert_equal(a, b, where: str) -> None:
+    if where.rsplit(".", 1)[-1] in MEASUREMENTS:
+        return
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            _assert_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_equal(x, y, f"{where}[{i}]")
+    elif not (isinstance(a, float) and a != a):
+        assert a == b, where
