@@ -1,5 +1,6 @@
 """SEER recipes at a tiny budget: freeze, migration, report, checkpoint and resume."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,7 @@ def test_atari_recipe_resumed_after_the_freeze_equals_an_uninterrupted_run(tmp_p
     ],
 )
 def test_atari_recipe_refuses_bad_settings_before_creating_anything(tmp_path, override, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("'", "'")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         run_recipe("seer_atari", override, f"logger.output_dir={tmp_path / 'runs'}")
     assert not (tmp_path / "runs").exists()
 
@@ -82,3 +83,23 @@ def test_demo_config_is_the_recipe_config_with_a_shorter_run():
     full = recipe_config("seer_atari")
     assert demo.collector.total_frames == 6_000 and demo.seer.freeze_at == 2_000
     assert demo.optim.lr == full.optim.lr and demo.env.name == full.env.name
+
+
+def test_transfer_recipe_runs_the_target_frozen_from_the_first_step(tmp_path):
+    source, target = run_recipe(
+        "seer_transfer", "source.total_frames=96", "source.freeze_at=48",
+        "target.total_frames=48", "target.latent_capacity=500", "seed=3",
+        "recipe_overrides=['optim.learn_start=32','optim.batch_size=8',"
+        "'optim.updates_per_batch=1','replay_buffer.size=100']",
+        "logger.backend=null", f"logger.output_dir={tmp_path}",
+    )  # fmt: skip
+    assert (tmp_path / "seer_encoder_Pong.pt").is_file()
+    assert "Seeds: python 3" in target.read_text()
+    assert "| learner updates before / after freeze | 0 / 3 |" in target.read_text()
+    assert "| learner updates before / after freeze | 2 / 7 |" in source.read_text()
+
+
+def test_transfer_recipe_checks_the_target_game_before_the_source_run(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("env.name='Brekout' is not an ALE game")):
+        run_recipe("seer_transfer", "target.env_name=Brekout", f"logger.output_dir={tmp_path}")
+    assert not any(tmp_path.iterdir())
