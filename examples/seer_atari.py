@@ -216,7 +216,8 @@ def train(cfg: DictConfig) -> Path:
                     run.log_scalar(f"seer/{key}", value, step=FRAME_SKIP * steps)
 
     freeze_step(steps)  # with seer.freeze_at=0 (transfer) the buffer stores latents from the start
-    pbar = tqdm(total=cfg.collector.total_frames, initial=steps, desc="SEER Atari", unit="step")
+    total = cfg.collector.total_frames
+    pbar = tqdm(total=total, initial=steps, desc="SEER Atari", unit="step")
     for segment in run.segments(cfg.collector.total_frames, start=steps):
         collector = Collector(
             make_env(),
@@ -242,7 +243,8 @@ def train(cfg: DictConfig) -> Path:
                 step, change = hook.convergence.history[-1]
                 if step == steps:
                     run.log_scalar("seer/encoder_relative_change", change, FRAME_SKIP * steps)
-            if steps // cfg.logger.report_every > (steps - data.numel()) // cfg.logger.report_every:
+            every = cfg.logger.report_every
+            if steps // every > (steps - data.numel()) // every and steps < total:
                 report()
             if len(rb) < cfg.optim.learn_start:
                 continue

@@ -103,3 +103,37 @@ def test_transfer_recipe_checks_the_target_game_before_the_source_run(tmp_path):
     with pytest.raises(ValueError, match=re.escape("env.name='Brekout' is not an ALE game")):
         run_recipe("seer_transfer", "target.env_name=Brekout", f"logger.output_dir={tmp_path}")
     assert not any(tmp_path.iterdir())
+
+
+DMC_TINY = (
+    "collector.total_frames=24", "seer.freeze_at=16", "optim.learn_start=8",
+    "replay_buffer.size=20", "optim.batch_size=4", "network.hidden=16", "seer.num_copies=2",
+    "logger.report_every=12",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("autocast", ["none", "bf16"])
+def test_dmc_recipe_freezes_migrates_and_reports(tmp_path, autocast):
+    report = run_recipe(
+        "seer_dmc", *DMC_TINY, f"optim.autocast={autocast}", f"logger.output_dir={tmp_path}"
+    )
+    text = report.read_text()
+    assert "latent capacity c'" in text
+    assert "| learner updates before / after freeze | 8 / 9 |" in text
+    assert "freeze at environment frame | 128" in text  # 16 agent steps x action repeat 8
+
+
+def test_dmc_recipe_freeze_only_ablation_keeps_pixel_replay(tmp_path):
+    report = run_recipe(
+        "seer_dmc", *DMC_TINY, "loss.curl=false", "seer.latent_replay=false",
+        "logger.backend=null", f"logger.output_dir={tmp_path}",
+    )  # fmt: skip
+    text = report.read_text()
+    assert "| learner updates before / after freeze | 8 / 9 |" in text
+    assert "latent capacity c'" not in text  # the buffer was not migrated
+
+
+def test_dmc_recipe_refuses_an_unknown_task_before_creating_anything(tmp_path):
+    with pytest.raises(ValueError, match="Did you mean"):
+        run_recipe("seer_dmc", "env.name=cartpole_swingupp", f"logger.output_dir={tmp_path}")
+    assert not any(tmp_path.iterdir())

@@ -19,7 +19,7 @@ from torchrl.envs import (
 
 from torchrl_seer.optional_dependencies import import_optional
 
-__all__ = ["PLANET_ACTION_REPEAT", "make_dmc_env"]
+__all__ = ["PLANET_ACTION_REPEAT", "make_dmc_env", "split_dmc_task"]
 
 #: Action repeat of the PlaNet benchmark (Hafner et al., 2019), used by CURL, DrQ and SEER.
 PLANET_ACTION_REPEAT: dict[str, int] = {
@@ -42,6 +42,38 @@ def _ensure_headless_rendering() -> None:
         os.environ["MUJOCO_GL"] = "egl"
     if os.environ.get("MUJOCO_GL") == "egl":
         os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+
+def split_dmc_task(name: str) -> tuple[str, str]:
+    """Splits a ``<domain>_<task>`` name into the Control Suite's domain and task.
+
+    Domains may hold underscores (``ball_in_cup_catch`` is ``("ball_in_cup", "catch")``), so
+    the name is matched against the suite's task list; nothing is built or rendered.
+
+    Args:
+        name (str): e.g. ``"cartpole_swingup"``.
+
+    Returns:
+        ``(domain, task)``.
+
+    Raises:
+        ValueError: the suite has no such task (the closest names are suggested).
+
+    Examples:
+        >>> from torchrl_seer.envs import split_dmc_task
+        >>> split_dmc_task("ball_in_cup_catch")
+        ('ball_in_cup', 'catch')
+    """
+    import difflib
+
+    _ensure_headless_rendering()
+    suite = import_optional("dm_control.suite", extra="dmc")
+    tasks = {f"{domain}_{task}": (domain, task) for domain, task in suite.ALL_TASKS}
+    if name in tasks:
+        return tasks[name]
+    close = difflib.get_close_matches(name, list(tasks), n=3)
+    hint = f" Did you mean {close}?" if close else ""
+    raise ValueError(f"{name!r} is not a DeepMind Control Suite task <domain>_<task>.{hint}")
 
 
 class _ActionRepeat:
