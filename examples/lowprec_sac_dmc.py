@@ -1,8 +1,8 @@
 """Low-precision SAC on DeepMind Control from states: fp32 vs fp16 vs bf16 vs naive fp16.
 
 Björck et al. (ICML 2021) run SAC entirely in fp16 — no fp32 master weights — with six
-numerical fixes. This recipe trains the same SAC agent once per ``--precision`` and plots
-their returns side by side. Read top to bottom:
+numerical fixes. This recipe trains the same SAC agent once per precision of ``loss.precisions``
+and plots their returns side by side. Read top to bottom:
 
 1. a DMC task from states (``make_dmc_env(..., from_pixels=False)``, action repeat 1);
 2. an actor (MLP -> tanh-squashed Gaussian, log-std in [-5, 2]) and a Q-network (MLP),
@@ -15,73 +15,75 @@ their returns side by side. Read top to bottom:
    updates, or Adam) and one loss scaler per optimizer (compound scaling for fp16, the
    AMP-style unscaling scaler for naive fp16, none for fp32/bf16);
 5. ``loss.make_target_updater``: ``KahanSoftUpdate`` (Kahan-momentum) or TorchRL's
-   ``SoftUpdate``, stepped every ``--target-update-interval`` updates;
-6. the loop: collect (random actions for ``--init-random-steps``) -> fp32 replay buffer ->
+   ``SoftUpdate``, stepped every ``loss.target_update_interval`` updates;
+6. the loop: collect (random actions for ``collector.init_random_frames``) -> fp32 replay buffer ->
    sample -> loss (batch cast to low precision inside) -> stepper -> target update; a run
    whose parameters go non-finite is stopped and reported as diverged;
-7. periodic deterministic evaluation, TorchRL CSV logging, and a report (markdown + PNG of
-   the return curves of every precision) in the printed run folder.
+7. periodic deterministic evaluation, TorchRL logging, and a report (markdown + PNG of the
+   return curves of every precision) rewritten at every evaluation; a checkpoint every
+   ``checkpoint.interval`` steps (``resume=<run dir>`` continues a run).
 
 fp16 is meant for GPUs: on a CPU it is a correctness run (CPU fp16 kernels are slow to very
 slow depending on the CPU and PyTorch build), and bf16 is the low-precision path to use.
 ``bf16-lean`` / ``fp16-lean`` hold the learner state in 0.55 of fp32's (int8 Kahan
-compensations, stochastically rounded actor and critic updates).
+compensations, stochastically rounded actor and critic updates). Configuration:
+``examples/configs/lowprec_sac_dmc.yaml``, e.g.::
+
+    python examples/lowprec_sac_dmc.py "loss.precisions=[fp32,fp16,naive-fp16]" env.name=walker_walk
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
+from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+import hydra
 import torch
-from tensordict import TensorDictBase
+from omegaconf import DictConfig, OmegaConf
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.collectors import Collector
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.envs import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
-from torchrl.record.loggers import get_logger
 from tqdm import tqdm
 
-from torchrl_seer.envs import make_dmc_env
+from torchrl_seer.envs import make_dmc_env, split_dmc_task
 from torchrl_seer.objectives import PRECISION_PRESETS, LowPrecisionSACLoss
+from torchrl_seer.trainers.helpers import (
+    EpisodeReturns,
+    RecipeRun,
+    ReportPlot,
+    ReportTable,
+    check_config,
+    resolve_device,
+    seed_everything,
+    write_report,
+)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp16-lean", "bf16-lean", "naive-fp16")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--env", default="cartpole_swingup", help="DMC <domain>_<task>")
-    parser.add_argument(
-        "--precision",
-        nargs="+",
-        choices=PRECISIONS,
-        default=["fp32", "bf16"],
-        help="one or more precisions, trained in sequence with the same seed",
-    )
-    parser.add_argument("--total-steps", type=int, default=20_000, help="env steps per run")
-    parser.add_argument("--init-random-steps", type=int, default=1_000)
-    parser.add_argument("--frames-per-batch", type=int, default=10, help="updates per batch too")
-    parser.add_argument("--action-repeat", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--hidden", type=int, default=256, help="width of the 2-layer MLPs")
-    parser.add_argument("--lr", type=float, default=3e-4, help="reference: 1e-4 at batch 1024")
-    parser.add_argument("--gamma", type=float, default=0.99)
-    parser.add_argument("--tau", type=float, default=0.005)
-    parser.add_argument("--target-update-interval", type=int, default=2)
-    parser.add_argument("--alpha-init", type=float, default=0.1)
-    parser.add_argument("--eval-every", type=int, default=2_000, help="env steps")
-    parser.add_argument("--eval-episodes", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--logger", default="csv", help="TorchRL logger backend")
-    parser.add_argument("--out-dir", default="runs")
-    return parser.parse_args(argv)
+def check(cfg: DictConfig) -> tuple[str, str]:
+    """Refuses a bad configuration before anything is created; returns (domain, task)."""
+    check_config(
+        cfg,
+        positive=[
+            "collector.total_frames", "collector.frames_per_batch", "env.action_repeat",
+            "replay_buffer.size",
+            "optim.lr", "optim.batch_size", "loss.target_update_interval", "network.hidden",
+            "logger.eval_every", "logger.eval_episodes",
+        ],
+        non_negative=["collector.init_random_frames", "loss.tau", "loss.alpha_init"],
+        choices={"loss.precisions": PRECISIONS},
+    )  # fmt: skip
+    if cfg.checkpoint.interval % cfg.collector.frames_per_batch:
+        raise ValueError(
+            f"checkpoint.interval ({cfg.checkpoint.interval}) must be a multiple of "
+            f"collector.frames_per_batch ({cfg.collector.frames_per_batch})."
+        )
+    return split_dmc_task(cfg.env.name)
 
 
 class CastTo(torch.nn.Module):
@@ -151,27 +153,33 @@ def evaluate(env, policy, episodes: int) -> float:
     return sum(returns) / len(returns)
 
 
-def train(precision: str, args: argparse.Namespace, run_dir: Path) -> dict:
-    torch.manual_seed(args.seed)
-    domain, task = args.env.split("_", 1)
-    make_env = lambda seed: make_dmc_env(  # noqa: E731
-        domain, task, from_pixels=False, action_repeat=args.action_repeat, seed=seed
-    )
-    env, eval_env = make_env(args.seed), make_env(args.seed + 1000)
+def train_precision(
+    precision: str, cfg: DictConfig, run: RecipeRun, task: tuple[str, str], finished: list[dict]
+) -> dict[str, Any]:
+    """Trains one precision (resuming it from the run's checkpoint if it was saved mid-way)."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)  # every precision starts from the same seed
+
+    def make_env(seed: int | None = None):
+        return make_dmc_env(
+            *task, from_pixels=False, action_repeat=cfg.env.action_repeat, seed=seed,
+            device=device,
+        )  # fmt: skip
 
     # 2-3. networks in fp32, then the loss casts them and swaps in the fixed distribution
-    actor, qvalue = make_agent(env, args.hidden, PRECISION_PRESETS[precision]["dtype"])
+    env = make_env()
+    actor, qvalue = make_agent(env, cfg.network.hidden, PRECISION_PRESETS[precision]["dtype"])
     loss = LowPrecisionSACLoss(
-        actor,
-        qvalue,
+        actor.to(device),
+        qvalue.to(device),
         **PRECISION_PRESETS[precision],
-        alpha_init=args.alpha_init,
+        alpha_init=cfg.loss.alpha_init,
         loss_function="l2",  # pytorch_sac's critic loss
     )
-    loss.make_value_estimator(gamma=args.gamma)
+    loss.make_value_estimator(gamma=cfg.loss.gamma)
     # 4-5. optimizers + scalers, and the target updater, as the switches select
-    stepper = loss.make_optimization_stepper(lr=args.lr)
-    target_updater = loss.make_target_updater(tau=args.tau)
+    stepper = loss.make_optimization_stepper(lr=cfg.optim.lr)
+    target_updater = loss.make_target_updater(tau=cfg.loss.tau)
 
     # the collector's policy: fp32 observations in (CastTo), fp32 actions out
     policy = TensorDictSequential(
@@ -179,105 +187,157 @@ def train(precision: str, args: argparse.Namespace, run_dir: Path) -> dict:
         TensorDictModule(lambda a: a.float(), in_keys=["action"], out_keys=["action"]),
         selected_out_keys=["action"],
     )
-    collector = Collector(
-        env,
-        policy,
-        frames_per_batch=args.frames_per_batch,
-        total_frames=args.total_steps,
-        init_random_frames=args.init_random_steps,
-    )
+    total = cfg.collector.total_frames
     buffer = TensorDictReplayBuffer(
-        storage=LazyTensorStorage(args.total_steps), batch_size=args.batch_size
+        storage=LazyTensorStorage(cfg.replay_buffer.size, device=device),
+        batch_size=cfg.optim.batch_size,
     )
-    logger = get_logger(args.logger, logger_name=str(run_dir), experiment_name=precision)
+    episodes = EpisodeReturns(run.log_scalar, prefix=f"{precision}/")
+    state: dict[str, Any] = {"loss": loss, "stepper": stepper, "episodes": episodes}
+    if hasattr(target_updater, "state_dict"):
+        state["target_updater"] = target_updater
+    steps, result = 0, None
+    if run.checkpointer.exists() and cfg.resume is not None:
+        saved = run.checkpointer.read()["extra"]
+        if saved["current"]["precision"] == precision:
+            steps, extra = run.restore(state=state, replay_buffers={"replay": buffer})
+            result = extra["current"]
+    result = result or {
+        "precision": precision, "diverged_at": None, "skipped_steps": 0, "updates": 0,
+        "curve": [], "seconds": 0.0, "steps": 0,
+    }  # fmt: skip
 
-    curve: list[tuple[int, float]] = []
-    result = {"precision": precision, "diverged_at": None, "skipped_steps": 0, "updates": 0}
-    start = time.perf_counter()
-    pbar = tqdm(total=args.total_steps, desc=precision, unit="step")
-    steps = 0
-    for batch in collector:
-        batch: TensorDictBase
-        buffer.extend(batch.reshape(-1))
-        steps += batch.numel()
-        pbar.update(batch.numel())
-        done = batch["next", "done"].squeeze(-1)
-        for episode_return in batch["next", "episode_reward"][done].flatten().tolist():
-            logger.log_scalar("train_return", episode_return, step=steps)
-        if steps >= args.init_random_steps:
-            for _ in range(args.frames_per_batch):  # update-to-data ratio 1
-                metrics = stepper.optimize(loss(buffer.sample()))
-                result["updates"] += 1
-                result["skipped_steps"] += int(metrics["skipped_steps"])
-                if result["updates"] % args.target_update_interval == 0:
-                    target_updater.step()
-            for key in ("loss_qvalue", "loss_actor", "alpha"):
-                logger.log_scalar(key, float(metrics[key]), step=steps)
-            if not all_finite(loss):
-                result["diverged_at"] = steps
-                tqdm.write(f"{precision}: parameters went non-finite at step {steps}")
-                break
-        if steps % args.eval_every < args.frames_per_batch:
-            episode_return = evaluate(eval_env, policy, args.eval_episodes)
-            curve.append((steps, episode_return))
-            logger.log_scalar("eval_return", episode_return, step=steps)
-            pbar.set_postfix(eval_return=f"{episode_return:.1f}")
+    def report() -> Path:
+        return write_lowprec_report([*finished, result], cfg, run)
+
+    start = time.perf_counter() - result["seconds"]
+    pbar = tqdm(total=total, initial=steps, desc=precision, unit="step")
+    for segment in run.segments(total, start=steps):
+        collector = Collector(
+            make_env(segment.seed),  # seeded before the collector's first reset
+            policy,
+            frames_per_batch=cfg.collector.frames_per_batch,
+            total_frames=segment.stop - segment.start,
+            init_random_frames=max(0, cfg.collector.init_random_frames - segment.start),
+        )
+        eval_env = make_env(segment.seed + 5_000)
+        for batch in collector:
+            buffer.extend(batch.reshape(-1))
+            steps += batch.numel()
+            pbar.update(batch.numel())
+            frames = cfg.env.action_repeat * steps
+            episodes.record(batch, frames=frames)
+            if steps >= cfg.collector.init_random_frames:
+                for _ in range(cfg.collector.frames_per_batch):  # update-to-data ratio 1
+                    metrics = stepper.optimize(loss(buffer.sample()))
+                    result["updates"] += 1
+                    result["skipped_steps"] += int(metrics["skipped_steps"])
+                    if result["updates"] % cfg.loss.target_update_interval == 0:
+                        target_updater.step()
+                for key in ("loss_qvalue", "loss_actor", "alpha"):
+                    run.log_scalar(f"{precision}/{key}", float(metrics[key]), step=frames)
+                if not all_finite(loss):
+                    result["diverged_at"] = steps
+                    tqdm.write(f"{precision}: parameters went non-finite at step {steps}")
+                    break
+            if steps % cfg.logger.eval_every < cfg.collector.frames_per_batch:
+                episode_return = evaluate(eval_env, policy, cfg.logger.eval_episodes)
+                result["curve"].append((steps, episode_return))
+                run.log_scalar(f"{precision}/eval_return", episode_return, step=frames)
+                pbar.set_postfix(eval_return=f"{episode_return:.1f}")
+                result["seconds"] = time.perf_counter() - start
+                report()
+        collector.shutdown()
+        result["seconds"] = time.perf_counter() - start
+        result["steps"] = steps
+        extra = {"finished": finished, "current": result}
+        run.save(steps, state=state, replay_buffers={"replay": buffer}, extra=extra)
+        if result["diverged_at"] is not None:
+            break
     pbar.close()
-    collector.shutdown()
-    result.update(curve=curve, seconds=time.perf_counter() - start)
     return result
 
 
-def write_report(results: list[dict], args: argparse.Namespace, run_dir: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for res in results:
-        if res["curve"]:
-            xs, ys = zip(*res["curve"], strict=True)
-            ax.plot(xs, ys, marker="o", label=res["precision"])
-        if res["diverged_at"] is not None:
-            ax.axvline(res["diverged_at"], ls="--", color="grey")
-    ax.set(xlabel="environment steps", ylabel="evaluation return", title=args.env)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "returns.png", dpi=120)
-    lines = [
-        f"# Low-precision SAC on {args.env}",
-        "",
-        f"{args.total_steps} env steps per run, seed {args.seed}, batch {args.batch_size}, "
-        f"2x{args.hidden} MLPs, lr {args.lr}, action repeat {args.action_repeat}.",
-        "",
-        "| precision | last eval return | best eval return | diverged at step "
-        "| skipped optimizer steps | updates | wall time (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def write_lowprec_report(results: list[dict], cfg: DictConfig, run: RecipeRun) -> Path:
+    """The report: one row and one evaluation curve per precision."""
+    rows = []
     for res in results:
         returns = [r for _, r in res["curve"]]
-        last = f"{returns[-1]:.1f}" if returns else "n/a"
-        best = f"{max(returns):.1f}" if returns else "n/a"
-        diverged = res["diverged_at"] if res["diverged_at"] is not None else "no"
-        lines.append(
-            f"| {res['precision']} | {last} | {best} | {diverged} | {res['skipped_steps']} "
-            f"| {res['updates']} | {res['seconds']:.0f} |"
-        )
-    lines += ["", "![returns](returns.png)", ""]
-    report = run_dir / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+        rows.append([
+            res["precision"],
+            f"{returns[-1]:.1f}" if returns else "n/a",
+            f"{max(returns):.1f}" if returns else "n/a",
+            res["diverged_at"] if res["diverged_at"] is not None else "no",
+            res["skipped_steps"], res["updates"], f"{res['seconds']:.0f}",
+        ])  # fmt: skip
+    header = ["precision", "last eval return", "best eval return", "diverged at step",
+              "skipped optimizer steps", "updates", "wall time (s)"]  # fmt: skip
+    diverged = {f"{r['precision']} diverged": r["diverged_at"] for r in results if r["diverged_at"]}
+    return write_report(
+        run.dir,
+        title=f"Low-precision SAC on {cfg.env.name}",
+        notes=[
+            f"{cfg.collector.total_frames} env steps per run, seed {cfg.seed}, batch "
+            f"{cfg.optim.batch_size}, 2x{cfg.network.hidden} MLPs, lr {cfg.optim.lr}, "
+            f"action repeat {cfg.env.action_repeat}."
+        ],
+        tables=[ReportTable(header, rows)],
+        plots=[
+            ReportPlot(
+                cfg.env.name,
+                "environment steps",
+                "evaluation return",
+                {res["precision"]: res["curve"] for res in results},
+                vlines=diverged,
+            )
+        ],
+        config=OmegaConf.to_container(cfg, resolve=True),
+        seeds={
+            "python, numpy, torch": cfg.seed,
+            "environment": f"{cfg.seed} + 10000 x checkpoint interval",
+            "evaluation environment": "environment seed + 5000",
+        },
+        data={"runs": results},
+    )
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    run_dir = Path(args.out_dir) / f"lowprec_sac_{args.env}_{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    results = [train(precision, args, run_dir) for precision in args.precision]
-    report = write_report(results, args, run_dir)
+def train(cfg: DictConfig) -> Path:
+    """Trains every precision in sequence and returns the report path."""
+    task = check(cfg)
+    run = RecipeRun(cfg, "lowprec_sac", tag=cfg.env.name)
+    cfg = run.cfg
+    torch.set_num_threads(cfg.threads)
+    finished: list[dict] = []
+    if cfg.resume is not None and run.checkpointer.exists():
+        saved = run.checkpointer.read()["extra"]
+        finished = list(saved["finished"])
+        current = saved["current"]
+        if _is_complete(current, cfg):
+            finished.append(current)
+    done = {res["precision"] for res in finished}
+    for precision in cfg.loss.precisions:
+        if precision not in done:
+            finished.append(train_precision(precision, cfg, run, task, list(finished)))
+    report = write_lowprec_report(finished, cfg, run)
     print(f"Report: {report}")
-    for res in results:
+    for res in finished:
         returns = [r for _, r in res["curve"]]
         best = max(returns) if returns else math.nan
         print(
             f"  {res['precision']}: best eval return {best:.1f}, diverged at {res['diverged_at']}"
         )
+    return report
+
+
+def _is_complete(result: dict, cfg: DictConfig) -> bool:
+    """Whether a checkpointed precision had finished (its steps all run, or diverged)."""
+    return result["diverged_at"] is not None or result["steps"] >= cfg.collector.total_frames
+
+
+@hydra.main(config_path="configs", config_name="lowprec_sac_dmc", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Command-line entry point: hydra composes the configuration."""
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -108,8 +108,8 @@ def train(cfg: DictConfig) -> Path:
     seeds = seed_everything(cfg.seed)
 
     # 1. environment (one per checkpoint interval, seeded by the collector)
-    def make_env():
-        return make_atari_env(cfg.env.name)
+    def make_env(seed: int | None = None):
+        return make_atari_env(cfg.env.name, seed=seed)
 
     action_spec = make_env().action_spec
 
@@ -205,7 +205,7 @@ def train(cfg: DictConfig) -> Path:
             update_seconds=record["update_seconds"],
             freeze=hook.freeze_report,
             config=OmegaConf.to_container(cfg, resolve=True),
-            seeds={**seeds, "collector": f"{cfg.seed} + 10000 x checkpoint interval"},
+            seeds={**seeds, "environment": f"{cfg.seed} + 10000 x checkpoint interval"},
         )
 
     def freeze_step(steps: int) -> None:
@@ -220,7 +220,7 @@ def train(cfg: DictConfig) -> Path:
     pbar = tqdm(total=total, initial=steps, desc="SEER Atari", unit="step")
     for segment in run.segments(cfg.collector.total_frames, start=steps):
         collector = Collector(
-            make_env(),
+            make_env(segment.seed),  # seeded before the collector's first reset
             policy,
             frames_per_batch=cfg.collector.frames_per_batch,
             total_frames=segment.stop - segment.start,
@@ -230,7 +230,6 @@ def train(cfg: DictConfig) -> Path:
             policy_device=device,
             storing_device=device,
         )
-        collector.set_seed(segment.seed)
         for data in collector:
             data = data.reshape(-1)
             rb.extend(data.select(*STORED_KEYS))

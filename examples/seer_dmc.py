@@ -106,8 +106,10 @@ def train(cfg: DictConfig) -> Path:
     # 1. environment: 9x100x100 uint8 observations (one per checkpoint interval)
     frames_per_step = cfg.env.action_repeat or PLANET_ACTION_REPEAT.get(cfg.env.name, 1)
 
-    def make_env():
-        return make_dmc_env(domain, task, size=100, frame_stack=3, action_repeat=frames_per_step)
+    def make_env(seed: int | None = None):
+        return make_dmc_env(
+            domain, task, size=100, frame_stack=3, action_repeat=frames_per_step, seed=seed
+        )
 
     action_spec = make_env().action_spec
     action_dim = action_spec.shape[-1]
@@ -209,20 +211,19 @@ def train(cfg: DictConfig) -> Path:
             update_seconds=record["update_seconds"],
             freeze=hook.freeze_report,
             config=OmegaConf.to_container(cfg, resolve=True),
-            seeds={**seeds, "collector": f"{cfg.seed} + 10000 x checkpoint interval"},
+            seeds={**seeds, "environment": f"{cfg.seed} + 10000 x checkpoint interval"},
         )
 
     pbar = tqdm(total=cfg.collector.total_frames, initial=steps, desc="SEER DMC", unit="step")
     for segment in run.segments(cfg.collector.total_frames, start=steps):
         collector = Collector(
-            make_env(),
+            make_env(segment.seed),  # seeded before the collector's first reset
             policy,
             frames_per_batch=1,
             total_frames=segment.stop - segment.start,
             policy_device=device,
             storing_device=device,
         )
-        collector.set_seed(segment.seed)
         for data in collector:
             data = data.reshape(-1)
             rb.extend(data.select(*STORED_KEYS))

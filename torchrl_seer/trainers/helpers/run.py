@@ -17,6 +17,8 @@ __all__ = ["RecipeRun"]
 
 # settings a resumed run may change: the run's length, where it runs, and how it logs
 RESUMABLE_OVERRIDES = ("collector.total_frames", "device", "threads", "resume")
+# settings a resumed run ignores: the run folder is the resumed one
+IGNORED_ON_RESUME = ("logger.output_dir",)
 
 
 def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -38,8 +40,9 @@ class RecipeRun:
 
     With ``resume=<run dir>`` the run continues in that folder: the saved configuration is
     used (only ``collector.total_frames``, ``device`` and ``threads`` may be changed on the
-    command line; any other difference is refused), and the logger continues from the state
-    saved with the last checkpoint. Every scalar is logged at environment frames.
+    command line; ``logger.output_dir`` is ignored; any other difference is refused), and the
+    logger continues from the state saved with the last checkpoint. Every scalar is logged at
+    environment frames.
 
     Args:
         cfg (DictConfig): the recipe's configuration, already checked.
@@ -100,7 +103,8 @@ class RecipeRun:
         differ = sorted(
             key
             for key in set(saved_flat) | set(given_flat)
-            if key not in RESUMABLE_OVERRIDES and saved_flat.get(key) != given_flat.get(key)
+            if key not in RESUMABLE_OVERRIDES + IGNORED_ON_RESUME
+            and saved_flat.get(key) != given_flat.get(key)
         )
         if differ:
             changes = ", ".join(

@@ -14,8 +14,9 @@ __all__ = ["get_rng_state", "seed_everything", "set_rng_state"]
 def seed_everything(seed: int) -> dict[str, int]:
     """Seeds python's :mod:`random`, numpy's global generator and torch (CPU and CUDA).
 
-    Environments and collector workers are seeded separately, with ``collector.set_seed``
-    (TorchRL gives every worker and sub-environment its own seed derived from it).
+    Environments are seeded separately, when they are created: a TorchRL collector resets its
+    environment when it is built, so seed the environment before (``make_atari_env(...,
+    seed=s)``, ``env.set_seed(s)``), and give every collector worker its own seed.
 
     Args:
         seed (int): the seed.
