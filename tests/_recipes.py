@@ -31,8 +31,12 @@ def run_recipe(name: str, *overrides: str, config_name: str | None = None):
     return load_recipe(name).train(recipe_config(name, *overrides, config_name=config_name))
 
 
-def assert_same_checkpoints(dir_a: Path, dir_b: Path) -> None:
-    """Model/optimizer/hook state and replay-buffer files of two checkpoints are identical."""
+def assert_same_checkpoints(dir_a: Path, dir_b: Path, make_buffer=None) -> None:
+    """Model/optimizer/hook state and replay buffers of two checkpoints are identical.
+
+    Buffers are compared file by file (the filled slots of a ``TensorStorage``), or, given
+    ``make_buffer`` (an empty buffer of the recipe's kind), loaded and compared by content.
+    """
     a = torch.load(dir_a / "state.pt", weights_only=False)
     b = torch.load(dir_b / "state.pt", weights_only=False)
     assert a["frames"] == b["frames"]
@@ -42,7 +46,15 @@ def assert_same_checkpoints(dir_a: Path, dir_b: Path) -> None:
     files_b = sorted(p.relative_to(dir_b) for p in dir_b.rglob("*") if p.is_file())
     assert files_a == files_b
     for buffer in sorted(p for p in dir_a.iterdir() if p.name.startswith("replay_buffer_")):
-        _assert_same_buffer(buffer, dir_b / buffer.name)
+        if make_buffer is None:
+            _assert_same_buffer(buffer, dir_b / buffer.name)
+            continue
+        rb_a, rb_b = make_buffer(), make_buffer()
+        rb_a.loads(buffer)
+        rb_b.loads(dir_b / buffer.name)
+        assert len(rb_a) == len(rb_b)
+        assert (rb_a[:] == rb_b[:]).all()
+        assert rb_a.writer.state_dict() == rb_b.writer.state_dict()
 
 
 def _assert_same_buffer(dir_a: Path, dir_b: Path) -> None:
