@@ -4,36 +4,36 @@ The whole algorithm in one file:
 
 1. The **learner** trains a full-precision actor-critic (TorchRL ``A2CLoss``).
 2. **Actors** are TorchRL collector workers that act with a *compressed* copy of the learner's
-   policy (``--compression``: ``none``, ``auto`` or a pipeline such as ``prune0.5+int8``), and
+   policy (``accerl.compression``: ``none``, ``auto`` or a pipeline such as ``prune0.5+int8``), and
    record the behaviour log-prob log μ(a|x) of the compressed network and the policy version.
-3. Every ``--ship-every`` learner updates the learner's policy is compressed and shipped to the
+3. Every ``accerl.ship_every`` learner updates the learner's policy is compressed and shipped to the
    workers through :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme` (pipes).
 4. The **Corrector** is V-trace (``TakenActionVTrace``: TorchRL's ``VTrace`` evaluated at
    the taken action) with μ = the compressed actor.
 5. The **Monitor** measures KL(π‖μ), ratios, policy lag and throughput and steps the compression
    down (int8 → bf16 → fp32) when the compressed actor diverges, back up when it is safe.
 
-With ``--compare`` (default) the same run is repeated with uncompressed actors, and the report
-plots return against wall time for both.
+With ``accerl.compare=true`` (default) the same run is repeated with uncompressed actors, and
+the report plots return against wall time for both.
 
-Run: ``python examples/accerl_impala.py --frames 20000`` (CartPole, CPU, a few minutes), or
-``--atari Pong`` for the pixel task where actor inference is heavy.
+Run (configuration: ``examples/configs/accerl_impala.yaml``): ``python
+examples/accerl_impala.py`` (CartPole, CPU, a few minutes), or ``env.name=Pong env.atari=true``
+for the pixel task where actor inference is heavy.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
+import hydra
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.envs import Compose, GymEnv, RewardSum, SerialEnv, StepCounter, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, ValueOperator
 from torchrl.objectives import A2CLoss
-from torchrl.record.loggers import get_logger
 
 from torchrl_seer.collectors import (
     CompressedPolicy,
@@ -41,11 +41,17 @@ from torchrl_seer.collectors import (
     CompressionMonitor,
     fallback_ladder,
 )
+from torchrl_seer.envs import make_atari_env
 from torchrl_seer.objectives.value import TakenActionVTrace
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accerl_common import (
+from torchrl_seer.trainers.helpers import (
+    RecipeRun,
+    check_atari_game,
+    check_config,
+    seed_everything,
+)
+from torchrl_seer.trainers.helpers.accerl import (
     RunLog,
+    check_accerl_config,
     choose_compressor,
     make_actor_collector,
     ship_weights,
@@ -53,58 +59,44 @@ from accerl_common import (
 )
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="AcceRL IMPALA-style actor-critic")
-    parser.add_argument("--env", default="CartPole-v1", help="gymnasium task (classic control)")
-    parser.add_argument("--atari", default=None, help="Atari game (e.g. Pong): pixel policy")
-    parser.add_argument("--compression", default="auto", help="none | auto | pipeline string")
-    parser.add_argument("--workers", type=int, default=2, help="collector worker processes")
-    parser.add_argument(
-        "--envs-per-worker", type=int, default=1, help="environments per worker (actor batch)"
-    )
-    parser.add_argument("--width", type=int, default=64, help="hidden width of the MLP policy")
-    parser.add_argument("--frames", type=int, default=20_000)
-    parser.add_argument("--frames-per-batch", type=int, default=256)
-    parser.add_argument("--ship-every", type=int, default=1, help="learner updates per ship")
-    parser.add_argument("--monitor-every", type=int, default=5, help="batches per Monitor check")
-    parser.add_argument("--kl-bound", type=float, default=0.02)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--max-grad-norm", type=float, default=0.5, help="gradient clipping")
-    parser.add_argument("--gamma", type=float, default=0.99)
-    parser.add_argument("--entropy-coef", type=float, default=0.01)
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="return threshold for time-to-threshold"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads of this process (learner)"
-    )
-    parser.add_argument("--logger", default="csv", help="csv | tensorboard | wandb")
-    parser.add_argument("--no-compare", action="store_true", help="skip the full-actor run")
-    parser.add_argument("--out", default="runs")
-    return parser.parse_args(argv)
+def check(cfg: DictConfig) -> None:
+    """Refuses a bad configuration before anything is created."""
+    check_config(
+        cfg,
+        positive=[
+            "collector.total_frames", "collector.frames_per_batch", "env.envs_per_worker",
+            "optim.lr", "optim.max_grad_norm", "network.width", "accerl.ship_every",
+            "accerl.monitor_every", "accerl.kl_bound",
+        ],
+        non_negative=["collector.workers", "loss.entropy_coef"],
+    )  # fmt: skip
+    check_accerl_config(cfg)
+    if cfg.env.atari:
+        check_atari_game(cfg.env.name)
 
 
 # ----------------------------------------------------------------------------- environment
-def env_maker(args):
-    """One worker's environment: ``--envs-per-worker`` copies stepped together (actor batch)."""
-    if args.atari:
-        from torchrl_seer.envs import make_atari_env
+def env_maker(cfg: DictConfig):
+    """Returns ``make_env(seed)``, which builds one worker's environment.
 
-        def make_one():
-            return make_atari_env(args.atari, seed=args.seed)
+    ``env.envs_per_worker`` copies are stepped together (the actor batch); the environment is
+    seeded before the collector's first reset.
+    """
 
-    else:
+    def make_one():
+        if cfg.env.atari:
+            return make_atari_env(cfg.env.name)
+        env = GymEnv(cfg.env.name, categorical_action_encoding=True)
+        return TransformedEnv(env, Compose(RewardSum(), StepCounter()))
 
-        def make_one():
-            env = GymEnv(args.env, categorical_action_encoding=True)
-            return TransformedEnv(env, Compose(RewardSum(), StepCounter()))
-
-    if args.envs_per_worker == 1:
-        return make_one
-
-    def make():
-        return SerialEnv(args.envs_per_worker, make_one)
+    def make(seed: int):
+        env = (
+            make_one()
+            if cfg.env.envs_per_worker == 1
+            else SerialEnv(cfg.env.envs_per_worker, make_one)
+        )
+        env.set_seed(seed)  # a SerialEnv gives each sub-environment its own seed from it
+        return env
 
     return make
 
@@ -154,41 +146,45 @@ class NatureCNN(nn.Module):
 
 
 # ----------------------------------------------------------------------------- one run
-def run(args, compression: str, logger, label: str):
-    torch.manual_seed(args.seed)
-    make_env = env_maker(args)
-    probe_env = make_env()
-    actor, critic = make_networks(probe_env, args.width)
+def run_arm(cfg: DictConfig, compression: str, run: RecipeRun, label: str, seed: int):
+    """Trains one arm (compressed or full-precision actors); returns its record."""
+    seed_everything(cfg.seed)
+    make_env = env_maker(cfg)
+    probe_env = make_env(seed)
+    actor, critic = make_networks(probe_env, cfg.network.width)
     with torch.no_grad():  # materialise shapes
         td = probe_env.reset()
         actor(td.unsqueeze(0))
         critic(td.unsqueeze(0))
     # timed at the actors' batch: one worker's environments (batch 1 by default)
     example = td.reshape(-1)
-    compressor, why = choose_compressor(compression, actor, example, kl_bound=args.kl_bound)
+    kl_bound = cfg.accerl.kl_bound
+    compressor, why = choose_compressor(compression, actor, example, kl_bound=kl_bound)
     print(f"[{label}] compression: {why}")
 
     scheme = CompressedWeightSyncScheme(compressor)
     policy = CompressedPolicy(actor, compressor)
+    workers = cfg.collector.workers
     collector = make_actor_collector(
         make_env,
         policy,
         scheme,
-        workers=args.workers,
-        frames_per_batch=args.frames_per_batch,
-        total_frames=args.frames,
+        workers=workers,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=cfg.collector.total_frames,
+        seed=seed,
     )
 
-    loss = A2CLoss(actor, critic, entropy_coeff=args.entropy_coef)
-    vtrace = TakenActionVTrace(gamma=args.gamma, value_network=critic, actor_network=actor)
+    loss = A2CLoss(actor, critic, entropy_coeff=cfg.loss.entropy_coef)
+    vtrace = TakenActionVTrace(gamma=cfg.loss.gamma, value_network=critic, actor_network=actor)
     vtrace.set_keys(sample_log_prob="action_log_prob")
     loss.value_estimator = vtrace  # the Corrector: V-trace with mu = compressed actor
-    optim = torch.optim.Adam(loss.parameters(), lr=args.lr)
+    optim = torch.optim.Adam(loss.parameters(), lr=cfg.optim.lr)
     monitor = CompressionMonitor(
-        actor, ladder=fallback_ladder(compressor), kl_bound=args.kl_bound, logger=logger
+        actor, ladder=fallback_ladder(compressor), kl_bound=kl_bound, logger=run.logger
     )
 
-    run_log = RunLog(label, total_frames=args.frames, logger=logger)
+    run_log = RunLog(label, total_frames=cfg.collector.total_frames, log_scalar=run.log_scalar)
     for i, batch in enumerate(collector):
         monitor.record_actor(batch.numel(), run_log.collected(batch))
         batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
@@ -199,15 +195,15 @@ def run(args, compression: str, logger, label: str):
         total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
         optim.zero_grad()
         total.backward()
-        torch.nn.utils.clip_grad_norm_(loss.parameters(), args.max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(loss.parameters(), cfg.optim.max_grad_norm)
         optim.step()
-        if (i + 1) % args.ship_every == 0:
-            ship_weights(collector, actor, policy, scheme, workers=args.workers)
+        if (i + 1) % cfg.accerl.ship_every == 0:
+            ship_weights(collector, actor, policy, scheme, workers=workers)
         learner_seconds = time.perf_counter() - t0
         run_log.learned(learner_seconds)
         monitor.record_learner(1, learner_seconds, version=scheme.version)
 
-        if i % args.monitor_every == 0:
+        if i % cfg.accerl.monitor_every == 0:
             level = monitor.level
             monitor.check(batch, step=run_log.frames)
             if monitor.level != level:  # the Monitor moved: ship the new pipeline next time
@@ -218,23 +214,31 @@ def run(args, compression: str, logger, label: str):
     return run_log.summary(compression=why, monitor=monitor)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    config = dict(vars(args))  # the settings, saved with the results
+def train(cfg: DictConfig) -> Path:
+    """Runs the compressed arm (and the full-precision one) and returns the report path."""
+    check(cfg)
+    run = RecipeRun(cfg, "accerl_impala", tag=cfg.env.name)
     # int8/bf16 CPU kernels contend badly for cores with other processes: one thread per process
-    torch.set_num_threads(args.threads)
-    run_dir = Path(args.out) / f"accerl_impala_{time.strftime('%Y%m%d_%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logger = get_logger(args.logger, logger_name=str(run_dir), experiment_name="accerl_impala")
-    compression = args.compression
-    results = [run(args, compression, logger, label=f"compressed ({compression})")]
-    if not args.no_compare and compression != "none":
-        results.append(run(args, "none", logger, label="full-precision actors"))
+    torch.set_num_threads(cfg.threads)
+    compression = cfg.accerl.compression
+    results = [run_arm(cfg, compression, run, f"compressed ({compression})", cfg.seed)]
+    if cfg.accerl.compare and compression != "none":
+        results.append(run_arm(cfg, "none", run, "full-precision actors", cfg.seed))
+    workers = max(cfg.collector.workers, 1)
     report = write_accerl_report(
-        results, run_dir, title="AcceRL IMPALA run", threshold=args.threshold, config=config
-    )
+        results, run.dir, title="AcceRL IMPALA run", threshold=cfg.accerl.threshold,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        seeds={"python, numpy, torch": cfg.seed,
+               "workers": [cfg.seed + 1000 * w for w in range(workers)]},
+    )  # fmt: skip
     print(f"report: {report}")
     return report
+
+
+@hydra.main(config_path="configs", config_name="accerl_impala", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Command-line entry point: hydra composes the configuration."""
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -6,30 +6,30 @@ The whole algorithm in one file:
    ``SliceSampler``), with critic targets from :class:`~torchrl_seer.objectives.RetraceSACLoss`:
    Retrace(λ) with c = λ·min(1, π/μ), μ = the compressed actor that collected the data.
 2. **Actors** are TorchRL collector workers acting with a compressed copy of the learner's actor
-   (``--compression``: ``none``, ``auto`` or a pipeline such as ``int8``); every transition stores
-   the compressed actor's log-prob (``action_log_prob``) and the policy version.
-3. Every ``--ship-every`` learner updates the actor is compressed and shipped through
+   (``accerl.compression``: ``none``, ``auto`` or a pipeline such as ``int8``); every transition
+   stores the compressed actor's log-prob (``action_log_prob``) and the policy version.
+3. Every ``accerl.ship_every`` learner updates the actor is compressed and shipped through
    :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme`.
 4. The **Monitor** steps compression down/up on KL(π‖μ) (our rules; see ``docs/accerl.md``).
 
-Run: ``python examples/accerl_sac.py`` (Pendulum-v1, CPU) or ``--env HalfCheetah-v5``.
+Run (configuration: ``examples/configs/accerl_sac.yaml``): ``python examples/accerl_sac.py``
+(Pendulum-v1, CPU) or ``env.name=HalfCheetah-v5``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
+import hydra
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 from torchrl.envs import Compose, DoubleToFloat, GymEnv, RewardSum, StepCounter, TransformedEnv
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal, ValueOperator
 from torchrl.objectives import SoftUpdate
-from torchrl.record.loggers import get_logger
 
 from torchrl_seer.collectors import (
     CompressedPolicy,
@@ -38,10 +38,10 @@ from torchrl_seer.collectors import (
     fallback_ladder,
 )
 from torchrl_seer.objectives import RetraceSACLoss
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accerl_common import (
+from torchrl_seer.trainers.helpers import RecipeRun, check_config, seed_everything
+from torchrl_seer.trainers.helpers.accerl import (
     RunLog,
+    check_accerl_config,
     choose_compressor,
     make_actor_collector,
     ship_weights,
@@ -49,37 +49,29 @@ from accerl_common import (
 )
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="AcceRL SAC with Retrace")
-    parser.add_argument("--env", default="Pendulum-v1", help="gymnasium continuous task")
-    parser.add_argument("--compression", default="auto", help="none | auto | pipeline string")
-    parser.add_argument("--workers", type=int, default=1, help="collector worker processes")
-    parser.add_argument("--frames", type=int, default=10_000)
-    parser.add_argument("--frames-per-batch", type=int, default=200)
-    parser.add_argument("--init-frames", type=int, default=1_000, help="frames before updates")
-    parser.add_argument("--updates-per-batch", type=int, default=50)
-    parser.add_argument("--sequence", type=int, default=8, help="Retrace sequence length T")
-    parser.add_argument("--batch-size", type=int, default=32, help="sequences per update")
-    parser.add_argument("--lmbda", type=float, default=0.95, help="Retrace trace decay")
-    parser.add_argument("--gamma", type=float, default=0.99)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--width", type=int, default=256)
-    parser.add_argument("--ship-every", type=int, default=50, help="learner updates per ship")
-    parser.add_argument("--kl-bound", type=float, default=0.02)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="return threshold for time-to-threshold"
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (learner)")
-    parser.add_argument("--logger", default="csv", help="csv | tensorboard | wandb")
-    parser.add_argument("--no-compare", action="store_true", help="skip the full-actor run")
-    parser.add_argument("--out", default="runs")
-    return parser.parse_args(argv)
+def check(cfg: DictConfig) -> None:
+    """Refuses a bad configuration before anything is created."""
+    check_config(
+        cfg,
+        positive=[
+            "collector.total_frames", "collector.frames_per_batch", "optim.lr",
+            "optim.batch_size", "optim.updates_per_batch", "loss.sequence", "network.width",
+            "accerl.ship_every", "accerl.kl_bound",
+        ],
+        non_negative=["collector.workers", "optim.learn_start", "loss.lmbda", "loss.tau"],
+    )  # fmt: skip
+    if cfg.replay_buffer.size is not None:
+        check_config(cfg, positive=["replay_buffer.size"])
+    check_accerl_config(cfg)
 
 
-def env_maker(name):
-    def make():
-        return TransformedEnv(GymEnv(name), Compose(DoubleToFloat(), RewardSum(), StepCounter()))
+def env_maker(name: str):
+    """Returns ``make_env(seed)``: the gymnasium task, seeded before the collector's reset."""
+
+    def make(seed: int):
+        env = TransformedEnv(GymEnv(name), Compose(DoubleToFloat(), RewardSum(), StepCounter()))
+        env.set_seed(seed)
+        return env
 
     return make
 
@@ -108,52 +100,59 @@ def make_networks(env, width):
     return actor, qvalue
 
 
-def run(args, compression, logger, label):
-    torch.manual_seed(args.seed)
-    make_env = env_maker(args.env)
-    probe_env = make_env()
-    actor, qvalue = make_networks(probe_env, args.width)
+def run_arm(cfg: DictConfig, compression: str, run: RecipeRun, label: str):
+    """Trains one arm (compressed or full-precision actors); returns its record."""
+    seed_everything(cfg.seed)
+    make_env = env_maker(cfg.env.name)
+    probe_env = make_env(cfg.seed)
+    actor, qvalue = make_networks(probe_env, cfg.network.width)
     # single-environment workers: the actors act at batch 1
     example = probe_env.reset().reshape(-1)
-    compressor, why = choose_compressor(compression, actor, example, kl_bound=args.kl_bound)
+    kl_bound = cfg.accerl.kl_bound
+    compressor, why = choose_compressor(compression, actor, example, kl_bound=kl_bound)
     print(f"[{label}] compression: {why}")
 
     scheme = CompressedWeightSyncScheme(compressor)
     policy = CompressedPolicy(actor, compressor)
+    workers = cfg.collector.workers
+    total_frames = cfg.collector.total_frames
     collector = make_actor_collector(
         make_env,
         policy,
         scheme,
-        workers=args.workers,
-        frames_per_batch=args.frames_per_batch,
-        total_frames=args.frames,
+        workers=workers,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=total_frames,
+        seed=cfg.seed,
     )
 
     # replay of sequences: Retrace needs consecutive transitions of one trajectory
+    batch_size, sequence = cfg.optim.batch_size, cfg.loss.sequence
     buffer = TensorDictReplayBuffer(
-        storage=LazyTensorStorage(args.frames),
-        sampler=SliceSampler(slice_len=args.sequence, traj_key=("collector", "traj_ids")),
-        batch_size=args.batch_size * args.sequence,
+        storage=LazyTensorStorage(cfg.replay_buffer.size or total_frames),
+        sampler=SliceSampler(slice_len=sequence, traj_key=("collector", "traj_ids")),
+        batch_size=batch_size * sequence,
     )
     loss = RetraceSACLoss(
-        actor, qvalue, lmbda=args.lmbda, gamma=args.gamma, action_spec=probe_env.action_spec
-    )
-    target_updater = SoftUpdate(loss, tau=0.005)
-    optim = torch.optim.Adam(loss.parameters(), lr=args.lr)
+        actor, qvalue, lmbda=cfg.loss.lmbda, gamma=cfg.loss.gamma,
+        action_spec=probe_env.action_spec,
+    )  # fmt: skip
+    target_updater = SoftUpdate(loss, tau=cfg.loss.tau)
+    optim = torch.optim.Adam(loss.parameters(), lr=cfg.optim.lr)
     monitor = CompressionMonitor(
-        actor, ladder=fallback_ladder(compressor), kl_bound=args.kl_bound, logger=logger
+        actor, ladder=fallback_ladder(compressor), kl_bound=kl_bound, logger=run.logger
     )
 
-    run_log = RunLog(label, total_frames=args.frames, logger=logger)
+    run_log = RunLog(label, total_frames=total_frames, log_scalar=run.log_scalar)
     updates = 0
     for batch in collector:
         monitor.record_actor(batch.numel(), run_log.collected(batch))
         buffer.extend(batch.reshape(-1))
 
         t0 = time.perf_counter()
-        if run_log.frames >= args.init_frames:
-            for _ in range(args.updates_per_batch):
-                sample = buffer.sample().reshape(args.batch_size, args.sequence)
+        if run_log.frames >= cfg.optim.learn_start:
+            for _ in range(cfg.optim.updates_per_batch):
+                sample = buffer.sample().reshape(batch_size, sequence)
                 losses = loss(sample)
                 total = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
                 optim.zero_grad()
@@ -161,11 +160,11 @@ def run(args, compression, logger, label):
                 optim.step()
                 target_updater.step()
                 updates += 1
-                if updates % args.ship_every == 0:
-                    ship_weights(collector, actor, policy, scheme, workers=args.workers)
+                if updates % cfg.accerl.ship_every == 0:
+                    ship_weights(collector, actor, policy, scheme, workers=workers)
             level = monitor.level
             monitor.record_learner(
-                args.updates_per_batch, time.perf_counter() - t0, version=scheme.version
+                cfg.optim.updates_per_batch, time.perf_counter() - t0, version=scheme.version
             )
             monitor.check(batch.reshape(-1), step=run_log.frames)
             if monitor.level != level:
@@ -177,21 +176,30 @@ def run(args, compression, logger, label):
     return run_log.summary(compression=why, monitor=monitor)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    config = dict(vars(args))  # the settings, saved with the results
-    torch.set_num_threads(args.threads)  # int8/bf16 CPU kernels contend badly for cores
-    run_dir = Path(args.out) / f"accerl_sac_{time.strftime('%Y%m%d_%H%M%S')}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logger = get_logger(args.logger, logger_name=str(run_dir), experiment_name="accerl_sac")
-    results = [run(args, args.compression, logger, label=f"compressed ({args.compression})")]
-    if not args.no_compare and args.compression != "none":
-        results.append(run(args, "none", logger, label="full-precision actors"))
+def train(cfg: DictConfig) -> Path:
+    """Runs the compressed arm (and the full-precision one) and returns the report path."""
+    check(cfg)
+    run = RecipeRun(cfg, "accerl_sac", tag=cfg.env.name)
+    torch.set_num_threads(cfg.threads)  # int8/bf16 CPU kernels contend badly for cores
+    compression = cfg.accerl.compression
+    results = [run_arm(cfg, compression, run, f"compressed ({compression})")]
+    if cfg.accerl.compare and compression != "none":
+        results.append(run_arm(cfg, "none", run, "full-precision actors"))
+    workers = max(cfg.collector.workers, 1)
     report = write_accerl_report(
-        results, run_dir, title="AcceRL SAC + Retrace run", threshold=args.threshold, config=config
-    )
+        results, run.dir, title="AcceRL SAC + Retrace run", threshold=cfg.accerl.threshold,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        seeds={"python, numpy, torch": cfg.seed,
+               "workers": [cfg.seed + 1000 * w for w in range(workers)]},
+    )  # fmt: skip
     print(f"report: {report}")
     return report
+
+
+@hydra.main(config_path="configs", config_name="accerl_sac", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Command-line entry point: hydra composes the configuration."""
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,11 @@
-"""AcceRL recipes: the time-to-threshold report and end-to-end smoke runs (slow)."""
+"""AcceRL recipes: the time-to-threshold report and tiny runs of both recipes."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from _recipes import run_recipe
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-
-from accerl_common import time_to_threshold, write_accerl_report
+from torchrl_seer.trainers.helpers.accerl import time_to_threshold, write_accerl_report
 
 
 def _arm(label, curve):
@@ -45,10 +42,10 @@ def test_report_gives_the_ratio_and_saves_results(tmp_path):
     )
     text = report.read_text()
     assert "Time to return 100, compressed ÷ full: 0.500" in text
-    saved = json.loads((tmp_path / "results.json").read_text())
+    saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["threshold"] == 100.0 and saved["config"] == {"seed": 3}
     assert [r["time_to_threshold"] for r in saved["runs"]] == [5.0, 10.0]
-    assert (tmp_path / "return_vs_wall_time.png").stat().st_size > 0
+    assert (tmp_path / "report.png").stat().st_size > 0
 
 
 def test_report_says_not_reached(tmp_path):
@@ -58,37 +55,54 @@ def test_report_says_not_reached(tmp_path):
     assert "not reached" in text.read_text() and "compressed ÷ full" not in text.read_text()
 
 
-@pytest.mark.slow
 def test_impala_recipe_with_batched_actors_reports_time_to_threshold(tmp_path):
-    import accerl_impala
-
-    report = accerl_impala.main(
-        [
-            "--compression", "int8", "--workers", "0", "--envs-per-worker", "2",
-            "--width", "32", "--frames", "1024", "--frames-per-batch", "128",
-            "--threshold", "5", "--out", str(tmp_path),
-        ]
+    report = run_recipe(
+        "accerl_impala", "accerl.compression=int8", "collector.workers=0",
+        "env.envs_per_worker=2", "network.width=32", "collector.total_frames=1024",
+        "collector.frames_per_batch=128", "accerl.threshold=5", f"logger.output_dir={tmp_path}",
     )  # fmt: skip
-    saved = json.loads((report.parent / "results.json").read_text())
-    assert saved["config"]["compression"] == "int8" and saved["config"]["envs_per_worker"] == 2
+    saved = json.loads((report.parent / "report.json").read_text())
+    assert saved["config"]["accerl"]["compression"] == "int8"
     compressed, full = saved["runs"]
     assert compressed["final_pipeline"] == "int8" and full["final_pipeline"] == "fp32"
     assert compressed["frames"] == full["frames"] == 1024
     # CartPole pays 1 per step: every logged return is >= 5 by construction
     assert compressed["time_to_threshold"] is not None and full["time_to_threshold"] is not None
+    assert list(report.parent.rglob("episode_return.csv"))
+
+
+def test_sac_recipe_runs_and_reports(tmp_path):
+    report = run_recipe(
+        "accerl_sac", "accerl.compression=bf16", "collector.workers=0",
+        "collector.total_frames=300", "collector.frames_per_batch=100", "optim.learn_start=200",
+        "optim.updates_per_batch=2", "network.width=32", "accerl.threshold=-2000",
+        "logger.backend=null", f"logger.output_dir={tmp_path}",
+    )  # fmt: skip
+    saved = json.loads((report.parent / "report.json").read_text())
+    assert [r["final_pipeline"] for r in saved["runs"]] == ["bf16", "fp32"]
+    assert "time to threshold" in report.read_text()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("checkpoint.interval=100", "the AcceRL recipes do not checkpoint"),
+        ("collector.workers=-1", "collector.workers must be >= 0, got -1"),
+    ],
+)
+def test_accerl_recipes_refuse_before_creating_anything(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        run_recipe("accerl_sac", override, f"logger.output_dir={tmp_path}")
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
-def test_sac_recipe_runs_and_reports(tmp_path):
-    import accerl_sac
-
-    report = accerl_sac.main(
-        [
-            "--compression", "bf16", "--workers", "0", "--frames", "400",
-            "--frames-per-batch", "100", "--init-frames", "200", "--updates-per-batch", "2",
-            "--width", "32", "--threshold", "-2000", "--out", str(tmp_path),
-        ]
+def test_impala_recipe_with_worker_processes(tmp_path):
+    report = run_recipe(
+        "accerl_impala", "accerl.compression=int8", "collector.workers=2", "network.width=32",
+        "collector.total_frames=1024", "collector.frames_per_batch=256", "accerl.compare=false",
+        f"logger.output_dir={tmp_path}",
     )  # fmt: skip
-    saved = json.loads((report.parent / "results.json").read_text())
-    assert [r["final_pipeline"] for r in saved["runs"]] == ["bf16", "fp32"]
-    assert "time to threshold" in report.read_text()
+    saved = json.loads((report.parent / "report.json").read_text())
+    assert saved["seeds"]["workers"] == [0, 1000]
+    assert saved["runs"][0]["frames"] == 1024

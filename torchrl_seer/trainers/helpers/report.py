@@ -37,6 +37,7 @@ class ReportPlot:
         series (dict): label -> list of ``(x, y)`` points; for ``kind="bar"``, label -> height.
         kind (str, optional): ``"line"``, ``"points"`` or ``"bar"``. Defaults to ``"line"``.
         vlines (dict, optional): label -> x of a dashed vertical line (e.g. the freeze).
+        hlines (dict, optional): label -> y of a dotted horizontal line (e.g. a threshold).
         logy (bool, optional): logarithmic y axis. Defaults to ``False``.
     """
 
@@ -46,6 +47,7 @@ class ReportPlot:
     series: dict[str, Any]
     kind: str = "line"
     vlines: dict[str, float] = field(default_factory=dict)
+    hlines: dict[str, float] = field(default_factory=dict)
     logy: bool = False
 
 
@@ -66,6 +68,8 @@ def _draw(plots: Sequence[ReportPlot], path: Path) -> None:
                 ax.plot(xs, ys, label=label, **style)
         for label, x in plot.vlines.items():
             ax.axvline(x, color="r", ls="--", label=label)
+        for label, y in plot.hlines.items():
+            ax.axhline(y, color="grey", ls=":", label=label)
         if plot.logy:
             ax.set_yscale("log")
         ax.set(title=plot.title, xlabel=plot.xlabel, ylabel=plot.ylabel)

@@ -1,35 +1,54 @@
 """What the AcceRL recipes share: actors, weight shipping, run bookkeeping and the report.
 
 The algorithm of each recipe (its loss, Corrector and Monitor) stays in the recipe; this module
-holds the plumbing both run the same way: the collector that acts with the compressed policy,
-shipping the learner's weights to it, the acting/learning clock with the return curve, and the
-end-of-run report (return vs wall time, compressed vs full actors).
+holds the plumbing both run the same way: the collector that acts with the compressed policy
+(one seed per worker), shipping the learner's weights to it, the acting/learning clock with the
+return curve, and the report (return vs wall time, compressed vs full actors).
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 from torchrl.collectors import Collector, MultiSyncCollector
 from tqdm import tqdm
 
 from torchrl_seer.collectors import PolicyCompressor, select_compression
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from torchrl_seer.trainers.helpers.report import ReportPlot, ReportTable, write_report
 
 __all__ = [
     "RunLog",
+    "check_accerl_config",
     "choose_compressor",
     "make_actor_collector",
     "ship_weights",
     "time_to_threshold",
     "write_accerl_report",
 ]
+
+
+def check_accerl_config(cfg: Any) -> None:
+    """What the AcceRL recipes refuse: a CUDA device, checkpoints and resuming.
+
+    The compressed actors run CPU kernels (int8 dynamic quantization) and the recipes compare
+    two runs with worker processes, which are not checkpointed.
+
+    Args:
+        cfg (DictConfig): the recipe's configuration.
+
+    Raises:
+        ValueError: naming the setting.
+    """
+    if str(cfg.device) not in ("cpu", "auto"):
+        raise ValueError(f"device={cfg.device!r}: the AcceRL recipes run on the CPU only.")
+    if cfg.checkpoint.interval != 0 or cfg.resume is not None:
+        raise ValueError(
+            "the AcceRL recipes do not checkpoint: keep checkpoint.interval=0 and resume=null."
+        )
 
 
 def choose_compressor(compression: str, policy, example, *, kl_bound: float):
@@ -55,11 +74,16 @@ def choose_compressor(compression: str, policy, example, *, kl_bound: float):
     return compressor, f"explicit pipeline {compressor.spec()}"
 
 
-def make_actor_collector(make_env, policy, scheme, *, workers, frames_per_batch, total_frames):
+def make_actor_collector(
+    make_env, policy, scheme, *, workers, frames_per_batch, total_frames, seed
+):
     """Actors: ``workers`` collector processes acting with the compressed ``policy``.
 
+    Every worker's environment is built with its own seed, ``seed + 1000 * worker index`` (room
+    for the sub-environments of a batched environment), before the collector's first reset.
+
     Args:
-        make_env: builds one worker's environment.
+        make_env: ``make_env(seed)`` builds one worker's environment.
         policy: the :class:`~torchrl_seer.collectors.CompressedPolicy` the actors run.
         scheme: the :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme` that ships
             the learner's weights to the workers.
@@ -68,20 +92,21 @@ def make_actor_collector(make_env, policy, scheme, *, workers, frames_per_batch,
         workers: worker processes; ``0`` acts in the learner's process.
         frames_per_batch: frames per batch handed to the learner.
         total_frames: frames of the whole run.
+        seed: the first worker's seed.
 
     Returns:
         A TorchRL ``MultiSyncCollector`` (or ``Collector`` with no workers).
     """
     if workers > 0:
         return MultiSyncCollector(
-            [make_env] * workers,
+            [functools.partial(make_env, seed + 1000 * worker) for worker in range(workers)],
             policy=policy,
             frames_per_batch=frames_per_batch,
             total_frames=total_frames,
             weight_sync_schemes={"policy": scheme},
         )
     return Collector(
-        make_env(), policy, frames_per_batch=frames_per_batch, total_frames=total_frames
+        make_env(seed), policy, frames_per_batch=frames_per_batch, total_frames=total_frames
     )
 
 
@@ -115,12 +140,16 @@ class RunLog:
 
     Keyword Args:
         total_frames: frames of the run (progress bar).
-        logger: a TorchRL logger; returns are logged as ``<label>/episode_return``.
+        log_scalar: ``(name, value, step)`` logging function (e.g.
+            :meth:`~torchrl_seer.trainers.helpers.RecipeRun.log_scalar`); returns are logged as
+            ``<label>/episode_return`` at environment frames.
     """
 
-    def __init__(self, label: str, *, total_frames: int, logger) -> None:
+    def __init__(
+        self, label: str, *, total_frames: int, log_scalar: Callable[[str, float, int], None]
+    ) -> None:
         self.label = label
-        self.logger = logger
+        self.log_scalar = log_scalar
         self.curve: list[tuple[float, int, float]] = []
         self.frames = 0
         self.actor_time = self.learner_time = 0.0
@@ -152,7 +181,7 @@ class RunLog:
         if done.any():
             ret = batch["next", "episode_reward"].squeeze(-1)[done].mean().item()
             self.curve.append((time.perf_counter() - self.start, self.frames, ret))
-            self.logger.log_scalar(f"{self.label}/episode_return", ret, step=self.frames)
+            self.log_scalar(f"{self.label}/episode_return", ret, self.frames)
             self.progress.set_postfix(ret=f"{ret:.1f}", pipeline=pipeline)
         self._last = time.perf_counter()
 
@@ -204,63 +233,67 @@ def write_accerl_report(
     *,
     title: str,
     threshold: float | None = None,
-    config: dict[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    seeds: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Writes ``return_vs_wall_time.png``, ``report.md`` and ``results.json`` into ``run_dir``.
+    """Writes ``report.md``, ``report.png`` (return vs wall time) and ``report.json``.
 
     Args:
         results: one dict per run with ``label``, ``curve`` (``(wall_s, frames, return)``
             tuples), ``wall``, ``actor_share``, ``compression``, ``final_pipeline`` and
-            ``monitor_events``; every entry is also saved to ``results.json``.
+            ``monitor_events``; every entry is also saved to ``report.json`` under ``runs``.
         run_dir: the run folder.
 
     Keyword Args:
         title: the report's heading.
         threshold: return threshold; when given, each run's time to reach it
-            (:func:`time_to_threshold`) is reported and the compressed ÷ full ratio computed.
-        config: the run's settings (e.g. ``vars(args)``), saved to ``results.json``.
+            (:func:`time_to_threshold`) is reported and the compressed / full ratio computed.
+        config: the run's settings, saved with the report.
+        seeds: what was seeded with what.
 
     Returns:
         The path of ``report.md``.
     """
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for res in results:
-        if res["curve"]:
-            t, _, r = zip(*res["curve"], strict=True)
-            ax.plot(t, r, label=res["label"])
-    ax.set_xlabel("wall time (s)")
-    ax.set_ylabel("episode return")
     if threshold is not None:
-        ax.axhline(threshold, color="grey", linestyle=":", label=f"threshold {threshold:g}")
         for res in results:
             res["time_to_threshold"] = time_to_threshold(res["curve"], threshold)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "return_vs_wall_time.png", dpi=120)
-    lines = [f"# {title}", "", "![return vs wall time](return_vs_wall_time.png)", ""]
-    lines += [
-        "| actors | wall (s) | time to threshold (s) | actor time share | final return "
-        "| compression |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for res in results:
         final = res["curve"][-1][2] if res["curve"] else float("nan")
         reached = res.get("time_to_threshold")
-        lines.append(
-            f"| {res['label']} | {res['wall']:.1f} | "
-            f"{'not reached' if reached is None else f'{reached:.1f}'} | "
-            f"{res['actor_share']:.2f} | {final:.1f} "
-            f"| {res['compression']} (final: {res['final_pipeline']}) |"
-        )
+        rows.append([
+            res["label"], f"{res['wall']:.1f}",
+            "not reached" if reached is None else f"{reached:.1f}",
+            f"{res['actor_share']:.2f}", f"{final:.1f}",
+            f"{res['compression']} (final: {res['final_pipeline']})",
+        ])  # fmt: skip
+    header = ["actors", "wall (s)", "time to threshold (s)", "actor time share", "final return",
+              "compression"]  # fmt: skip
+    notes = []
     times = [res.get("time_to_threshold") for res in results]
     if len(results) == 2 and None not in times:
-        lines += ["", f"Time to return {threshold:g}, compressed ÷ full: {times[0] / times[1]:.3f}"]
-    for res in results:
-        if res["monitor_events"]:
-            lines += ["", f"Monitor events ({res['label']}): {res['monitor_events']}"]
-    report = run_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    (run_dir / "results.json").write_text(
-        json.dumps({"threshold": threshold, "config": config, "runs": results}, default=str)
+        notes.append(f"Time to return {threshold:g}, compressed ÷ full: {times[0] / times[1]:.3f}")
+    notes += [
+        f"Monitor events ({res['label']}): {res['monitor_events']}"
+        for res in results
+        if res["monitor_events"]
+    ]
+    curves = {res["label"]: [(t, r) for t, _, r in res["curve"]] for res in results}
+    return write_report(
+        run_dir,
+        title=title,
+        tables=[ReportTable(header, rows)],
+        plots=[
+            ReportPlot(
+                "Return vs wall time",
+                "wall time (s)",
+                "episode return",
+                curves,
+                hlines={} if threshold is None else {f"threshold {threshold:g}": threshold},
+            )
+        ],
+        notes=notes,
+        config=config,
+        seeds=seeds,
+        data={"threshold": threshold, "runs": results},
     )
-    return report
