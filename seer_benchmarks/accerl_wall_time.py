@@ -2,13 +2,12 @@ r"""AcceRL wall time to a return threshold, compressed ÷ full actors: aggregate
 
 This is a long experiment, not part of ``make bench``. Each run of the IMPALA recipe trains once
 with compressed actors and once with full-precision actors (same seed, same machine, one after
-the other) and saves ``results.json``; run it once per seed, then aggregate::
+the other) and saves ``report.json``; run it once per seed (a hydra multirun), then aggregate::
 
-    for seed in 0 1 2; do
-      python examples/accerl_impala.py --compression int8 --width 1024 --envs-per-worker 16 \
-          --workers 2 --frames 61440 --frames-per-batch 1024 --ship-every 4 --threshold 195 \
-          --seed $seed --out runs/accerl_wall/int8_s$seed
-    done
+    python examples/accerl_impala.py -m accerl.compression=int8 network.width=1024 \
+        env.envs_per_worker=16 collector.workers=2 collector.total_frames=61440 \
+        collector.frames_per_batch=1024 accerl.ship_every=4 accerl.threshold=195 seed=0,1,2 \
+        logger.output_dir=runs/accerl_wall/int8
     python -m seer_benchmarks.accerl_wall_time runs/accerl_wall
 
 The page ``docs/benchmarks/accerl_wall_time.md`` reports per seed the wall time each arm needed
@@ -45,10 +44,17 @@ FINAL_WINDOW = 5
 
 
 def read_run(path: Path) -> dict[str, Any]:
-    """Reads one recipe invocation's ``results.json``: its config and its two arms."""
+    """Reads one recipe invocation's ``report.json``: its settings and its two arms."""
     record = json.loads(path.read_text())
     compressed, full = record["runs"]
-    return {"path": path, "threshold": record["threshold"], "config": record["config"],
+    cfg = record["config"]
+    config = {
+        "env": cfg["env"]["name"], "width": cfg["network"]["width"],
+        "envs_per_worker": cfg["env"]["envs_per_worker"], "workers": cfg["collector"]["workers"],
+        "frames_per_batch": cfg["collector"]["frames_per_batch"],
+        "ship_every": cfg["accerl"]["ship_every"], "seed": cfg["seed"],
+    }  # fmt: skip
+    return {"path": path, "threshold": record["threshold"], "config": config,
             "compressed": compressed, "full": full}  # fmt: skip
 
 
@@ -101,10 +107,10 @@ def main(argv: list[str] | None = None) -> None:
         "--conditions", default="", help="what else ran on the machine during the runs"
     )
     args = parser.parse_args(argv)
-    runs = [read_run(p) for p in sorted(args.root.glob("*/accerl_impala_*/results.json"))]
+    runs = [read_run(p) for p in sorted(args.root.glob("*/accerl_impala_*/report.json"))]
     runs = [r for r in runs if r["threshold"] is not None]
     if not runs:
-        raise SystemExit(f"no AcceRL IMPALA runs with --threshold under {args.root}")
+        raise SystemExit(f"no AcceRL IMPALA runs with accerl.threshold under {args.root}")
     runs.sort(key=lambda r: r["config"]["seed"])
     config = runs[0]["config"]
     for run in runs[1:]:

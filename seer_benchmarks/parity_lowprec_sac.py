@@ -3,13 +3,13 @@ r"""Returns parity of low-precision SAC: aggregates recipe runs into a docs page
 This is a long experiment, not part of ``make bench``. Run the recipe once per seed (each run
 trains every listed precision in sequence with the same seed), then aggregate::
 
-    for s in 0 1 2; do
-      python examples/lowprec_sac_dmc.py --env cartpole_swingup --precision fp32 bf16 \
-          bf16-lean --total-steps 12000 --eval-every 2000 --eval-episodes 2 --seed $s \
-          --out-dir runs/parity_lowprec/seed$s
-    done
-    python examples/lowprec_sac_dmc.py --precision naive-fp16 fp16 --total-steps 12000 \
-        --eval-every 2000 --eval-episodes 2 --seed 0 --out-dir runs/parity_lowprec/fp16_seed0
+    python examples/lowprec_sac_dmc.py -m env.name=cartpole_swingup \
+        "loss.precisions=[fp32,bf16,bf16-lean]" collector.total_frames=12000 \
+        logger.eval_every=2000 logger.eval_episodes=2 seed=0,1,2 \
+        'logger.output_dir=runs/parity_lowprec/seed${seed}'
+    python examples/lowprec_sac_dmc.py "loss.precisions=[naive-fp16,fp16]" \
+        collector.total_frames=12000 logger.eval_every=2000 logger.eval_episodes=2 seed=0 \
+        logger.output_dir=runs/parity_lowprec/fp16_seed0
     python -m seer_benchmarks.parity_lowprec_sac runs/parity_lowprec
 
 One folder of runs holds one task. The page ``docs/benchmarks/lowprec_sac_parity_<task>.md``
@@ -37,8 +37,10 @@ PRECISION_ORDER = ("fp32", "bf16", "bf16-lean", "fp16", "fp16-lean", "naive-fp16
 
 
 def task_of(run_dir: Path) -> str:
-    """The DMC task of a recipe run folder ``lowprec_sac_<domain>_<task>_<date>-<time>``."""
-    return run_dir.name.removeprefix("lowprec_sac_").rsplit("_", 1)[0]
+    """The DMC task of a recipe run folder (``env.name`` of its ``config.yaml``)."""
+    from omegaconf import OmegaConf
+
+    return str(OmegaConf.load(run_dir / "config.yaml").env.name)
 
 
 def collect(
@@ -52,8 +54,9 @@ def collect(
     """
     curves: dict[str, dict[str, Curve]] = defaultdict(dict)
     nonfinite: dict[tuple[str, str], int] = {}
-    for scalars in sorted(root.glob("*/lowprec_sac_*/*/scalars")):
-        precision, run = scalars.parts[-2], scalars.parts[-4]
+    # <output_dir>/<run folder>/<experiment>/scalars/<precision>/<scalar>.csv
+    for scalars in sorted(root.glob("*/lowprec_sac_*/*/scalars/*")):
+        precision, run = scalars.name, scalars.parts[-5]
         eval_csv = scalars / "eval_return.csv"
         curves[precision][run] = read_scalar_csv(eval_csv) if eval_csv.exists() else []
         bad_steps = [

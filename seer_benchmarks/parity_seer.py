@@ -2,36 +2,27 @@ r"""Returns parity of SEER against the same agent without a freeze: aggregates r
 
 This is a long experiment, not part of ``make bench``. Run a SEER recipe once per task, arm and
 seed — the no-freeze arm is the same recipe with a freeze step beyond the run — then aggregate.
-Atari (``examples/seer_atari.py``)::
+Atari (``examples/seer_atari.py``; hydra multirun, one run folder per combination)::
 
-    for seed in 0 1; do for game in RoadRunner Breakout; do
-      python examples/seer_atari.py --game $game --freeze-at 20000 --seed $seed \
-          --out-dir runs/parity_seer/${game}_seer_s$seed
-      python examples/seer_atari.py --game $game --freeze-at 50000 --seed $seed \
-          --out-dir runs/parity_seer/${game}_seer50k_s$seed
-      python examples/seer_atari.py --game $game --freeze-at 100000000 --seed $seed \
-          --out-dir runs/parity_seer/${game}_nofreeze_s$seed
-    done; done
+    python examples/seer_atari.py -m env.name=RoadRunner,Breakout seed=0,1 \
+        seer.freeze_at=20000,50000,100000000 logger.output_dir=runs/parity_seer/atari
     # the freeze_at="auto" criterion (ParameterConvergence) as its own arm:
-    python examples/seer_atari.py --game RoadRunner --freeze-at auto --seed 0 \
-        --out-dir runs/parity_seer/RoadRunner_auto_s0
+    python examples/seer_atari.py env.name=RoadRunner seer.freeze_at=auto seed=0 \
+        logger.output_dir=runs/parity_seer/atari
     python -m seer_benchmarks.parity_seer runs/parity_seer
 
 DMC from pixels (``examples/seer_dmc.py``, 12,500 agent steps = 100k environment steps at
 action repeat 8)::
 
-    for seed in 0 1 2; do
-      python examples/seer_dmc.py --total-steps 12500 --freeze-at 2500 --autocast bf16 \
-          --no-curl --seed $seed --out-dir runs/parity_seer_dmc/cartpole_swingup_seer_s$seed
-      python examples/seer_dmc.py --total-steps 12500 --freeze-at 100000000 --autocast bf16 \
-          --no-curl --seed $seed --out-dir runs/parity_seer_dmc/cartpole_swingup_nofreeze_s$seed
-    done
+    python examples/seer_dmc.py -m collector.total_frames=12500 seer.freeze_at=2500,100000000 \
+        optim.autocast=bf16 loss.curl=false seed=0,1,2 logger.output_dir=runs/parity_seer_dmc/s
     # ablation: the same freeze, pixel replay kept (a fresh crop per sample, no latents)
-    python examples/seer_dmc.py --total-steps 12500 --freeze-at 2500 --autocast bf16 \
-        --no-curl --no-latent-replay --seed 0 \
-        --out-dir runs/parity_seer_dmc/cartpole_swingup_freezeonly_s0
+    python examples/seer_dmc.py collector.total_frames=12500 seer.freeze_at=2500 \
+        optim.autocast=bf16 loss.curl=false seer.latent_replay=false seed=0 \
+        logger.output_dir=runs/parity_seer_dmc/s
     python -m seer_benchmarks.parity_seer runs/parity_seer_dmc --recipe dmc
 
+Each run folder holds its ``config.yaml``, ``report.json`` and the TorchRL logger's CSV files.
 The page (``docs/benchmarks/seer_parity.md`` for Atari, ``seer_parity_dmc.md`` for DMC) reports,
 per run, the training return at the end of the run, the learner updates before and after the
 freeze and their median times, and per task the mean over seeds of each arm (one arm per freeze
@@ -56,7 +47,7 @@ import matplotlib.pyplot as plt
 
 from seer_benchmarks.curves import Curve, bin_curve, plot_mean_band, read_scalar_csv
 from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport
-from torchrl_seer.envs import PLANET_ACTION_REPEAT
+from torchrl_seer.envs import PLANET_ACTION_REPEAT, split_dmc_task
 
 #: Returns at the end of a run are the mean over episodes finished in this last share of it.
 FINAL_SHARE = 0.1
@@ -110,7 +101,7 @@ RECIPES = {
             "SEER arm freezes the whole encoder at T_f and continues on latent replay (K=4 "
             "random-crop latents per observation) grown to the pixel buffer's memory budget; "
             "the no-freeze arm is the same run with T_f beyond the end. The flags of each run "
-            "(e.g. `--autocast bf16`, `--no-curl`) are in its `report.json`. Returns are "
+            "(e.g. `optim.autocast=bf16`, `loss.curl=false`) are in its `report.json`. Returns are "
             "training-episode returns (1,000 environment steps each, actions sampled from the "
             f"policy): the final return averages the episodes ending in the last "
             f"{FINAL_SHARE:.0%} of each run's environment steps, the second-half return those "
@@ -162,6 +153,22 @@ def _float(rows: dict[str, str], key: str) -> float:
         return math.nan
 
 
+def flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings the page reads, from a SEER recipe's (nested) configuration."""
+    flat = {
+        "seed": cfg["seed"],
+        "total_steps": cfg["collector"]["total_frames"],
+        "freeze_at": cfg["seer"]["freeze_at"],
+        "latent_replay": cfg["seer"].get("latent_replay", True),
+    }
+    if "exploration" in cfg:  # seer_atari
+        flat["game"] = cfg["env"]["name"]
+    else:  # seer_dmc
+        flat["domain"], flat["task"] = split_dmc_task(cfg["env"]["name"])
+        flat["action_repeat"] = cfg["env"]["action_repeat"]
+    return flat
+
+
 def read_run(report_path: Path) -> dict[str, Any]:
     """Reads one recipe run: its report and its episode returns.
 
@@ -175,7 +182,8 @@ def read_run(report_path: Path) -> dict[str, Any]:
         update times, and the estimated learner seconds (updates x median time, per phase).
     """
     report = json.loads(report_path.read_text())
-    config, rows, freeze = report["config"], report["rows"], report["freeze"]
+    config, freeze = flat_config(report["config"]), report["freeze"]
+    rows = {label: value for label, value in report["tables"][0]["rows"]}
     csv_files = list(report_path.parent.glob("*/scalars/episode_return.csv"))
     curve: Curve = read_scalar_csv(csv_files[0]) if csv_files else []
     last = frames_per_step(config) * config["total_steps"]
@@ -219,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     recipe = RECIPES[args.recipe]
     bin_frames = args.bin_frames or recipe.bin_frames
     window_frames = args.window_frames or recipe.window_frames
-    pattern = f"*/seer_{args.recipe}_*/report.json"
+    pattern = f"**/seer_{args.recipe}_*/report.json"
     runs = [read_run(path) for path in sorted(args.root.glob(pattern))]
     if not runs:
         raise SystemExit(f"no SEER recipe runs ({pattern}) under {args.root}")
