@@ -165,14 +165,15 @@ def train(cfg: DictConfig) -> Path:
         optimizers=[optimizer],
         replay_buffer=rb,
         target_sync="encoder",  # target CNN = online CNN; target head keeps its hard updates
-        max_capacity=cfg.seer.max_capacity,
-        reference_capacity=(
-            functools.partial(reference_capacity_atari, t_max=cfg.collector.total_frames)
-            if cfg.seer.capacity_rule == "reference"
-            else None
+        replay_options=LatentReplayOptions(
+            max_capacity=cfg.seer.max_capacity,
+            capacity=(
+                functools.partial(reference_capacity_atari, t_max=cfg.collector.total_frames)
+                if cfg.seer.capacity_rule == "reference"
+                else cfg.seer.latent_capacity
+            ),
+            storage_factory=latent_storage,
         ),
-        latent_storage=latent_storage,
-        latent_capacity=cfg.seer.latent_capacity,
         convergence=ParameterConvergence(
             encoder.frozen_part.parameters(),
             check_interval=cfg.seer.auto_interval,

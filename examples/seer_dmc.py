@@ -45,7 +45,7 @@ from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
 from torchrl.objectives import SACLoss, SoftUpdate
 from tqdm import tqdm
 
-from torchrl_seer.data import LatentEncodeTransform
+from torchrl_seer.data import LatentEncodeTransform, LatentReplayOptions
 from torchrl_seer.envs import PLANET_ACTION_REPEAT, make_dmc_env, split_dmc_task
 from torchrl_seer.modules import CenterCrop, CURLPixelEncoder, LatentOrPixelFeatures, RandomCrop
 from torchrl_seer.objectives import CURLLoss
@@ -185,9 +185,11 @@ def train(cfg: DictConfig) -> Path:
         latent_transform=LatentEncodeTransform(
             encoder, num_copies=cfg.seer.num_copies, augmentation=RandomCrop(84)
         ),
-        latent_storage=lambda capacity: LazyTensorStorage(capacity, device=device),
         target_sync=cfg.seer.target_sync,
-        max_capacity=cfg.seer.max_capacity,
+        replay_options=LatentReplayOptions(
+            max_capacity=cfg.seer.max_capacity,
+            storage_factory=lambda capacity: LazyTensorStorage(capacity, device=device),
+        ),
     )
 
     # 6. training loop, one collector per checkpoint interval; optional bf16 autocast of the
