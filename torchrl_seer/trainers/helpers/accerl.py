@@ -271,7 +271,7 @@ def write_accerl_report(
               "compression"]  # fmt: skip
     notes = []
     times = [res.get("time_to_threshold") for res in results]
-    if len(results) == 2 and None not in times:
+    if threshold is not None and len(times) == 2 and times[0] is not None and times[1] is not None:
         notes.append(f"Time to return {threshold:g}, compressed ÷ full: {times[0] / times[1]:.3f}")
     notes += [
         f"Monitor events ({res['label']}): {res['monitor_events']}"
