@@ -93,11 +93,6 @@ def check(cfg: DictConfig) -> None:
         non_negative=["optim.learn_start"],
         choices={"replay_buffer.codec": ["zstd", "keyframe-sparse", "none"]},
     )  # fmt: skip
-    if cfg.checkpoint.interval % cfg.collector.frames_per_batch:
-        raise ValueError(
-            f"checkpoint.interval ({cfg.checkpoint.interval}) must be a multiple of "
-            f"collector.frames_per_batch ({cfg.collector.frames_per_batch})."
-        )
     check_atari_game(cfg.env.name)
 
 

@@ -78,11 +78,6 @@ def check(cfg: DictConfig) -> tuple[str, str]:
         non_negative=["collector.init_random_frames", "loss.tau", "loss.alpha_init"],
         choices={"loss.precisions": PRECISIONS},
     )  # fmt: skip
-    if cfg.checkpoint.interval % cfg.collector.frames_per_batch:
-        raise ValueError(
-            f"checkpoint.interval ({cfg.checkpoint.interval}) must be a multiple of "
-            f"collector.frames_per_batch ({cfg.collector.frames_per_batch})."
-        )
     return split_dmc_task(cfg.env.name)
 
 

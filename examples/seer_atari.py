@@ -88,11 +88,6 @@ def check(cfg: DictConfig) -> None:
     freeze_at = cfg.seer.freeze_at
     if freeze_at != "auto" and not (isinstance(freeze_at, int) and freeze_at >= 0):
         raise ValueError(f"seer.freeze_at must be a step >= 0 or 'auto', got {freeze_at!r}.")
-    if cfg.checkpoint.interval % cfg.collector.frames_per_batch:
-        raise ValueError(
-            f"checkpoint.interval ({cfg.checkpoint.interval}) must be a multiple of "
-            f"collector.frames_per_batch ({cfg.collector.frames_per_batch})."
-        )
     if cfg.seer.load_encoder is not None and not Path(cfg.seer.load_encoder).is_file():
         raise ValueError(f"seer.load_encoder={cfg.seer.load_encoder!r} is not a file.")
     check_atari_game(cfg.env.name)

@@ -146,7 +146,8 @@ def check_config(
 
     Shared settings: ``seed`` (an integer), ``logger.backend`` (``null``, ``csv``,
     ``tensorboard``, ``wandb`` or ``mlflow``), ``checkpoint.interval`` (``>= 0``; ``0``
-    disables checkpoints) and ``resume`` (``null`` or an existing run folder).
+    disables checkpoints; a multiple of ``collector.frames_per_batch`` when the recipe has it)
+    and ``resume`` (``null`` or an existing run folder).
 
     Args:
         cfg (DictConfig): the recipe's configuration.
@@ -174,6 +175,12 @@ def check_config(
         raise ValueError(f"seed must be an integer, got {cfg.seed!r}.")
     check_choice(cfg, "logger.backend", LOGGER_BACKENDS)
     check_positive(cfg, "checkpoint.interval", allow_zero=True)
+    frames_per_batch = OmegaConf.select(cfg, "collector.frames_per_batch")
+    if frames_per_batch and cfg.checkpoint.interval % frames_per_batch:
+        raise ValueError(
+            f"checkpoint.interval ({cfg.checkpoint.interval}) must be a multiple of "
+            f"collector.frames_per_batch ({frames_per_batch})."
+        )
     if cfg.resume is not None and not (Path(cfg.resume) / "config.yaml").is_file():
         raise ValueError(f"resume={cfg.resume!r} is not a run folder (no config.yaml in it).")
     check_positive(cfg, *positive)
