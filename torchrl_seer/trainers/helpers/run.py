@@ -94,7 +94,14 @@ class RecipeRun:
             logger_state = self.checkpointer.read()["logger"]
         self.logger = self._make_logger(logger_state)
         if self.logger is not None and logger_state is None:
-            self.logger.log_hparams(_flatten(OmegaConf.to_container(self.cfg, resolve=True)))
+            # scalars and strings only: TensorBoard's hparams refuse None and lists
+            hparams = _flatten(OmegaConf.to_container(self.cfg, resolve=True))
+            self.logger.log_hparams(
+                {
+                    key: value if isinstance(value, (bool, int, float, str)) else str(value)
+                    for key, value in hparams.items()
+                }
+            )
 
     @staticmethod
     def _merge_resumed(saved: DictConfig, given: DictConfig) -> DictConfig:
