@@ -61,6 +61,7 @@ from torchrl_seer.trainers.helpers.accerl import (
 
 def check(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is created."""
+    check_accerl_config(cfg)  # first: no checkpoint settings apply
     check_config(
         cfg,
         positive=[
@@ -70,7 +71,6 @@ def check(cfg: DictConfig) -> None:
         ],
         non_negative=["collector.workers", "loss.entropy_coef"],
     )  # fmt: skip
-    check_accerl_config(cfg)
     if cfg.env.atari:
         check_atari_game(cfg.env.name)
 

@@ -51,6 +51,7 @@ from torchrl_seer.trainers.helpers.accerl import (
 
 def check(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is created."""
+    check_accerl_config(cfg)  # first: no checkpoint settings apply
     check_config(
         cfg,
         positive=[
@@ -62,7 +63,6 @@ def check(cfg: DictConfig) -> None:
     )  # fmt: skip
     if cfg.replay_buffer.size is not None:
         check_config(cfg, positive=["replay_buffer.size"])
-    check_accerl_config(cfg)
 
 
 def env_maker(name: str):
