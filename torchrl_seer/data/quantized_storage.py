@@ -138,7 +138,7 @@ class QuantizedStorage(LazyTensorStorage):
         >>> rb = ReplayBuffer(storage=storage, batch_size=8)
         >>> obs = torch.randn(100, 17)
         >>> for row in obs:  # one row at a time: the range grows with the data
-        ...     rb.add(TensorDict({"observation": row}, []))
+        ...     _ = rb.add(TensorDict({"observation": row}, []))
         >>> storage._storage["observation"].dtype
         torch.uint8
         >>> err = (storage.get(torch.arange(100))["observation"] - obs).abs()
