@@ -272,6 +272,7 @@ class QuantizedStorage(LazyTensorStorage):
     @staticmethod
     def _encode_int8(value: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
         x = value.to(torch.float64)
+        low, high = low.to(x.device), high.to(x.device)
         scale = (high - low) / _GRID_STEPS
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         codes = torch.round((x - low) / scale).clamp(0, _GRID_STEPS)
@@ -286,6 +287,7 @@ class QuantizedStorage(LazyTensorStorage):
     ) -> torch.Tensor:
         """Decodes to float64, clamped to the range and to ``dtype``'s finite range."""
         limit = torch.finfo(dtype).max
+        low, high = low.to(codes.device), high.to(codes.device)
         scale = (high - low) / _GRID_STEPS
         values = low + codes.to(torch.float64) * scale
         values = torch.minimum(torch.maximum(values, low.clamp_min(-limit)), high.clamp_max(limit))
@@ -373,7 +375,8 @@ class QuantizedStorage(LazyTensorStorage):
                 values = self._decode_int8(
                     old, self.lows[name].double(), self.highs[name].double(), torch.float64
                 )
-                codes[rows] = torch.where(grown, self._encode_int8(values, low, high), old)
+                reencoded = self._encode_int8(values, low, high)
+                codes[rows] = torch.where(grown.to(codes.device), reencoded, old)
                 self.requantized[name] |= grown
                 self.num_requantizations += 1
             self.lows[name].copy_(low)
@@ -472,7 +475,7 @@ class QuantizedStorage(LazyTensorStorage):
             self._forget(registered)  # a refused first write leaves no trace either
             raise
         written = torch.zeros(self.max_size, dtype=torch.bool)
-        written[cursor] = True
+        written[cursor.cpu() if isinstance(cursor, torch.Tensor) else cursor] = True
         self._commit(ranges, written)
         indices = written.nonzero()
         if len(indices):
