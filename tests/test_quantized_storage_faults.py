@@ -284,3 +284,36 @@ def test_tensorclass_and_list_writes_behave_as_lazy_tensor_storage():
     assert_within_bound(
         listed, "obs", listed.get(torch.arange(2))["obs"], torch.stack([r["obs"] for r in rows])
     )
+
+
+def test_refused_write_through_a_buffer_rewinds_its_writer():
+    storage = QuantizedStorage(8, keys=["obs"], dtype="fp16")
+    rb = ReplayBuffer(storage=storage, batch_size=2)
+    rb.extend(TensorDict({"obs": torch.randn(3, 2), "action": torch.zeros(3, 1)}, [3]))
+    with pytest.raises(ValueError, match="beyond the fp16 range"):
+        rb.extend(TensorDict({"obs": torch.full((2, 2), 1e6), "action": torch.zeros(2, 1)}, [2]))
+    with pytest.raises(ValueError, match=r"'action' rows of shape \(1,\)"):
+        rb.extend(TensorDict({"obs": torch.randn(2, 2), "action": torch.zeros(2, 3)}, [2]))
+    assert len(rb) == 3
+    rb.extend(TensorDict({"obs": torch.ones(1, 2), "action": torch.ones(1, 1)}, [1]))
+    assert float(storage.get(3)["action"]) == 1.0 and len(rb) == 4  # next slot, not slot 5
+
+
+@pytest.mark.parametrize("capacity", [4, 16])
+def test_resizing_keeps_rows_and_later_widenings_exact(capacity):
+    from torchrl_seer.data import ResizableRoundRobinWriter, grow_replay_buffer
+
+    storage = QuantizedStorage(8, keys=["obs"], dtype="int8")
+    rb = ReplayBuffer(storage=storage, writer=ResizableRoundRobinWriter(), batch_size=2)
+    values = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    rb.extend(TensorDict({"obs": values}, [10]))  # wrapped: slots hold rows 8, 9, 2..7
+    grow_replay_buffer(rb, capacity)  # shrinks when capacity < 8
+    kept = values[10 - min(8, capacity) :]
+    assert_within_bound(storage, "obs", storage.get(torch.arange(len(kept)))["obs"], kept)
+    wide = torch.full((1, 3), 50.0)
+    rb.extend(TensorDict({"obs": wide}, [1]))  # widens: every kept row is re-quantized
+    expected = torch.cat([kept, wide])[-len(rb) :] if capacity < 8 else torch.cat([kept, wide])
+    got = storage.get(torch.arange(len(rb)))["obs"]
+    if capacity < 8:  # the full shrunk buffer wrapped: slot 0 now holds the new row
+        got = torch.cat([got[1:], got[:1]])
+    assert_within_bound(storage, "obs", got, expected)

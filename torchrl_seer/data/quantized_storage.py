@@ -14,6 +14,7 @@ from torchrl_seer.data.checkpoint_checksums import (
     verify_checksum_manifest,
     write_checksum_manifest,
 )
+from torchrl_seer.data.replay_rewiring import relocate_tensor_rows, rewind_failed_write
 
 __all__ = ["QuantizedStorage"]
 
@@ -366,9 +367,10 @@ class QuantizedStorage(LazyTensorStorage):
         """Re-quantizes the stored rows of grown features and installs the new ranges."""
         for name, (low, high, grown) in ranges.items():
             if bool(grown.any()):
-                stored = torch.ones(self._rows_written, dtype=torch.bool)
+                rows_written = min(self._rows_written, self.max_size)
+                stored = torch.ones(rows_written, dtype=torch.bool)
                 if written is not None:
-                    stored &= ~written[: self._rows_written]
+                    stored &= ~written[:rows_written]
                 rows = stored.nonzero().squeeze(-1)
                 codes = self._storage.get(self._keys_by_name[name])
                 old = codes[rows]
@@ -465,22 +467,66 @@ class QuantizedStorage(LazyTensorStorage):
         With int8, a finite value outside a feature's range widens it and the rows already
         stored are re-quantized to the new grid once the write has succeeded.
         """
-        data = self._rows(data)
-        values = {key: self._source_values(data, key) for key in self.quantized_keys}
-        registered = self._register(data, values)
+        slots = self._slots(cursor)
+        length = len(self)
+        registered: list[str] = []
         try:
+            data = self._rows(data)
+            values = {key: self._source_values(data, key) for key in self.quantized_keys}
+            self._check_other_rows(data)
+            registered = self._register(data, values)
             ranges = self._new_ranges(data, values) if self.format == "int8" else {}
             super().set(cursor, self._encode(data, values, ranges), set_cursor=set_cursor)
         except Exception:
-            self._forget(registered)  # a refused first write leaves no trace either
+            # a refused write leaves no trace: no new key, the same length, and the writer
+            # executing it back where it was
+            self._forget(registered)
+            self._len = length
+            rewind_failed_write(self, slots)
             raise
         written = torch.zeros(self.max_size, dtype=torch.bool)
-        written[cursor.cpu() if isinstance(cursor, torch.Tensor) else cursor] = True
+        written[slots] = True
         self._commit(ranges, written)
         indices = written.nonzero()
         if len(indices):
             self._rows_written = max(self._rows_written, int(indices.max()) + 1)
         self.num_nonfinite += sum(int((~torch.isfinite(v)).sum()) for v in values.values())
+
+    def _slots(self, cursor: int | Sequence[int] | slice | torch.Tensor) -> torch.Tensor:
+        """The slots a write at ``cursor`` touches, in write order (CPU)."""
+        if isinstance(cursor, slice):
+            return torch.arange(self.max_size)[cursor]
+        return torch.as_tensor(cursor).reshape(-1).cpu().long()
+
+    def _check_other_rows(self, data: TensorDictBase) -> None:
+        """Refuses a key whose row shape differs from the stored one, before any write."""
+        if not self.initialized:
+            return
+        quantized = {_key_name(k) for k in self.quantized_keys}
+        stored = self._storage
+        for key, value in data.items(True, True):
+            name = _key_name(key)
+            if name in quantized or key not in stored.keys(True, True):
+                continue
+            expected = stored.get(key).shape[1:]
+            if value.shape[data.batch_dims :] != expected:
+                raise ValueError(
+                    f"QuantizedStorage stores {key!r} rows of shape {tuple(expected)}; got rows "
+                    f"of shape {tuple(value.shape[data.batch_dims :])}."
+                )
+
+    def relocate_rows(self, slots: torch.Tensor, capacity: int) -> None:
+        """Keeps the rows at ``slots`` (in order) in slots ``0..n-1`` of ``capacity`` slots.
+
+        The encoded rows move with their ranges unchanged (see
+        :class:`~torchrl_seer.data.ResizableRoundRobinWriter`).
+
+        Args:
+            slots: distinct slots, in the order they take.
+            capacity: the new capacity.
+        """
+        relocate_tensor_rows(self, slots, capacity)
+        self._rows_written = int(slots.numel())
 
     def get(self, index: int | Sequence[int] | slice | torch.Tensor) -> Any:
         """Reads rows at ``index`` and decodes the quantized keys to their float dtype."""
