@@ -116,8 +116,11 @@ class QuantizedStorage(LazyTensorStorage):
           ``LazyTensorStorage`` refuses it. Data must be a TensorDict or tensorclass (or a
           list of them, stacked); bare tensors are refused (``TypeError``).
         * Multi-dimensional storages (``ndim > 1``) are not supported.
-        * A write is validated before anything is stored: a refused write leaves rows,
-          ranges and counters untouched.
+        * A write is validated before anything is stored (the row shapes of every key
+          included): a refused write leaves rows, length, ranges and counters untouched, and
+          the writer executing it where it was.
+        * Resizing (:func:`~torchrl_seer.data.grow_replay_buffer`) moves the encoded rows
+          with their ranges unchanged.
         * Sharing with other processes: the ranges are tensors updated in place, so every
           process that received the storage after its first write decodes with the current
           ranges; writes must come from one process at a time, and a write that widens a
