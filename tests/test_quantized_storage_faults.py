@@ -317,3 +317,30 @@ def test_resizing_keeps_rows_and_later_widenings_exact(capacity):
     if capacity < 8:  # the full shrunk buffer wrapped: slot 0 now holds the new row
         got = torch.cat([got[1:], got[:1]])
     assert_within_bound(storage, "obs", got, expected)
+
+
+def _read_in_child(storage, queue, ready, widened):
+    queue.put(storage.get(torch.arange(3))["obs"].flatten().tolist())
+    ready.set()
+    widened.wait()
+    queue.put(storage.get(torch.arange(4))["obs"].flatten().tolist())
+
+
+@pytest.mark.slow  # spawns a process (~10 s)
+def test_a_reader_process_sees_widened_ranges_and_requantized_rows():
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    storage = QuantizedStorage(8, keys=["obs"], dtype="int8")
+    storage.set(torch.arange(3), TensorDict({"obs": torch.tensor([[0.0], [0.5], [1.0]])}, [3]))
+    queue, ready, widened = ctx.Queue(), ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_read_in_child, args=(storage, queue, ready, widened))
+    child.start()
+    assert queue.get(timeout=120) == [0.0, 0.5, 1.0]
+    ready.wait(timeout=120)
+    storage.set(3, TensorDict({"obs": torch.tensor([10.0])}, []))  # widens, re-quantizes
+    widened.set()
+    seen = queue.get(timeout=120)
+    child.join(timeout=120)
+    assert seen == storage.get(torch.arange(4))["obs"].flatten().tolist()
+    assert seen[1] != 0.5 and seen[3] == 10.0  # the child decodes the new grid

@@ -123,8 +123,9 @@ class QuantizedStorage(LazyTensorStorage):
           with their ranges unchanged.
         * Sharing with other processes: the ranges are tensors updated in place, so every
           process that received the storage after its first write decodes with the current
-          ranges; writes must come from one process at a time, and a write that widens a
-          range re-encodes stored rows, so no process should read while it runs.
+          ranges and re-quantized rows. Writes must all come from one process (the write
+          bookkeeping is per process), and a write that widens a range re-encodes stored
+          rows, so no process should read while it runs.
 
     Args:
         max_size (int): capacity (number of rows).
