@@ -207,3 +207,19 @@ def test_unscaled_stepper_skips_nonfinite_gradients_and_updates():
     assert torch.equal(weight.detach(), torch.ones(2))
     assert int(stepper.optimize(TensorDict({"loss_w": weight.sum()}, []))["skipped_steps"]) == 0
     assert torch.equal(weight.detach(), torch.zeros(2))
+
+
+def test_kahan_target_update_refuses_an_overflowing_step_before_writing():
+    # the scaled fp16 target (s = 1e4) overflows for weights above 6.55: the error used to come
+    # after the step, leaving inf in the targets
+    actor, qvalue, _ = _networks(hidden=8)
+    loss = LowPrecisionSACLoss(actor, qvalue, **PRECISION_PRESETS["fp16"], alpha_init=0.1)
+    updater = loss.make_target_updater(tau=0.005)
+    source = next(iter(loss.qvalue_network_params.values(True, True)))
+    with torch.no_grad():
+        source.data[0] = 7.0
+    targets = [t.detach().clone() for t in loss.target_qvalue_network_params.values(True, True)]
+    with pytest.raises(OverflowError, match="no target was updated"):
+        updater.step()
+    after = list(loss.target_qvalue_network_params.values(True, True))
+    assert all(torch.equal(a, b.detach()) for a, b in zip(targets, after, strict=True))
