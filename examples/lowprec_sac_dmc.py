@@ -17,8 +17,10 @@ their returns side by side. Read top to bottom:
 5. ``loss.make_target_updater``: ``KahanSoftUpdate`` (Kahan-momentum) or TorchRL's
    ``SoftUpdate``, stepped every ``--target-update-interval`` updates;
 6. the loop: collect (random actions for ``--init-random-steps``) -> fp32 replay buffer ->
-   sample -> loss (batch cast to low precision inside) -> stepper -> target update; a run
-   whose parameters go non-finite is stopped and reported as diverged;
+   sample -> loss (batch cast to low precision inside) -> stepper -> target update; the
+   stepper never lets a parameter go non-finite (it skips and counts faulty steps), so a run
+   is stopped and reported as failed when its critic skipped every update of a collected
+   batch (or, as a safeguard, when a parameter is non-finite);
 7. periodic deterministic evaluation, TorchRL CSV logging, and a report (markdown + PNG of
    the return curves of every precision) in the printed run folder.
 
@@ -205,6 +207,7 @@ def train(precision: str, args: argparse.Namespace, run_dir: Path) -> dict:
         for episode_return in batch["next", "episode_reward"][done].flatten().tolist():
             logger.log_scalar("train_return", episode_return, step=steps)
         if steps >= args.init_random_steps:
+            critic_skips = stepper.skipped_steps["loss_qvalue"]
             for _ in range(args.frames_per_batch):  # update-to-data ratio 1
                 metrics = stepper.optimize(loss(buffer.sample()))
                 result["updates"] += 1
@@ -213,9 +216,11 @@ def train(precision: str, args: argparse.Namespace, run_dir: Path) -> dict:
                     target_updater.step()
             for key in ("loss_qvalue", "loss_actor", "alpha"):
                 logger.log_scalar(key, float(metrics[key]), step=steps)
-            if not all_finite(loss):
+            stalled = stepper.skipped_steps["loss_qvalue"] - critic_skips == args.frames_per_batch
+            if stalled or not all_finite(loss):
                 result["diverged_at"] = steps
-                tqdm.write(f"{precision}: parameters went non-finite at step {steps}")
+                reason = "every critic step was skipped" if stalled else "non-finite parameters"
+                tqdm.write(f"{precision}: failed at step {steps} ({reason})")
                 break
         if steps % args.eval_every < args.frames_per_batch:
             episode_return = evaluate(eval_env, policy, args.eval_episodes)
@@ -246,7 +251,7 @@ def write_report(results: list[dict], args: argparse.Namespace, run_dir: Path) -
         f"{args.total_steps} env steps per run, seed {args.seed}, batch {args.batch_size}, "
         f"2x{args.hidden} MLPs, lr {args.lr}, action repeat {args.action_repeat}.",
         "",
-        "| precision | last eval return | best eval return | diverged at step "
+        "| precision | last eval return | best eval return | failed at step "
         "| skipped optimizer steps | updates | wall time (s) |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -276,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         returns = [r for _, r in res["curve"]]
         best = max(returns) if returns else math.nan
         print(
-            f"  {res['precision']}: best eval return {best:.1f}, diverged at {res['diverged_at']}"
+            f"  {res['precision']}: best eval return {best:.1f}, failed at {res['diverged_at']}"
         )
 
 
