@@ -171,8 +171,7 @@ class QuantizedStorage(LazyTensorStorage):
         self._keys_by_name = {_key_name(k): k for k in self.quantized_keys}
         self.format = dtype
         #: per key: running range of the finite values (per feature; float32, float64 for
-        #: float64 keys); ``+inf`` /
-        #: ``-inf`` where no finite value was seen yet.
+        #: float64 keys); ``+inf`` / ``-inf`` where no finite value was seen yet.
         self.lows: dict[str, torch.Tensor] = {}
         self.highs: dict[str, torch.Tensor] = {}
         #: per key and feature: whether stored rows were re-quantized to a wider range.
