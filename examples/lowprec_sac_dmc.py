@@ -280,9 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     for res in results:
         returns = [r for _, r in res["curve"]]
         best = max(returns) if returns else math.nan
-        print(
-            f"  {res['precision']}: best eval return {best:.1f}, failed at {res['diverged_at']}"
-        )
+        print(f"  {res['precision']}: best eval return {best:.1f}, failed at {res['diverged_at']}")
 
 
 if __name__ == "__main__":
