@@ -17,8 +17,10 @@ and plots their returns side by side. Read top to bottom:
 5. ``loss.make_target_updater``: ``KahanSoftUpdate`` (Kahan-momentum) or TorchRL's
    ``SoftUpdate``, stepped every ``loss.target_update_interval`` updates;
 6. the loop: collect (random actions for ``collector.init_random_frames``) -> fp32 replay buffer ->
-   sample -> loss (batch cast to low precision inside) -> stepper -> target update; a run
-   whose parameters go non-finite is stopped and reported as diverged;
+   sample -> loss (batch cast to low precision inside) -> stepper -> target update; the
+   stepper never lets a parameter go non-finite (it skips and counts faulty steps), so a run
+   is stopped and reported as failed when its critic skipped every update of a collected
+   batch (or, as a safeguard, when a parameter is non-finite);
 7. periodic deterministic evaluation, TorchRL logging, and a report (markdown + PNG of the
    return curves of every precision) rewritten at every evaluation; a checkpoint every
    ``checkpoint.interval`` steps (``resume=<run dir>`` continues a run).
@@ -223,6 +225,7 @@ def train_precision(
             frames = cfg.env.action_repeat * steps
             episodes.record(batch, frames=frames)
             if steps >= cfg.collector.init_random_frames:
+                critic_skips = stepper.skipped_steps["loss_qvalue"]
                 for _ in range(cfg.collector.frames_per_batch):  # update-to-data ratio 1
                     metrics = stepper.optimize(loss(buffer.sample()))
                     result["updates"] += 1
@@ -231,9 +234,12 @@ def train_precision(
                         target_updater.step()
                 for key in ("loss_qvalue", "loss_actor", "alpha"):
                     run.log_scalar(f"{precision}/{key}", float(metrics[key]), step=frames)
-                if not all_finite(loss):
+                skipped = stepper.skipped_steps["loss_qvalue"] - critic_skips
+                stalled = skipped == cfg.collector.frames_per_batch
+                if stalled or not all_finite(loss):
                     result["diverged_at"] = steps
-                    tqdm.write(f"{precision}: parameters went non-finite at step {steps}")
+                    reason = "every critic step was skipped" if stalled else "non-finite parameters"
+                    tqdm.write(f"{precision}: failed at step {steps} ({reason})")
                     break
             if steps % cfg.logger.eval_every < cfg.collector.frames_per_batch:
                 episode_return = evaluate(eval_env, policy, cfg.logger.eval_episodes)
@@ -265,9 +271,9 @@ def write_lowprec_report(results: list[dict], cfg: DictConfig, run: RecipeRun) -
             res["diverged_at"] if res["diverged_at"] is not None else "no",
             res["skipped_steps"], res["updates"], f"{res['seconds']:.0f}",
         ])  # fmt: skip
-    header = ["precision", "last eval return", "best eval return", "diverged at step",
+    header = ["precision", "last eval return", "best eval return", "failed at step",
               "skipped optimizer steps", "updates", "wall time (s)"]  # fmt: skip
-    diverged = {f"{r['precision']} diverged": r["diverged_at"] for r in results if r["diverged_at"]}
+    diverged = {f"{r['precision']} failed": r["diverged_at"] for r in results if r["diverged_at"]}
     return write_report(
         run.dir,
         title=f"Low-precision SAC on {cfg.env.name}",
@@ -318,9 +324,7 @@ def train(cfg: DictConfig) -> Path:
     for res in finished:
         returns = [r for _, r in res["curve"]]
         best = max(returns) if returns else math.nan
-        print(
-            f"  {res['precision']}: best eval return {best:.1f}, diverged at {res['diverged_at']}"
-        )
+        print(f"  {res['precision']}: best eval return {best:.1f}, failed at {res['diverged_at']}")
     return report
 
 

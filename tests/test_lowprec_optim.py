@@ -111,10 +111,16 @@ def test_hadam_invalid_arguments():
         HAdam([w], betas=(1.0, 0.9))
 
 
-def _scaled_setup(init_scale=1e4, growth_interval=10_000):
+def _scaled_setup(init_scale=1e4, growth_interval=10_000, min_scale=1.0):
     w = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
     opt = HAdam([w], lr=1e-3, eps=1e-8 * init_scale)
-    return w, opt, CompoundLossScaler(opt, init_scale=init_scale, growth_interval=growth_interval)
+    return (
+        w,
+        opt,
+        CompoundLossScaler(
+            opt, init_scale=init_scale, growth_interval=growth_interval, min_scale=min_scale
+        ),
+    )
 
 
 def test_compound_scaler_halves_on_injected_inf():
@@ -145,7 +151,7 @@ def test_compound_scaler_checks_headroom():
 
 
 def test_compound_scaler_eps_floor():
-    w, opt, scaler = _scaled_setup(init_scale=1e-1)
+    w, opt, scaler = _scaled_setup(init_scale=1e-1, min_scale=1e-3)  # the scale floor
     for _ in range(5):
         w.grad = torch.full_like(w, float("nan"))
         scaler.step()

@@ -42,7 +42,7 @@ def test_int8_error_bound_holds(scale, offset, seed):
         # scale / 2 plus float32 rounding of the decode
         assert (err <= bound * (1 + 1e-4) + 1e-6 * data[key].abs().max()).all()
     assert torch.equal(decoded["action"], data["action"])  # unlisted keys stay exact
-    assert storage.num_clipped == 0
+    assert storage.num_nonfinite == 0 and storage.num_requantizations == 0
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
@@ -56,13 +56,17 @@ def test_half_precision_relative_error_bound(dtype):
     assert ((decoded - data["observation"]).abs() <= rel * data["observation"].abs()).all()
 
 
-def test_first_write_calibration_and_clipping_are_counted():
+def test_first_write_sets_the_range_and_a_wider_value_widens_it():
     storage = QuantizedStorage(16, keys=["observation"], dtype="int8")
     storage.set(torch.arange(4), TensorDict({"observation": torch.tensor([[0.0], [1.0]] * 2)}, [4]))
     assert storage.calibrated
     storage.set(4, TensorDict({"observation": torch.tensor([2.0])}, []))
-    assert storage.num_clipped == 1
-    assert float(storage.get(4)["observation"]) == pytest.approx(1.0)
+    # never clipped: the range doubles to [0, 2] and the four stored rows are re-quantized
+    assert storage.num_requantizations == 1
+    assert float(storage.get(4)["observation"]) == pytest.approx(2.0)
+    decoded = storage.get(torch.arange(4))["observation"]
+    bound = storage.max_abs_error("observation")
+    assert ((decoded - torch.tensor([[0.0], [1.0]] * 2)).abs() <= bound).all()
 
 
 def test_int8_multiplies_capacity_by_four_under_one_budget():
@@ -80,7 +84,8 @@ def test_int8_multiplies_capacity_by_four_under_one_budget():
     storage = QuantizedStorage(c_int8, keys=["latent", ("next", "latent")], dtype="int8")
     storage.calibrate(data)
     storage.set(torch.arange(8), data)
-    params = 4 * 50 * 4  # scale and offset per feature, per key
+    params = storage.fixed_nbytes(data)  # the per-feature ranges of both keys
+    assert params == 2 * 50 * 9  # float32 low and high, one flag, per feature
     assert storage.nbytes_held() - params <= budget
 
 

@@ -14,6 +14,16 @@ from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 __all__ = ["CompressedPolicy"]
 
 
+def _expected_width(policy: nn.Module) -> str:
+    """Names the input width of ``policy``'s first linear layer, when it has one."""
+    first = next((m for m in policy.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+    if isinstance(first, nn.Linear):
+        return f"; its first layer takes {first.in_features} input features"
+    if isinstance(first, nn.Conv2d):
+        return f"; its first layer takes {first.in_channels} input channels"
+    return ""
+
+
 class CompressedPolicy(TensorDictModuleBase):
     """Acts with a compressed copy of a learner's policy and stamps each step's policy version.
 
@@ -25,6 +35,12 @@ class CompressedPolicy(TensorDictModuleBase):
     ``EGreedyModule`` records no log-probability). Every output also carries ``version_key``, the
     version of the weight packet the actor was running, from which the Monitor measures policy
     lag.
+
+    Inputs are checked: a NaN or infinite observation raises a ``ValueError`` (an int8
+    network quantizes its activations over the whole batch, so one NaN would silently change
+    every row's action), and so does an input of the wrong width, naming the shapes given and
+    the width the policy's first layer takes. A packet made from another architecture is
+    refused by :meth:`load_packet` and the running network is kept.
 
     The compressed network is rebuilt from weight packets (see
     :class:`~torchrl_seer.collectors.PolicyCompressor`) on top of a private full-precision
@@ -92,6 +108,10 @@ class CompressedPolicy(TensorDictModuleBase):
 
         Args:
             packet: a packet made by :meth:`PolicyCompressor.pack`.
+
+        Raises:
+            ValueError: if the packet was made from another architecture than this policy's;
+                the running network and version are kept.
         """
         network = PolicyCompressor.rebuild(self._template, packet)
         version = int(packet["version"])
@@ -102,6 +122,17 @@ class CompressedPolicy(TensorDictModuleBase):
         self.network = network
         self.version = version
         self.packet = packet
+
+    def check_packet(self, packet: TensorDictBase) -> None:
+        """Raises if :meth:`load_packet` would refuse ``packet``; the running network is kept.
+
+        Args:
+            packet: a packet made by :meth:`PolicyCompressor.pack`.
+
+        Raises:
+            ValueError: if the packet was made from another architecture than this policy's.
+        """
+        PolicyCompressor.rebuild(self._template, packet)
 
     def update_from(
         self,
@@ -149,12 +180,36 @@ class CompressedPolicy(TensorDictModuleBase):
             The tensordict with the policy's outputs and ``version_key``.
         """
         network, version = self._acting
+        inputs = {key: tensordict.get(key, None) for key in self.in_keys}
+        for key, value in inputs.items():
+            if (
+                isinstance(value, torch.Tensor)
+                and value.is_floating_point()
+                and not bool(torch.isfinite(value).all())
+            ):
+                raise ValueError(
+                    f"CompressedPolicy ({self.compressor.spec()}) got "
+                    f"{int((~torch.isfinite(value)).sum())} non-finite value(s) in {key!r}; "
+                    "observations must be finite (an int8 network quantizes its activations "
+                    "over the whole batch, so one NaN would silently change every row's "
+                    "action)."
+                )
         unbatched = tensordict.batch_dims == 0  # int8 kernels need a batch dimension
-        with torch.no_grad():
-            if unbatched:
-                tensordict.update(network(tensordict.unsqueeze(0)).squeeze(0))
-            else:
-                tensordict = network(tensordict)
+        try:
+            with torch.no_grad():
+                if unbatched:
+                    tensordict.update(network(tensordict.unsqueeze(0)).squeeze(0))
+                else:
+                    tensordict = network(tensordict)
+        except RuntimeError as error:
+            shapes = {
+                key: tuple(value.shape) if isinstance(value, torch.Tensor) else None
+                for key, value in inputs.items()
+            }
+            raise ValueError(
+                f"CompressedPolicy ({self.compressor.spec()}) cannot act on inputs of shapes "
+                f"{shapes}{_expected_width(self._template)}: {error}"
+            ) from error
         tensordict.set(
             self.version_key, torch.full(tensordict.batch_size, version, dtype=torch.int64)
         )

@@ -72,6 +72,39 @@ def _escape(name: str) -> str:
     return name.replace(".", "/")
 
 
+def _shipped_shape(value: TensorDictBase | torch.Tensor) -> torch.Size:
+    return value.shape if isinstance(value, torch.Tensor) else value["int_repr"].shape
+
+
+def _check_packet_fits(current: dict[str, Any], shipped: TensorDictBase) -> None:
+    """Raises if a tensor of the packet has another shape than the template's compressed one."""
+    for name, value in current.items():
+        key = _escape(name)
+        if not isinstance(value, (torch.Tensor, tuple)):
+            continue
+        if key not in shipped.keys():
+            raise ValueError(
+                f"weight packet lacks '{name}': it was made from another architecture than "
+                "this policy's."
+            )
+        pairs = (
+            [(value, shipped[key])]
+            if isinstance(value, torch.Tensor)
+            else [
+                (item, shipped[key][str(i)])
+                for i, item in enumerate(value)
+                if isinstance(item, torch.Tensor) and str(i) in shipped[key].keys()
+            ]
+        )
+        for expected, packed in pairs:
+            if _shipped_shape(packed) != expected.shape:
+                raise ValueError(
+                    f"weight packet entry '{name}' has shape {tuple(_shipped_shape(packed))} "
+                    f"but this policy's architecture gives {tuple(expected.shape)}: the packet "
+                    "was made from another network (other layer sizes)."
+                )
+
+
 class PolicyCompressor:
     """A pipeline of compression steps applied in order to a copy of the learner's policy.
 
@@ -223,14 +256,29 @@ class PolicyCompressor:
 
         Returns:
             The compressed policy, in eval mode, identical to the sender's.
+
+        Raises:
+            ValueError: if ``packet`` is not a weight packet, or was made from a network of
+                another architecture (other layer sizes) than ``template``.
         """
+        missing = [k for k in ("state", "plan", "version", "pipeline") if k not in packet.keys()]
+        if missing:
+            raise ValueError(f"not a weight packet: it lacks {missing}.")
         compressor: PolicyCompressor = packet["pipeline"]
         if not isinstance(compressor, PolicyCompressor):
             raise TypeError(f"not a weight packet: 'pipeline' holds {type(compressor).__name__}")
         ctx = _quiet_ao()
         try:
-            module, _ = compressor.compress(template, plan=packet["plan"])
+            try:
+                module, _ = compressor.compress(template, plan=packet["plan"])
+            except (IndexError, RuntimeError) as error:
+                raise ValueError(
+                    f"weight packet ({compressor.spec()}) does not fit this policy: its "
+                    "compression plan refers to units this architecture does not have (the "
+                    f"packet was made from another network): {error}"
+                ) from error
             current = module.state_dict()
+            _check_packet_fits(current, packet["state"])
             state: OrderedDict[str, Any] = OrderedDict()
             # version metadata tells quantized modules which serialisation format to expect
             state._metadata = getattr(current, "_metadata", {})  # type: ignore[attr-defined]
@@ -239,8 +287,6 @@ class PolicyCompressor:
                 if not isinstance(value, (torch.Tensor, tuple)):
                     state[name] = value  # e.g. the dtype entry of packed params
                     continue
-                if key not in packet["state"].keys():
-                    raise KeyError(f"weight packet lacks '{name}': architectures differ")
                 shipped = packet["state"][key]
                 if isinstance(value, tuple):
                     state[name] = tuple(

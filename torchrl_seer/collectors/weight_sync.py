@@ -125,6 +125,7 @@ class CompressedPacketSender:
         self._strategy = CompressedWeightStrategy()
         self.compressor = compressor
         self.version = 0
+        self._checked_spec: str | None = None
 
     def prepare_weights(
         self,
@@ -143,6 +144,10 @@ class CompressedPacketSender:
 
         Returns:
             The weight packet.
+
+        Raises:
+            ValueError: if the collector's :class:`CompressedPolicy` could not load the packet
+                (the learner's policy has another architecture); the version is not advanced.
         """
         if _is_packet(weights):
             return weights
@@ -152,8 +157,27 @@ class CompressedPacketSender:
                 "collector.update_policy_weights_(learner_policy) with the full-precision "
                 f"module, got {type(weights).__name__}"
             )
+        packet = self.compressor.pack(weights, version=self.version + 1)
+        self._check_collector_accepts(packet)
         self.version += 1
-        return self.compressor.pack(weights, version=self.version)
+        return packet
+
+    def _check_collector_accepts(self, packet: TensorDictBase) -> None:
+        """Refuses, on the sender, a packet the collector's policy cannot load.
+
+        A learner policy of another architecture (other layer sizes) than the collector's
+        :class:`CompressedPolicy` raises a ``ValueError`` here, before anything is sent,
+        rather than failing in the workers. Checked once per pipeline.
+        """
+        spec = self.compressor.spec()
+        if self._checked_spec == spec:
+            return
+        model = getattr(self, "model", None)
+        if isinstance(model, nn.Module) and any(
+            isinstance(sub, CompressedPolicy) for sub in model.modules()
+        ):
+            _find_compressed_policy(model).check_packet(packet)
+        self._checked_spec = spec
 
     def _initial_packet(self, weights: Any) -> TensorDictBase:
         """The packet of the first sync: the one the collector's own policy runs."""

@@ -43,7 +43,9 @@ class KahanSoftUpdate(SoftUpdate):
 
     **Overflow hazard:** :math:`s\theta'` must stay finite, i.e. :math:`|\theta'| <
     \text{finfo.max} / s` (6.55 for fp16 and :math:`s = 10^4`). The updater checks this at
-    construction and after every step and raises with the largest safe scale. ``scale=1``
+    construction, and before every step (:math:`s\theta`, :math:`s\theta'` and their gap)
+    raises with a safe scale **before** writing any target, so the targets never hold a
+    non-finite value. ``scale=1``
     (the right choice in bf16, whose range is fp32's) skips the rebuild.
 
     With ``compensation_dtype=torch.int8`` the compensation takes one byte per weight: each
@@ -127,15 +129,42 @@ class KahanSoftUpdate(SoftUpdate):
                 f"{torch.finfo(dtype).max / float(largest):.4g}."
             )
 
+    def _check_step_fits(self) -> None:
+        """Raises before any write if a step would overflow (``s θ``, ``s θ'`` or their gap)."""
+        if self.compensation_dtype is not None:
+            return  # a convex combination formed in fp32: within the dtype's range
+        for key, sources in self._sources.items():
+            targets = self._targets.get(f"target_{key}")
+            for leaf in targets.keys(True, True):
+                source, target = sources.get(leaf).data, targets.get(leaf).data
+                scaled_source, scaled_target = source * self.scale, target * self.scale
+                if (
+                    torch.isfinite(scaled_source).all()
+                    and torch.isfinite(scaled_target).all()
+                    and torch.isfinite(scaled_source - scaled_target).all()
+                ):
+                    continue
+                largest = float(torch.maximum(source.abs().amax(), target.abs().amax()))
+                limit = torch.finfo(target.dtype).max
+                raise OverflowError(
+                    f"KahanSoftUpdate: this step would overflow {target.dtype} (scale="
+                    f"{self.scale:g}, largest |weight| of source or target={largest:.4g}, "
+                    f"largest finite {limit:g}); no target was updated. Use scale < "
+                    f"{limit / (2 * largest):.4g}."
+                )
+
     @torch.no_grad()
     def step(self) -> None:
         """Apply one Kahan-compensated soft update to every target.
 
         Raises:
-            OverflowError: if a scaled target weight is no longer finite.
+            OverflowError: if the step would overflow the targets' dtype (a scaled weight, or
+                the gap between source and target, beyond its range); it is raised before
+                any target is written, so the targets stay finite.
         """
         if not self.initialized:
             raise RuntimeError(f"{type(self).__name__} must be initialized before step().")
+        self._check_step_fits()
         tau = 1.0 - self.eps
         for key, sources in self._sources.items():
             targets = self._targets.get(f"target_{key}")

@@ -21,6 +21,7 @@ from torchrl.objectives import SACLoss, SoftUpdate, ValueEstimators
 from torchrl_seer.modules.distributions import StableTanhNormal
 from torchrl_seer.objectives.kahan_soft_update import KahanSoftUpdate
 from torchrl_seer.optim import (
+    NONFINITE_INPUTS_KEY,
     AmpStyleLossScaler,
     CompoundLossScaler,
     HAdam,
@@ -152,6 +153,16 @@ class LowPrecisionSACLoss(SACLoss):
     stateless unbiased rounding). :data:`PRECISION_PRESETS` holds the fp16, bf16,
     fp16-lean, bf16-lean (learner state at 0.55 of fp32's), naive-fp16 and fp32
     configurations.
+
+    **Faults.** Every floating input is range-checked when it is cast down: the loss output
+    counts the values that are NaN, infinite or beyond ``dtype``'s range (``65504`` in fp16)
+    in ``num_nonfinite_inputs``, and the stepper of :meth:`make_optimization_stepper` skips
+    such an update whole and counts it (``skipped_updates``), rather than training toward an
+    infinite target; rescale large rewards before the loss if they are expected. In every
+    configuration (bf16 and fp32 included, with or without a loss scaler) a non-finite loss
+    term or gradient skips that optimizer's step, and an update that would leave a
+    non-finite weight is undone, so no parameter ever holds a non-finite value; see
+    :class:`~torchrl_seer.optim.LossScalingStepper` for the counters.
 
     .. note:: The networks are cast **in place** (``module.to(dtype)``). A policy used by a
        collector must then cast its fp32 observations to ``dtype`` (and its actions back);
@@ -351,16 +362,24 @@ class LowPrecisionSACLoss(SACLoss):
 
         Returns:
             A tensordict with ``loss_actor``, ``loss_qvalue``, ``loss_alpha``, ``alpha`` and
-            ``entropy`` (and ``loss_value`` for SAC v1), in ``dtype``. The input ``tensordict``
-            receives the priority (``td_error``, as float32) and the TD target
-            (``value_target``, in ``dtype``; SAC v2).
+            ``entropy`` (and ``loss_value`` for SAC v1), in ``dtype``, and
+            ``num_nonfinite_inputs``: how many floating batch values are NaN, infinite or
+            beyond ``dtype``'s range once cast (a reward of 1e6 in fp16). The
+            :class:`~torchrl_seer.optim.LossScalingStepper` skips an update whose count is
+            positive. The input ``tensordict`` receives the priority (``td_error``, as
+            float32) and the TD target (``value_target``, in ``dtype``; SAC v2).
         """
         low_precision = tensordict.copy()
+        num_nonfinite = torch.zeros((), dtype=torch.int64)
         for key in self.in_keys:
             value = low_precision.get(key, None)
             if isinstance(value, torch.Tensor) and value.is_floating_point():
-                low_precision.set(key, value.to(self.dtype))
+                value = value.to(self.dtype)
+                # NaN and infinities, and finite values beyond the dtype (which became inf)
+                num_nonfinite = num_nonfinite + (~torch.isfinite(value)).sum().cpu()
+                low_precision.set(key, value)
         out = super().forward(low_precision)
+        out.set(NONFINITE_INPUTS_KEY, num_nonfinite)
         # the priority goes back in fp32 (what prioritized samplers store), the target as is
         tensordict.set(
             self.tensor_keys.priority, low_precision.get(self.tensor_keys.priority).float()

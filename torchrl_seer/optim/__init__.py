@@ -11,13 +11,15 @@ from torchrl_seer.optim.compensated_sum import (
     store_compensated_,
 )
 from torchrl_seer.optim.compound_loss_scaler import CompoundLossScaler
+from torchrl_seer.optim.finite_step import all_finite, finite_step
 from torchrl_seer.optim.hadam import HAdam
-from torchrl_seer.optim.loss_scaler import LossScaler, all_finite
-from torchrl_seer.optim.loss_scaling_stepper import LossScalingStepper
+from torchrl_seer.optim.loss_scaler import LossScaler
+from torchrl_seer.optim.loss_scaling_stepper import NONFINITE_INPUTS_KEY, LossScalingStepper
 from torchrl_seer.optim.stochastic_rounding import stochastic_add_
 
 __all__ = [
     "COMPENSATION_FRACTION_BITS",
+    "NONFINITE_INPUTS_KEY",
     "AmpStyleLossScaler",
     "CompoundLossScaler",
     "HAdam",
@@ -28,6 +30,7 @@ __all__ = [
     "compensated_add_",
     "compensated_lerp_",
     "compensated_value",
+    "finite_step",
     "residual_quantum",
     "stochastic_add_",
     "store_compensated_",

@@ -7,7 +7,8 @@ import math
 import torch
 from torch.optim import Optimizer
 
-from torchrl_seer.optim.loss_scaler import LossScaler, all_finite
+from torchrl_seer.optim.finite_step import all_finite
+from torchrl_seer.optim.loss_scaler import LossScaler
 
 __all__ = ["CompoundLossScaler"]
 
@@ -25,7 +26,10 @@ class CompoundLossScaler(LossScaler):
     * :meth:`scale` returns :math:`S \cdot L`; differentiate that.
     * :meth:`step`: if any element of :math:`1.1 \cdot (\beta_1/\sqrt{\beta_2}) \cdot g` is
       non-finite, skip the optimizer step and halve :math:`S`, :math:`m`, :math:`s` and
-      :math:`\epsilon` (:math:`\epsilon` floored at ``min_eps``).
+      :math:`\epsilon` (:math:`\epsilon` floored at ``min_eps``, :math:`S` at ``min_scale``:
+      at the floor the step is skipped and nothing is rescaled, so training resumes as soon
+      as the gradients are finite again). An update that would leave a non-finite weight is
+      undone and skipped too (see :class:`~torchrl_seer.optim.LossScaler`).
     * After ``growth_interval`` consecutive finite steps, if every element of
       :math:`1.1 \cdot 2 m` and :math:`1.1 \cdot 2 s` is finite, double :math:`S`, :math:`m`,
       :math:`s` and :math:`\epsilon`.
@@ -48,6 +52,9 @@ class CompoundLossScaler(LossScaler):
             ``1e-7``.
         headroom (float, optional): safety factor of the finiteness checks. Defaults to
             ``1.1``.
+        min_scale (float, optional): floor of :math:`S`; at the floor a non-finite step is
+            skipped without rescaling :math:`m`, :math:`s` and :math:`\epsilon`.
+            Defaults to ``1.0``.
 
     Examples:
         >>> import torch
@@ -73,6 +80,7 @@ class CompoundLossScaler(LossScaler):
         growth_interval: int = 10_000,
         min_eps: float = 1e-7,
         headroom: float = 1.1,
+        min_scale: float = 1.0,
     ) -> None:
         if not callable(getattr(optimizer, "linear_moments", None)):
             raise TypeError(
@@ -81,7 +89,12 @@ class CompoundLossScaler(LossScaler):
                 f"torchrl_seer.optim.HAdam; got {type(optimizer).__name__}. (Adam's second "
                 "moment grows with the square of the scale; use an unscaling scaler with it.)"
             )
-        super().__init__(optimizer, init_scale=init_scale, growth_interval=growth_interval)
+        super().__init__(
+            optimizer,
+            init_scale=init_scale,
+            growth_interval=growth_interval,
+            min_scale=min_scale,
+        )
         self.min_eps = min_eps
         self.headroom = headroom
 
@@ -102,8 +115,9 @@ class CompoundLossScaler(LossScaler):
             for group in self.optimizer.param_groups
         )
 
-    def _back_off(self) -> None:
-        self._rescale(0.5)
+    def _back_off(self, factor: float) -> None:
+        if factor < 1.0:
+            self._rescale(factor)
 
     def _grow(self) -> None:
         moments = self.optimizer.linear_moments()  # type: ignore[attr-defined]
