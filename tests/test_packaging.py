@@ -42,8 +42,16 @@ def test_every_module_imports_without_the_extras():
         import importlib, pkgutil
         import torchrl_seer
         names = [m.name for m in pkgutil.walk_packages(torchrl_seer.__path__, "torchrl_seer.")]
+        recipe_toolkit = "torchrl_seer.trainers.helpers"  # needs the examples extra
         for name in names:
-            importlib.import_module(name)
+            if name != recipe_toolkit and not name.startswith(recipe_toolkit + "."):
+                importlib.import_module(name)
+        try:
+            importlib.import_module(recipe_toolkit)
+        except ImportError as error:
+            assert "'examples' extra" in str(error), error
+        else:
+            raise AssertionError(f"{recipe_toolkit} imported without the examples extra")
         print(len(names))
         """
     )
