@@ -216,7 +216,10 @@ def test_sac_stacked_q_copies_and_targets_are_frozen_and_synced():
     target = loss.target_qvalue_network_params
     frozen_keys = [k for k in q_params.keys(True, True) if "frozen_part" in k]
     assert frozen_keys
-    source = dict(encoder.frozen_part.named_parameters())
+    source = {
+        **dict(encoder.frozen_part.named_parameters()),
+        **dict(encoder.frozen_part.named_buffers()),
+    }
     for key in frozen_keys:
         assert not q_params[key].requires_grad
         suffix = ".".join(key[key.index("frozen_part") + 1 :])

@@ -41,16 +41,27 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 class PixelScale(nn.Module):
     """Scales uint8 pixels to ``[0, 1]`` floats; float inputs pass through unchanged.
 
+    The floats take the module's dtype: float32, or the dtype the encoder was cast to
+    (``encoder.to(torch.bfloat16)``, as a low-precision loss does), so the next layer gets
+    inputs of its own dtype.
+
     Examples:
         >>> import torch
         >>> PixelScale()(torch.full((1, 2), 255, dtype=torch.uint8))
         tensor([[1., 1.]])
+        >>> PixelScale().to(torch.bfloat16)(torch.zeros(1, dtype=torch.uint8)).dtype
+        torch.bfloat16
     """
 
+    def __init__(self) -> None:
+        super().__init__()
+        # follows .to(dtype) casts of the encoder; not part of the state dict
+        self.register_buffer("unit", torch.ones(()), persistent=False)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Returns ``pixels / 255`` as float32 for uint8 input, ``pixels`` otherwise."""
+        """Returns ``pixels / 255`` in the module's dtype for uint8 input, ``pixels`` otherwise."""
         if pixels.dtype == torch.uint8:
-            return pixels.float().div_(255.0)
+            return pixels.to(self.unit.dtype).div_(255.0)
         return pixels
 
 

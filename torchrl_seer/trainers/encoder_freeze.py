@@ -34,7 +34,8 @@ def _is_frozen_name(name: str) -> bool:
 
 
 def _named_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    return [*module.named_parameters(), *module.named_buffers()]
+    """Parameters and persistent buffers (what a checkpoint holds), by name."""
+    return list(module.state_dict(keep_vars=True).items())
 
 
 @dataclass
