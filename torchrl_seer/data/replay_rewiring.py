@@ -42,6 +42,7 @@ __all__ = [
     "adopt_loaded_capacity",
     "attached_replay_buffers",
     "chronological_indices",
+    "drop_prefetched_samples",
     "install_storage",
     "is_latent_replay",
     "oldest_first_slots",
@@ -351,6 +352,8 @@ def resize_round_robin(writer: Writer, capacity: int) -> torch.Tensor:
     if storage is None:
         raise RuntimeError("the writer has no storage: register it with a buffer first.")
     storage = _check_resizable(storage)
+    for buffer in attached_replay_buffers(storage):
+        drop_prefetched_samples(buffer)
     cursor, _ = writer_position(writer)
     slots = chronological_indices(len(storage), int(storage.max_size), cursor)[-int(capacity) :]
     relocate_rows(storage, slots, int(capacity))
@@ -398,7 +401,8 @@ def install_storage(
     """Makes ``storage`` (rows ``0..length-1`` filled, oldest first) the buffer's storage.
 
     Wires writer, attachment, cursor and sampler as TorchRL's constructor would
-    (``ReplayBuffer.set_storage`` alone does neither): the writer cursor becomes
+    (``ReplayBuffer.set_storage`` alone does neither): batches a prefetching buffer sampled
+    ahead are dropped, the writer cursor becomes
     ``length % capacity`` (its write count is kept), the previous storage no longer notifies
     the buffer, and the sampler's per-slot state moves with the rows (``old_slots[i]`` → ``i``,
     :func:`relocate_sampler_state`).
@@ -411,16 +415,32 @@ def install_storage(
         old_slots (torch.Tensor): the previous slot of each new row ``0..length-1``.
         length (int): rows written.
     """
-    previous = replay_buffer.storage
-    if replay_buffer in previous._attached_entities:
-        previous._attached_entities.remove(replay_buffer)
-    replay_buffer.set_storage(storage)
-    replay_buffer.writer.register_storage(storage)
-    storage.attach(replay_buffer)
-    storage._len = int(length)
-    storage._set_last_cursor(int(length) - 1 if length else -1)
-    set_writer_position(replay_buffer.writer, int(length) % int(storage.max_size))
-    relocate_sampler_state(replay_buffer.sampler, old_slots, int(storage.max_size), storage)
+    drop_prefetched_samples(replay_buffer)
+    with replay_buffer._replay_lock:
+        previous = replay_buffer.storage
+        if replay_buffer in previous._attached_entities:
+            previous._attached_entities.remove(replay_buffer)
+        replay_buffer.set_storage(storage)
+        replay_buffer.writer.register_storage(storage)
+        storage.attach(replay_buffer)
+        storage._len = int(length)
+        storage._set_last_cursor(int(length) - 1 if length else -1)
+        set_writer_position(replay_buffer.writer, int(length) % int(storage.max_size))
+        relocate_sampler_state(replay_buffer.sampler, old_slots, int(storage.max_size), storage)
+
+
+def drop_prefetched_samples(replay_buffer: ReplayBuffer) -> None:
+    """Waits for and discards the batches a ``ReplayBuffer(prefetch=n)`` sampled ahead.
+
+    Called before the storage or the slots of a buffer change, so that no batch of the
+    previous layout (pixels before a switch to latents, slot indices before a resize) is
+    returned afterwards.
+
+    Args:
+        replay_buffer (ReplayBuffer): the buffer.
+    """
+    with replay_buffer._futures_lock:
+        replay_buffer._clear_prefetch_queue_locked()
 
 
 def is_latent_replay(replay_buffer: ReplayBuffer, transform: Transform) -> bool:
