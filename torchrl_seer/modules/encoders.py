@@ -56,6 +56,7 @@ class PixelScale(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         # follows .to(dtype) casts of the encoder; not part of the state dict
+        self.unit: torch.Tensor
         self.register_buffer("unit", torch.ones(()), persistent=False)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
