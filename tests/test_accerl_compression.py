@@ -12,7 +12,6 @@ from torchrl_seer.collectors import (
     CompressedPolicy,
     CompressedWeightStrategy,
     Distill,
-    DistillationLoss,
     PolicyCompressor,
     Prune,
     Quantize,
@@ -20,6 +19,7 @@ from torchrl_seer.collectors import (
     policy_divergence,
     select_compression,
 )
+from torchrl_seer.objectives import DistillationLoss
 
 KL_BOUND = 0.02  # the Monitor's documented default bound
 

@@ -8,7 +8,8 @@ from torchrl.data import Bounded, Categorical, OneHot
 from torchrl.envs.utils import ExplorationType, set_exploration_type
 from torchrl.modules import MLP, QValueActor
 
-from torchrl_seer.collectors import CompressedPolicy, EGreedyLogProbModule, PolicyCompressor
+from torchrl_seer.collectors import CompressedPolicy, PolicyCompressor
+from torchrl_seer.modules import EGreedyLogProbModule
 
 N_ACTIONS, EPS = 4, 0.3
 

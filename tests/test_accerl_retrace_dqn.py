@@ -13,7 +13,8 @@ from torchrl.envs import GymEnv
 from torchrl.modules import MLP, Actor, QValueActor
 from torchrl.objectives import DQNLoss
 
-from torchrl_seer.collectors import CompressedPolicy, EGreedyLogProbModule, PolicyCompressor
+from torchrl_seer.collectors import CompressedPolicy, PolicyCompressor
+from torchrl_seer.modules import EGreedyLogProbModule
 from torchrl_seer.objectives import RetraceDQNLoss
 
 N_STATES, N_ACTIONS, GAMMA = 6, 3, 0.9

@@ -10,9 +10,7 @@ from torchrl_seer.collectors.compression_steps import (
     Quantize,
     UnsupportedLayerError,
 )
-from torchrl_seer.collectors.distillation import DistillationLoss
 from torchrl_seer.collectors.divergence import policy_divergence
-from torchrl_seer.collectors.egreedy_log_prob import EGreedyLogProbModule
 from torchrl_seer.collectors.monitor import CompressionMonitor, fallback_ladder
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 from torchrl_seer.collectors.ray_weight_sync import CompressedRayWeightSyncScheme
@@ -33,8 +31,6 @@ __all__ = [
     "CompressionMonitor",
     "CompressionStep",
     "Distill",
-    "DistillationLoss",
-    "EGreedyLogProbModule",
     "PolicyCompressor",
     "Prune",
     "Quantize",

@@ -31,7 +31,7 @@ class CompressedPolicy(TensorDictModuleBase):
     ``return_log_prob=True``: its log-probability output is then computed by the *compressed*
     network, which is exactly the behaviour log-probability log μ(a|x) the Corrector (V-trace,
     Retrace) needs. For an ε-greedy Q-learning actor, end the policy with
-    :class:`~torchrl_seer.collectors.EGreedyLogProbModule` after the ``QValueActor`` (TorchRL's
+    :class:`~torchrl_seer.modules.EGreedyLogProbModule` after the ``QValueActor`` (TorchRL's
     ``EGreedyModule`` records no log-probability). Every output also carries ``version_key``, the
     version of the weight packet the actor was running, from which the Monitor measures policy
     lag.

@@ -12,6 +12,7 @@ Steps never modify their input: they work on a deep copy.
 from __future__ import annotations
 
 import abc
+import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ __all__ = [
     "Prune",
     "Quantize",
     "UnsupportedLayerError",
+    "quiet_torch_ao",
 ]
 
 #: Modules that act element-wise on features, so structured pruning can pass through them.
@@ -390,17 +392,17 @@ class Cast(CompressionStep):
         return _wrap_compute_modules(module, cast), TensorDict()
 
 
-def _quiet_ao():
-    """Silences torch.ao's deprecation warnings (see :class:`Quantize` for why we use it)."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
-    warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
-    # rebuilding a static-int8 structure converts uncalibrated observers; the packet's
-    # calibrated scales overwrite the defaults right after
-    warnings.filterwarnings("ignore", message=".*must run observer before calling.*")
-    return ctx
+@contextlib.contextmanager
+def quiet_torch_ao() -> Iterator[None]:
+    """Silences ``torch.ao``'s deprecation warnings (see :class:`Quantize` for why we use it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantiz.*deprecated.*")
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+        # rebuilding a static-int8 structure converts uncalibrated observers; the packet's
+        # calibrated scales overwrite the defaults right after
+        warnings.filterwarnings("ignore", message=".*must run observer before calling.*")
+        yield
 
 
 _STATIC_OK = (nn.ReLU, nn.Identity, nn.Dropout, *_FLATTEN, nn.Linear, nn.Conv2d)
@@ -502,16 +504,13 @@ class Quantize(CompressionStep):
                 f"in {type(module).__name__}; use mode='static' with calibration data for "
                 "convolutional policies"
             )
-        ctx = _quiet_ao()
-        try:
+        with quiet_torch_ao():
             if self.mode == "dynamic":
                 from torch.ao.quantization import quantize_dynamic
 
                 module = quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
             else:
                 module = self._static(module, calibrate=plan is None)
-        finally:
-            ctx.__exit__(None, None, None)
         return module, TensorDict()
 
     def _static(self, module: nn.Module, *, calibrate: bool) -> nn.Module:
@@ -562,7 +561,7 @@ class Quantize(CompressionStep):
 class Distill(CompressionStep):
     """Replaces the learner's policy by a smaller *student* trained beside the learner.
 
-    The student is trained by :class:`~torchrl_seer.collectors.DistillationLoss` (KL for
+    The student is trained by :class:`~torchrl_seer.objectives.DistillationLoss` (KL for
     discrete policies, KL + MSE on the action means for continuous ones) on the learner's recent
     observations, asynchronously with the RL updates: the actor keeps the last shipped student
     until a new one is shipped. Later steps (e.g. :class:`Quantize`) compress the student.

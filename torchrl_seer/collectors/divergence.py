@@ -7,9 +7,9 @@ from tensordict import TensorDictBase
 from torch import distributions as D
 from torch import nn
 
-__all__ = ["policy_divergence"]
+from torchrl_seer.modules.distributions import DISCRETE_DISTRIBUTIONS, deterministic_action
 
-_DISCRETE = (D.Categorical, D.OneHotCategorical)
+__all__ = ["policy_divergence"]
 
 
 def _get_dist(policy: nn.Module, observations: TensorDictBase):
@@ -24,17 +24,6 @@ def _get_dist(policy: nn.Module, observations: TensorDictBase):
             "(e.g. TorchRL ProbabilisticActor)"
         )
     return get_dist(observations.clone(False))
-
-
-def _mode(dist) -> torch.Tensor:
-    for name in ("deterministic_sample", "mode", "mean"):
-        try:
-            value = getattr(dist, name)
-        except NotImplementedError:
-            continue
-        if isinstance(value, torch.Tensor):
-            return value
-    raise TypeError(f"cannot take a deterministic action from {type(dist).__name__}")
 
 
 @torch.no_grad()
@@ -86,10 +75,14 @@ def policy_divergence(
         samples = p.sample((num_samples,))
         kl = (p.log_prob(samples) - q.log_prob(samples)).mean(0)
     kl = kl.reshape(observations.batch_size.numel(), -1).sum(-1).clamp_min(0.0)
-    if isinstance(p, _DISCRETE):
+    if isinstance(p, DISCRETE_DISTRIBUTIONS):
         agree = p.probs.argmax(-1) == q.probs.argmax(-1)
     else:
-        diff = (_mode(p) - _mode(q)).abs().reshape(observations.batch_size.numel(), -1)
+        diff = (
+            (deterministic_action(p) - deterministic_action(q))
+            .abs()
+            .reshape(observations.batch_size.numel(), -1)
+        )
         agree = (diff <= action_atol).all(-1)
     return {
         "kl": float(kl.mean()),

@@ -33,7 +33,7 @@ from torchrl_seer.collectors.compression_steps import (
     Distill,
     Prune,
     Quantize,
-    _quiet_ao,
+    quiet_torch_ao,
 )
 
 __all__ = ["PolicyCompressor"]
@@ -247,6 +247,25 @@ class PolicyCompressor:
         )
 
     @staticmethod
+    def is_packet(obj: Any) -> bool:
+        """Whether ``obj`` is a weight packet made by :meth:`pack`.
+
+        Args:
+            obj: anything.
+
+        Returns:
+            ``True`` for a TensorDict holding a ``"pipeline"`` entry.
+
+        Examples:
+            >>> from torch import nn
+            >>> PolicyCompressor.is_packet(PolicyCompressor().pack(nn.Linear(2, 2)))
+            True
+            >>> PolicyCompressor.is_packet(nn.Linear(2, 2))
+            False
+        """
+        return isinstance(obj, TensorDictBase) and "pipeline" in obj.keys()
+
+    @staticmethod
     def rebuild(template: nn.Module, packet: TensorDictBase) -> nn.Module:
         """Rebuilds the compressed policy of ``packet`` on top of a full-precision template.
 
@@ -267,7 +286,8 @@ class PolicyCompressor:
         compressor: PolicyCompressor = packet["pipeline"]
         if not isinstance(compressor, PolicyCompressor):
             raise TypeError(f"not a weight packet: 'pipeline' holds {type(compressor).__name__}")
-        ctx = _quiet_ao()
+        ctx = quiet_torch_ao()
+        ctx.__enter__()
         try:
             try:
                 module, _ = compressor.compress(template, plan=packet["plan"])

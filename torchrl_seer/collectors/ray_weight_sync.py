@@ -27,7 +27,7 @@ from tensordict import TensorDictBase
 from torchrl.weight_update import RayWeightSyncScheme
 
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
-from torchrl_seer.collectors.weight_sync import CompressedPacketSender, _is_packet
+from torchrl_seer.collectors.weight_sync import CompressedPacketSender
 from torchrl_seer.optional_dependencies import import_optional
 
 __all__ = ["CompressedRayWeightSyncScheme"]
@@ -168,7 +168,7 @@ class CompressedRayWeightSyncScheme(CompressedPacketSender, RayWeightSyncScheme)
         Returns:
             The packet's version, now stamped on every step the worker takes.
         """
-        if not _is_packet(packet):
+        if not PolicyCompressor.is_packet(packet):
             raise TypeError(
                 "CompressedRayWeightSyncScheme expects a weight packet from "
                 f"PolicyCompressor.pack, got {type(packet).__name__}"

@@ -39,10 +39,6 @@ def _find_compressed_policy(module: Any) -> CompressedPolicy:
     )
 
 
-def _is_packet(weights: Any) -> bool:
-    return isinstance(weights, TensorDictBase) and "pipeline" in weights.keys()
-
-
 class CompressedWeightStrategy(WeightStrategy):
     """Weight strategy whose weights are compressed-policy packets.
 
@@ -73,7 +69,7 @@ class CompressedWeightStrategy(WeightStrategy):
         Returns:
             The weight packet.
         """
-        if _is_packet(source):
+        if PolicyCompressor.is_packet(source):
             return source
         return _find_compressed_policy(source).packet
 
@@ -87,7 +83,7 @@ class CompressedWeightStrategy(WeightStrategy):
         """
         if weights is None:
             return
-        if not _is_packet(weights):
+        if not PolicyCompressor.is_packet(weights):
             raise TypeError(
                 "CompressedWeightStrategy expects a weight packet from PolicyCompressor.pack, "
                 f"got {type(weights).__name__}"
@@ -149,7 +145,7 @@ class CompressedPacketSender:
             ValueError: if the collector's :class:`CompressedPolicy` could not load the packet
                 (the learner's policy has another architecture); the version is not advanced.
         """
-        if _is_packet(weights):
+        if PolicyCompressor.is_packet(weights):
             return weights
         if not isinstance(weights, nn.Module):
             raise TypeError(
@@ -157,7 +153,25 @@ class CompressedPacketSender:
                 "collector.update_policy_weights_(learner_policy) with the full-precision "
                 f"module, got {type(weights).__name__}"
             )
-        packet = self.compressor.pack(weights, version=self.version + 1)
+        return self.pack_next(weights)
+
+    def pack_next(self, policy: nn.Module) -> TensorDictBase:
+        """Stamps the next policy version and compresses ``policy`` into its weight packet.
+
+        The one place the version is bumped: the schemes' :meth:`prepare_weights` and
+        in-process actors (``CompressedPolicy.load_packet(scheme.pack_next(policy))``) use it.
+
+        Args:
+            policy: the learner's full-precision policy.
+
+        Returns:
+            The weight packet, stamped with the new :attr:`version`.
+
+        Raises:
+            ValueError: if the collector's :class:`CompressedPolicy` could not load the packet
+                (the learner's policy has another architecture); the version is not advanced.
+        """
+        packet = self.compressor.pack(policy, version=self.version + 1)
         self._check_collector_accepts(packet)
         self.version += 1
         return packet
@@ -181,7 +195,7 @@ class CompressedPacketSender:
 
     def _initial_packet(self, weights: Any) -> TensorDictBase:
         """The packet of the first sync: the one the collector's own policy runs."""
-        if _is_packet(weights):
+        if PolicyCompressor.is_packet(weights):
             return weights
         model = getattr(self, "model", None)
         if model is None:

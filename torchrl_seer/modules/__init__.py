@@ -2,10 +2,13 @@
 
 from torchrl_seer.modules.crops import CenterCrop, RandomCrop
 from torchrl_seer.modules.distributions import (
+    DISCRETE_DISTRIBUTIONS,
     StableNormal,
     StableTanhNormal,
     ThresholdedTanhTransform,
+    deterministic_action,
 )
+from torchrl_seer.modules.egreedy_log_prob import EGreedyLogProbModule
 from torchrl_seer.modules.encoders import (
     CURLPixelEncoder,
     DataEfficientAtariEncoder,
@@ -16,9 +19,11 @@ from torchrl_seer.modules.encoders import (
 from torchrl_seer.modules.latent_features import LatentOrPixelFeatures
 
 __all__ = [
+    "DISCRETE_DISTRIBUTIONS",
     "CURLPixelEncoder",
     "CenterCrop",
     "DataEfficientAtariEncoder",
+    "EGreedyLogProbModule",
     "LatentOrPixelFeatures",
     "NatureAtariEncoder",
     "PixelScale",
@@ -27,4 +32,5 @@ __all__ = [
     "StableNormal",
     "StableTanhNormal",
     "ThresholdedTanhTransform",
+    "deterministic_action",
 ]

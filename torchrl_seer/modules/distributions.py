@@ -13,7 +13,42 @@ from torchrl.modules.distributions import TanhNormal
 from torchrl.modules.distributions.continuous import SafeTanhTransform
 from torchrl.modules.distributions.utils import FasterTransformedDistribution
 
-__all__ = ["StableNormal", "StableTanhNormal", "ThresholdedTanhTransform"]
+__all__ = [
+    "DISCRETE_DISTRIBUTIONS",
+    "StableNormal",
+    "StableTanhNormal",
+    "ThresholdedTanhTransform",
+    "deterministic_action",
+]
+
+#: The distributions whose KL is exact and whose actions are compared by equality.
+DISCRETE_DISTRIBUTIONS = (D.Categorical, D.OneHotCategorical)
+
+
+def deterministic_action(dist: D.Distribution) -> torch.Tensor:
+    """The deterministic action of a policy distribution: its deterministic sample, mode or mean.
+
+    Args:
+        dist (torch.distributions.Distribution): the policy's distribution.
+
+    Returns:
+        The first of ``deterministic_sample``, ``mode`` and ``mean`` that the distribution
+        implements.
+
+    Examples:
+        >>> import torch
+        >>> deterministic_action(torch.distributions.Normal(torch.zeros(2), torch.ones(2)))
+        tensor([0., 0.])
+    """
+    for name in ("deterministic_sample", "mode", "mean"):
+        try:
+            value = getattr(dist, name)
+        except (AttributeError, NotImplementedError):
+            continue
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"cannot take a deterministic action from {type(dist).__name__}")
+
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 

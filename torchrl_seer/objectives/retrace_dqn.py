@@ -49,7 +49,7 @@ class RetraceDQNLoss(DQNLoss):
     reshaped to ``[num_slices, slice_len]``) collected by a behaviour policy μ whose
     log-probability of the taken action is stored under ``behaviour_log_prob`` — with AcceRL
     the *compressed* actor: a :class:`~torchrl_seer.collectors.CompressedPolicy` around a
-    ``QValueActor`` followed by :class:`~torchrl_seer.collectors.EGreedyLogProbModule`. The
+    ``QValueActor`` followed by :class:`~torchrl_seer.modules.EGreedyLogProbModule`. The
     online Q-value Q(x_t, a_t) regresses onto
 
     .. math::

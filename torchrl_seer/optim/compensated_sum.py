@@ -8,6 +8,7 @@ import torch
 
 __all__ = [
     "COMPENSATION_FRACTION_BITS",
+    "aligned_slices",
     "check_compensation_dtype",
     "compensated_add_",
     "compensated_lerp_",
@@ -25,8 +26,18 @@ COMPENSATION_FRACTION_BITS = 7
 _SLICE = 1 << 18
 
 
-def _aligned_slices(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Yield aligned flat slices of ``_SLICE`` elements (non-contiguous tensors: whole)."""
+def aligned_slices(*tensors: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Yields aligned flat slices of same-shaped tensors, a few MiB of elements each.
+
+    The int8 compensation paths work slice by slice to bound their fp32 temporaries.
+    Non-contiguous tensors are yielded whole.
+
+    Args:
+        *tensors (torch.Tensor): tensors of one shape.
+
+    Yields:
+        Tuples of matching slices, one per tensor.
+    """
     if not all(t.is_contiguous() for t in tensors):
         yield tensors
         return
@@ -195,7 +206,7 @@ def compensated_add_(
         value.copy_(total)
         return
     increment = increment.expand_as(value)
-    for v, c, inc in _aligned_slices(value, compensation, increment.contiguous()):
+    for v, c, inc in aligned_slices(value, compensation, increment.contiguous()):
         store_compensated_(v, c, compensated_value(v, c).add_(inc), generator=generator)
 
 
@@ -234,7 +245,7 @@ def compensated_lerp_(
         >>> round(compensated_value(target, residual).item(), 3)  # 1 - 0.995 ** 200
         0.633
     """
-    for v, c, e in _aligned_slices(value, compensation, end.contiguous()):
+    for v, c, e in aligned_slices(value, compensation, end.contiguous()):
         exact = compensated_value(v, c).lerp_(e.float(), weight)
         store_compensated_(v, c, exact, generator=generator)
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from torchrl_seer.optim.compensated_sum import _aligned_slices, check_compensation_dtype
+from torchrl_seer.optim.compensated_sum import aligned_slices, check_compensation_dtype
 
 __all__ = ["stochastic_add_"]
 
@@ -55,7 +55,7 @@ def stochastic_add_(
     check_compensation_dtype(torch.int8, value.dtype)
     increment = increment.expand_as(value).contiguous()
     round_ = _round_bf16_ if value.dtype == torch.bfloat16 else _round_nearest_neighbour_
-    for v, inc in _aligned_slices(value, increment):
+    for v, inc in aligned_slices(value, increment):
         round_(v, v.float().add_(inc), generator)
 
 

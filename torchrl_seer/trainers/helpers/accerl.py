@@ -125,8 +125,7 @@ def ship_weights(collector, learner_policy, policy, scheme, *, workers) -> None:
     if workers > 0:
         collector.update_policy_weights_(learner_policy)  # compress + ship (pipes)
     else:
-        scheme.version += 1
-        policy.update_from(learner_policy, version=scheme.version, compressor=scheme.compressor)
+        policy.load_packet(scheme.pack_next(learner_policy))
 
 
 class RunLog:

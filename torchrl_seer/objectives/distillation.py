@@ -9,7 +9,7 @@ from tensordict import TensorDict, TensorDictBase
 from torch import distributions as D
 from torchrl.objectives import LossModule
 
-from torchrl_seer.collectors.divergence import _DISCRETE, _mode
+from torchrl_seer.modules.distributions import DISCRETE_DISTRIBUTIONS, deterministic_action
 
 __all__ = ["DistillationLoss"]
 
@@ -91,8 +91,8 @@ class DistillationLoss(LossModule):
             samples = teacher_dist.sample((self.num_samples,))
             kl = (teacher_dist.log_prob(samples) - student_dist.log_prob(samples)).mean(0)
         out = TensorDict(loss_distill=kl.mean())
-        if not isinstance(teacher_dist, _DISCRETE):
-            target = _mode(teacher_dist).detach()
-            mse = (_mode(student_dist) - target).pow(2).mean()
+        if not isinstance(teacher_dist, DISCRETE_DISTRIBUTIONS):
+            target = deterministic_action(teacher_dist).detach()
+            mse = (deterministic_action(student_dist) - target).pow(2).mean()
             out["loss_distill_mse"] = self.mse_weight * mse
         return out
