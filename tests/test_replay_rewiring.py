@@ -294,10 +294,11 @@ def test_a_refused_write_rewinds_only_the_writer_that_moved():
     assert (writer_position(first.writer), writer_position(second.writer)) == positions
 
 
-def test_resizable_writer_is_transactional_on_any_storage():
+@pytest.mark.parametrize("writer", [ResizableRoundRobinWriter, None], ids=["ours", "torchrl"])
+def test_a_write_quantized_storage_refuses_leaves_the_writer_in_place(writer):
     rb = ReplayBuffer(
         storage=QuantizedStorage(8, keys=["obs"], dtype="fp16"),
-        writer=ResizableRoundRobinWriter(),
+        writer=writer() if writer is not None else None,
     )
     rb.extend(rows(0, 3))
     huge = rows(3, 2)

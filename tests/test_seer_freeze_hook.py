@@ -4,11 +4,12 @@ import copy
 
 import pytest
 import torch
+from split_encoder_nets import sac_actor_and_critic
 from tensordict import TensorDict
-from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
+from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
-from torchrl.data import Bounded, Categorical, LazyTensorStorage, ReplayBuffer
-from torchrl.modules import MLP, ProbabilisticActor, QValueModule, TanhNormal
+from torchrl.data import Categorical, LazyTensorStorage, ReplayBuffer
+from torchrl.modules import MLP, QValueModule
 from torchrl.objectives import DQNLoss, SACLoss
 
 from torchrl_seer.data import LatentEncodeTransform, LatentReplayOptions
@@ -168,31 +169,7 @@ def test_transform_built_before_training_encodes_with_the_weights_at_the_freeze(
 def make_sac():
     torch.manual_seed(0)
     encoder = CURLPixelEncoder(3, image_size=SIZE, num_filters=8, feature_dim=16)
-    action_spec = Bounded(-1.0, 1.0, shape=(2,))
-    actor_net = TensorDictSequential(
-        LatentOrPixelFeatures(encoder),
-        TensorDictModule(
-            nn.Sequential(
-                MLP(in_features=16, out_features=4, num_cells=[32]), NormalParamExtractor()
-            ),
-            in_keys=["features"],
-            out_keys=["loc", "scale"],
-        ),
-    )
-    actor = ProbabilisticActor(
-        actor_net,
-        in_keys=["loc", "scale"],
-        distribution_class=TanhNormal,
-        spec=action_spec,
-    )
-    qvalue = TensorDictSequential(
-        LatentOrPixelFeatures(encoder),
-        TensorDictModule(
-            MLP(in_features=18, out_features=1, num_cells=[32]),
-            in_keys=["features", "action"],
-            out_keys=["state_action_value"],
-        ),
-    )
+    actor, qvalue, action_spec = sac_actor_and_critic(encoder)
     loss = SACLoss(actor, qvalue, num_qvalue_nets=2, action_spec=action_spec)
     optim = torch.optim.Adam(loss.parameters(), lr=1e-3)
     return encoder, actor, loss, optim

@@ -3,11 +3,11 @@ encoder, and DeltaFrameStorage -> latent migration under a prefetching buffer.""
 
 import pytest
 import torch
+from split_encoder_nets import sac_actor_and_critic
 from tensordict import TensorDict
-from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
-from torch import nn
-from torchrl.data import Bounded, Categorical, ReplayBuffer
-from torchrl.modules import MLP, ProbabilisticActor, QValueModule, TanhNormal
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torchrl.data import Categorical, ReplayBuffer
+from torchrl.modules import MLP, QValueModule
 
 from torchrl_seer.collectors import CompressedPolicy, PolicyCompressor
 from torchrl_seer.data import DeltaFrameStorage, LatentEncodeTransform, migrate_to_latent_replay
@@ -39,30 +39,7 @@ def sac_batch(n, seed=0):
 def test_low_precision_sac_with_freeze_leaves_frozen_16_bit_copies_alone(dtype):
     torch.manual_seed(0)
     encoder = CURLPixelEncoder(3, image_size=SIZE, num_filters=8, feature_dim=16)
-    spec = Bounded(-1.0, 1.0, shape=(2,))
-    actor = ProbabilisticActor(
-        TensorDictSequential(
-            LatentOrPixelFeatures(encoder),
-            TensorDictModule(
-                nn.Sequential(
-                    MLP(in_features=16, out_features=4, num_cells=[32]), NormalParamExtractor()
-                ),
-                in_keys=["features"],
-                out_keys=["loc", "scale"],
-            ),
-        ),
-        in_keys=["loc", "scale"],
-        distribution_class=TanhNormal,
-        spec=spec,
-    )
-    qvalue = TensorDictSequential(
-        LatentOrPixelFeatures(encoder),
-        TensorDictModule(
-            MLP(in_features=18, out_features=1, num_cells=[32]),
-            in_keys=["features", "action"],
-            out_keys=["state_action_value"],
-        ),
-    )
+    actor, qvalue, spec = sac_actor_and_critic(encoder)
     loss = LowPrecisionSACLoss(
         actor, qvalue, dtype=dtype, num_qvalue_nets=2, action_spec=spec, alpha_init=0.1
     )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from tensordict import is_tensor_collection
@@ -549,7 +549,9 @@ def write_transaction(writer: RoundRobinWriter) -> Iterator[None]:
         raise
 
 
-def rewind_failed_write(storage: Storage, slots: torch.Tensor) -> bool:
+def rewind_failed_write(
+    storage: Storage, slots: int | slice | Sequence[int] | torch.Tensor
+) -> bool:
     """Puts back the cursor of the writer that moved for a write ``storage`` refuses.
 
     Call it from a storage's ``set`` before raising. Only the writer whose ``add``/``extend``
@@ -559,11 +561,13 @@ def rewind_failed_write(storage: Storage, slots: torch.Tensor) -> bool:
 
     Args:
         storage (Storage): the storage refusing the write.
-        slots (torch.Tensor): the slots of the refused write.
+        slots (int, slice, sequence or torch.Tensor): the cursor of the refused write.
 
     Returns:
         ``True`` if a writer was rewound.
     """
+    if isinstance(slots, slice):
+        slots = torch.arange(int(storage.max_size))[slots]
     slots = torch.as_tensor(slots).reshape(-1)
     frame = inspect.currentframe()
     frame = frame.f_back if frame is not None else None
