@@ -13,8 +13,10 @@ Functions:
   :func:`chronological_indices`, :func:`attached_replay_buffers`, :func:`storage_nbytes`;
 * changing capacity: :func:`resize_round_robin` (rows kept oldest first, cursor, priorities),
   built from :func:`relocate_rows` and :func:`relocate_sampler_state`;
+  :func:`adopt_loaded_capacity` after a checkpoint of another capacity was loaded;
 * switching storage: :func:`install_storage`, :func:`switch_to_latent_replay`,
-  :func:`is_latent_replay`, :func:`watch_for_latent_checkpoint`, :func:`release_storage`;
+  :func:`is_latent_replay`, :func:`watch_for_latent_checkpoint`, :func:`release_storage`,
+  :func:`drop_prefetched_samples`;
 * refused writes: :func:`write_transaction` (a writer's own writes) and
   :func:`rewind_failed_write` (the writer that moved for a write a storage refuses).
 """
@@ -278,9 +280,7 @@ def relocate_tensor_rows(storage: TensorStorage, slots: torch.Tensor, capacity: 
     storage._bump_mutation_revision()
 
 
-def relocate_sampler_state(
-    sampler: Sampler, slots: torch.Tensor, capacity: int, storage: Storage | None = None
-) -> None:
+def relocate_sampler_state(sampler: Sampler, slots: torch.Tensor, capacity: int) -> None:
     """Moves a sampler's per-slot state with rows that :func:`relocate_rows` moved.
 
     A :class:`~torchrl.data.PrioritizedSampler` (or prioritized slice sampler) gets sum/min
@@ -293,7 +293,6 @@ def relocate_sampler_state(
         sampler (Sampler): the sampler of a buffer reading the storage.
         slots (torch.Tensor): the previous slot of each new row ``0..n-1``.
         capacity (int): the new capacity.
-        storage (Storage, optional): the storage (unused by TorchRL's samplers today).
     """
     slots = torch.as_tensor(slots, dtype=torch.int64).reshape(-1)
     if isinstance(sampler, PrioritizedSampler):
@@ -358,7 +357,7 @@ def resize_round_robin(writer: Writer, capacity: int) -> torch.Tensor:
     slots = chronological_indices(len(storage), int(storage.max_size), cursor)[-int(capacity) :]
     relocate_rows(storage, slots, int(capacity))
     for buffer in attached_replay_buffers(storage):
-        relocate_sampler_state(buffer.sampler, slots, int(capacity), storage)
+        relocate_sampler_state(buffer.sampler, slots, int(capacity))
     set_writer_position(writer, slots.numel() % int(capacity))
     return slots
 
@@ -426,7 +425,7 @@ def install_storage(
         storage._len = int(length)
         storage._set_last_cursor(int(length) - 1 if length else -1)
         set_writer_position(replay_buffer.writer, int(length) % int(storage.max_size))
-        relocate_sampler_state(replay_buffer.sampler, old_slots, int(storage.max_size), storage)
+        relocate_sampler_state(replay_buffer.sampler, old_slots, int(storage.max_size))
 
 
 def drop_prefetched_samples(replay_buffer: ReplayBuffer) -> None:
