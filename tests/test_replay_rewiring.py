@@ -318,13 +318,13 @@ def pixel_rows(start, n):
     return TensorDict({"pixels": pixels, ("next", "pixels"): pixels.flip(-1), "id": ids}, [n])
 
 
-def seer(options=None):
+def seer(options=None, *, storage=None):
     """A SEER setup: encoder, head, optimizer, pixel buffer and hook (freeze at step 1)."""
     torch.manual_seed(0)
     run = SimpleNamespace(encoder=DataEfficientAtariEncoder(4, screen_size=SIZE))
     run.head = nn.Linear(64, 3)
     run.optim = torch.optim.Adam([*run.encoder.parameters(), *run.head.parameters()])
-    run.rb = ReplayBuffer(storage=LazyTensorStorage(32), batch_size=4)
+    run.rb = ReplayBuffer(storage=storage or LazyTensorStorage(32), batch_size=4)
     run.hook = FreezeEncoderHook(
         run.encoder,
         freeze_at=1,
@@ -403,15 +403,20 @@ def test_restoring_the_buffer_before_the_hook_from_state_dicts_is_refused():
     assert all(p.requires_grad for p in run2.encoder.parameters())
 
 
-def test_dumps_checkpoints_restore_the_buffer_before_the_hook(tmp_path):
-    run = seer()
+def delta_pixels():
+    return DeltaFrameStorage(32, frame_stack=1, num_threads=0)
+
+
+@pytest.mark.parametrize("pixels", [None, delta_pixels], ids=["lazy", "delta"])
+def test_dumps_checkpoints_restore_the_buffer_before_the_hook(tmp_path, pixels):
+    run = seer(storage=pixels() if pixels else None)
     run.rb.extend(pixel_rows(0, 12))
     run.hook.step(1)
     run.rb.extend(pixel_rows(12, 3))
     run.rb.dumps(tmp_path / "rb")
     hook_state, before = run.hook.state_dict(), contents(run.rb)
 
-    run2 = seer()
+    run2 = seer(storage=pixels() if pixels else None)
     run2.rb.loads(tmp_path / "rb")  # the buffer first: it switches itself to latent replay
     run2.hook.load_state_dict(hook_state)
     assert run2.hook.frozen and len(run2.rb.transform) == 1

@@ -37,7 +37,7 @@ from torchrl.data.replay_buffers.storages import LazyMemmapStorage, Storage, Ten
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 from torchrl.envs.transforms import Transform
 
-from torchrl_seer.data.latent_replay_checkpointer import LatentReplayCheckpointer
+from torchrl_seer.data.latent_replay_checkpointer import latent_replay_checkpointer
 from torchrl_seer.data.storage_protocols import RowRelocatingStorage, SizedStorage
 
 __all__ = [
@@ -482,8 +482,7 @@ def switch_to_latent_replay(
     """
     if is_latent_replay(replay_buffer, transform):
         raise RuntimeError("the replay buffer is already in latent replay with this transform.")
-    if not isinstance(storage.checkpointer, LatentReplayCheckpointer):
-        storage.checkpointer = LatentReplayCheckpointer(storage.checkpointer)
+    storage.checkpointer = latent_replay_checkpointer(storage.checkpointer)
     install_storage(replay_buffer, storage, old_slots=old_slots, length=length)
     replay_buffer.append_transform(transform)
 
@@ -493,8 +492,10 @@ def watch_for_latent_checkpoint(
 ) -> None:
     """Lets a pixel buffer load a latent-replay checkpoint (``rb.loads``) by switching first.
 
-    Wraps the pixel storage's checkpointer in a
-    :class:`~torchrl_seer.data.latent_replay_checkpointer.LatentReplayCheckpointer`.
+    Gives the pixel storage a
+    :class:`~torchrl_seer.data.latent_replay_checkpointer.LatentReplayCheckpointer` (or its
+    delta variant) carrying the same state as its checkpointer; storages with a checkpointer
+    of another class are left as they are.
 
     Args:
         replay_buffer (ReplayBuffer): the pixel buffer.
@@ -502,11 +503,8 @@ def watch_for_latent_checkpoint(
             empty latent storage of that capacity and returns it.
     """
     storage = replay_buffer.storage
-    checkpointer = storage.checkpointer
-    if isinstance(checkpointer, LatentReplayCheckpointer):
-        checkpointer = checkpointer.checkpointer
-    storage.checkpointer = LatentReplayCheckpointer(
-        checkpointer, on_latent_checkpoint=on_latent_checkpoint
+    storage.checkpointer = latent_replay_checkpointer(
+        storage.checkpointer, on_latent_checkpoint=on_latent_checkpoint
     )
 
 
