@@ -1,0 +1,124 @@
+"""The composed recipes at a tiny budget: every part on, and every part off (plain TorchRL)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensordict import TensorDict
+from torchrl.data import LazyTensorStorage
+
+from torchrl_seer.data import QuantizedStorage
+from torchrl_seer.modules import DataEfficientAtariEncoder, LatentOrPixelFeatures
+from torchrl_seer.objectives import RetraceDQNLoss
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+
+def make_config(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(EXAMPLES / "configs"), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def all_parts(recipe: str, on: bool) -> list[str]:
+    cfg = make_config(recipe, [])
+    return [f"parts.{name}={str(on).lower()}" for name in cfg.parts]
+
+
+DQN_TINY = [
+    "collector.total_steps=96",
+    "collector.frames_per_batch=16",
+    "collector.learn_start=32",
+    "env.max_episode_steps=40",  # episodes end (truncated) within the budget
+    "replay.capacity=48",  # full at the freeze: the latent budget is what it held
+    "replay.batch_size=16",
+    "replay.slice_len=4",
+    "replay.chunk_len=16",
+    "seer.freeze_at=64",
+    "learner.updates_per_batch=1",
+    "learner.target_update=4",
+    "explore.decay_steps=64",
+    "actors.compression=int8",
+]
+
+
+@pytest.fixture(scope="module")
+def dqn_recipe():
+    return importlib.import_module("composed_dqn_atari")
+
+
+def test_composed_dqn_every_part_on(dqn_recipe, tmp_path):
+    cfg = make_config("composed_dqn_atari", [*DQN_TINY, *all_parts("composed_dqn_atari", True)])
+    run = dqn_recipe.train(cfg, tmp_path / "run")
+
+    # the freeze fired inside the Trainer and the buffer moved to int8 latents
+    hook = run.freeze_hook
+    assert hook.frozen and hook.freeze_step >= 64
+    storage = run.replay_buffer.storage
+    assert isinstance(storage, QuantizedStorage) and storage.format == "int8"
+    assert storage.max_size == hook.freeze_report["latent_capacity"]
+    assert hook.freeze_report["num_migrated"] == 48
+    sample = run.replay_buffer.sample()
+    assert "latent" in sample.keys() and "pixels" not in sample.keys()
+    assert len(run.replay_buffer) > 48  # training continued and wrote latents after the freeze
+
+    # updates happened on both sides of the freeze; returns were recorded
+    frozen_flags = {frozen for frozen, _ in run.record.update_seconds}
+    assert frozen_flags == {False, True}
+    assert run.record.returns
+
+    report = json.loads((run.report.parent / "report.json").read_text())
+    assert run.report.exists() and (run.report.parent / "report.png").exists()
+    assert report["actors"]["compression"] == "int8"
+    assert report["freeze"]["latent_capacity"] == storage.max_size
+    assert "grew" in run.report.read_text() or "shrank" in run.report.read_text()
+
+
+def test_composed_dqn_every_part_off_is_plain_torchrl(dqn_recipe, tmp_path):
+    cfg = make_config("composed_dqn_atari", [*DQN_TINY, *all_parts("composed_dqn_atari", False)])
+    run = dqn_recipe.train(cfg, tmp_path / "run")
+
+    assert run.freeze_hook is None
+    assert type(run.replay_buffer.storage) is LazyTensorStorage
+    assert "pixels" in run.replay_buffer.sample().keys()
+    assert run.record.update_seconds and run.record.returns
+    report = json.loads((run.report.parent / "report.json").read_text())
+    assert report["actors"]["compression"].startswith("fp32")
+    assert report["freeze"] == {}
+
+
+def test_retrace_dqn_on_a_seer_split_encoder_reads_pixels_then_latents():
+    """RetraceDQNLoss with LatentOrPixelFeatures: a pixel batch has no latent key, and back."""
+    from tensordict.nn import TensorDictModule, TensorDictSequential
+    from torchrl.data import Categorical
+    from torchrl.modules import QValueModule
+
+    spec = Categorical(3)
+    encoder = DataEfficientAtariEncoder(4)
+    qnet = TensorDictSequential(
+        LatentOrPixelFeatures(encoder),
+        TensorDictModule(torch.nn.Linear(576, 3), in_keys=["features"], out_keys=["action_value"]),
+        QValueModule(spec=spec),
+    )
+    loss = RetraceDQNLoss(qnet, lmbda=0.9, action_space=spec)
+    B, T = 2, 3
+    common = {
+        "action": spec.rand((B, T)),
+        "action_log_prob": torch.full((B, T), -1.0),
+        ("next", "reward"): torch.randn(B, T, 1),
+        ("next", "done"): torch.zeros(B, T, 1, dtype=torch.bool),
+        ("next", "terminated"): torch.zeros(B, T, 1, dtype=torch.bool),
+    }
+    pixels = torch.randint(0, 255, (B, T, 4, 84, 84), dtype=torch.uint8)
+    pixel_batch = TensorDict({**common, "pixels": pixels, ("next", "pixels"): pixels}, [B, T])
+    latents = torch.randn(B, T, 576)
+    latent_batch = TensorDict({**common, "latent": latents, ("next", "latent"): latents}, [B, T])
+    for batch in (pixel_batch, latent_batch):
+        out = loss(batch)
+        assert torch.isfinite(out["loss"])
