@@ -122,3 +122,70 @@ def test_retrace_dqn_on_a_seer_split_encoder_reads_pixels_then_latents():
     for batch in (pixel_batch, latent_batch):
         out = loss(batch)
         assert torch.isfinite(out["loss"])
+
+
+SAC_TINY = [
+    "collector.total_steps=48",
+    "collector.frames_per_batch=8",
+    "collector.learn_start=16",
+    "env.action_repeat=32",  # 32-step episodes: one ends within the budget
+    "replay.capacity=24",  # full at the freeze: the latent budget is what it held
+    "replay.batch_size=8",
+    "replay.chunk_len=16",
+    "seer.freeze_at=32",
+    "seer.num_copies=2",
+    "learner.updates_per_batch=1",
+    "learner.hidden=32",
+    "actors.compression=int8",
+]
+
+
+@pytest.fixture(scope="module")
+def sac_recipe():
+    return importlib.import_module("composed_sac_dmc")
+
+
+def test_composed_sac_every_part_on(sac_recipe, tmp_path):
+    cfg = make_config("composed_sac_dmc", [*SAC_TINY, *all_parts("composed_sac_dmc", True)])
+    run = sac_recipe.train(cfg, tmp_path / "run")
+
+    hook = run.freeze_hook
+    assert hook.frozen and hook.freeze_step >= 32
+    storage = run.replay_buffer.storage
+    assert isinstance(storage, QuantizedStorage) and storage.format == "int8"
+    assert storage.max_size == hook.freeze_report["latent_capacity"]
+    sample = run.replay_buffer.sample()
+    assert "latent" in sample.keys() and "pixels" not in sample.keys()
+    assert len(run.replay_buffer) > 24  # training continued and wrote latents after the freeze
+    assert {frozen for frozen, _ in run.record.update_seconds} == {False, True}
+    assert run.record.returns
+    report = json.loads((run.report.parent / "report.json").read_text())
+    assert report["actors"]["compression"] == "int8"
+    assert report["freeze"]["target_sync"] == "full"
+    assert (run.report.parent / "report.png").exists()
+
+
+def test_composed_sac_every_part_off_is_plain_torchrl(sac_recipe, tmp_path):
+    overrides = [*SAC_TINY, *all_parts("composed_sac_dmc", False)]
+    run = sac_recipe.train(make_config("composed_sac_dmc", overrides), tmp_path / "run")
+
+    assert run.freeze_hook is None
+    assert type(run.replay_buffer.storage) is LazyTensorStorage
+    assert "pixels" in run.replay_buffer.sample().keys()
+    assert run.record.update_seconds and run.record.returns
+    assert json.loads((run.report.parent / "report.json").read_text())["freeze"] == {}
+
+
+def test_int8_compression_of_a_bf16_policy():
+    """A low-precision learner's bf16 actor can be shipped int8 (cast up exactly first)."""
+    from torchrl.modules import MLP
+
+    from torchrl_seer.collectors import PolicyCompressor
+
+    torch.manual_seed(0)
+    net = MLP(in_features=4, out_features=2, num_cells=[16]).to(torch.bfloat16)
+    compressor = PolicyCompressor.from_spec("int8")
+    x = torch.randn(3, 4)
+    from_bf16 = compressor.compress(net)[0](x)
+    from_fp32 = compressor.compress(net.float())[0](x)
+    assert torch.equal(from_bf16, from_fp32)
