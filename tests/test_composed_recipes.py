@@ -189,3 +189,4 @@ def test_int8_compression_of_a_bf16_policy():
     from_bf16 = compressor.compress(net)[0](x)
     from_fp32 = compressor.compress(net.float())[0](x)
     assert torch.equal(from_bf16, from_fp32)
+
