@@ -40,7 +40,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "title": "Atari DQN (Pong)",
         "parts": ["compressed_actors", "delta_frames", "seer", "retrace", "low_precision"],
         "budget": [
-            "collector.total_steps=20000",
+            "collector.total_steps=16000",
             "collector.learn_start=1000",
             "replay.capacity=4000",  # full before the freeze
             "seer.freeze_at=5000",
