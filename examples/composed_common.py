@@ -3,14 +3,14 @@
 The algorithm of each recipe (networks, loss, optimization step, which parts are on) stays in
 the recipe; this module holds the plumbing both run the same way:
 
-* :func:`make_collector`: actors that act while the learner learns (a TorchRL
-  ``MultiAsyncCollector``), shipping compressed weights when the policy is a
-  :class:`~torchrl_seer.collectors.CompressedPolicy`;
-* :func:`actor_step_ms`: the median time of one policy call at the actors' batch shape;
+* :func:`make_actors`: the actors' policy (compressed or not) on a collector whose workers act
+  while the learner learns (a TorchRL ``MultiAsyncCollector``), compressed weights shipped by
+  :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme`;
 * :class:`RunRecord`: a TorchRL trainer hook recording the return curve, the replay bytes held,
   and the learner's update times before and after the SEER freeze (checkpointed with the
   trainer);
-* :func:`write_report`: ``report.md``, ``report.png`` and ``report.json`` in the run folder.
+* :func:`register_hooks`: the trainer hooks both recipes register, in their order;
+* :func:`finish_run`: the report (``report.md``, ``report.png``, ``report.json``).
 """
 
 from __future__ import annotations
@@ -26,12 +26,25 @@ from typing import Any
 
 import matplotlib
 import torch
+from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
-from torchrl.collectors import Collector, MultiAsyncCollector
+from torchrl.collectors import MultiAsyncCollector
 from torchrl.data import ReplayBuffer
-from torchrl.trainers import Trainer, TrainerHookBase
+from torchrl.trainers import (
+    ReplayBufferTrainer,
+    SelectKeys,
+    Trainer,
+    TrainerHookBase,
+    UpdateWeights,
+)
 
-from torchrl_seer.data.latent_capacity import storage_nbytes
+from torchrl_seer.collectors import (
+    CompressedPolicy,
+    CompressedWeightSyncScheme,
+    PolicyCompressor,
+    select_compression,
+)
+from torchrl_seer.data import storage_nbytes
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -39,10 +52,10 @@ import matplotlib.pyplot as plt
 __all__ = [
     "ComposedRun",
     "RunRecord",
-    "actor_step_ms",
-    "make_collector",
+    "finish_run",
+    "make_actors",
+    "register_hooks",
     "replay_nbytes",
-    "write_report",
 ]
 
 
@@ -68,50 +81,15 @@ def replay_nbytes(replay_buffer: ReplayBuffer) -> int:
     return storage_nbytes(replay_buffer.storage)
 
 
-def make_collector(
-    make_env: Callable[[], Any],
-    policy: torch.nn.Module,
-    *,
-    workers: int,
-    frames_per_batch: int,
-    total_frames: int,
-    init_random_frames: int = 0,
-    weight_sync_scheme: Any | None = None,
-):
-    """The actors: ``workers`` processes that act while the learner learns.
-
-    Args:
-        make_env: builds one worker's environment.
-        policy: the actors' policy (a ``CompressedPolicy`` ships compressed weights).
-
-    Keyword Args:
-        workers: collector processes; ``0`` acts in the learner's process (no overlap).
-        frames_per_batch: frames per batch handed to the learner.
-        total_frames: frames of the whole run.
-        init_random_frames: frames acted by a uniform random policy first.
-        weight_sync_scheme: how weights reach the workers (``None``: TorchRL's default).
-
-    Returns:
-        A ``MultiAsyncCollector`` (``workers > 0``) or a ``Collector``.
-    """
-    if workers > 0:
-        return MultiAsyncCollector(
-            [make_env] * workers,
-            policy=policy,
-            frames_per_batch=frames_per_batch,
-            total_frames=total_frames,
-            init_random_frames=init_random_frames,
-            weight_sync_schemes=(
-                {"policy": weight_sync_scheme} if weight_sync_scheme is not None else None
-            ),
-        )
-    return Collector(
-        make_env(),
-        policy,
-        frames_per_batch=frames_per_batch,
-        total_frames=total_frames,
-        init_random_frames=init_random_frames,
-    )
+def choose_compressor(
+    compression: str, policy: torch.nn.Module, example: TensorDictBase, *, kl_bound: float
+) -> tuple[PolicyCompressor, str]:
+    """The actors' compression: measured on ``policy`` (``"auto"``) or a named pipeline."""
+    if compression != "auto":
+        compressor = PolicyCompressor.from_spec(compression)
+        return compressor, f"named pipeline {compressor.spec()}"
+    result = select_compression(policy, example, kl_bound=kl_bound, log=None)
+    return result.compressor, result.reason
 
 
 @torch.no_grad()
@@ -123,6 +101,56 @@ def actor_step_ms(policy: torch.nn.Module, example: TensorDictBase, *, repeats: 
         policy(example.clone())
         times.append(time.perf_counter() - start)
     return 1e3 * statistics.median(times)
+
+
+def make_actors(
+    cfg: DictConfig,
+    make_env: Callable[[], Any],
+    policy: torch.nn.Module,
+    example: TensorDictBase,
+    *,
+    compressed: bool,
+    compression_view: torch.nn.Module | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """The actors: ``cfg.collector.workers`` processes acting while the learner learns.
+
+    Args:
+        cfg: the recipe's config (``collector.*`` and ``actors.*`` are read).
+        make_env: builds one worker's environment.
+        policy: the learner's acting policy.
+        example: an observation at the actors' batch shape (auto compression is timed on it).
+
+    Keyword Args:
+        compressed: act with a :class:`~torchrl_seer.collectors.CompressedPolicy` whose weights
+            travel as compressed packets, or with ``policy`` itself.
+        compression_view: the probabilistic policy ``select_compression`` compares (defaults
+            to ``policy``).
+
+    Returns:
+        A TorchRL ``MultiAsyncCollector`` and a record of the actors (compression, why, and the
+        median policy step time at batch 1).
+    """
+    actors: dict[str, Any] = {"batch": 1, "compression": "fp32 (uncompressed)"}
+    weight_sync = None
+    actor_policy = policy
+    if compressed:
+        view = compression_view if compression_view is not None else policy
+        compressor, actors["reason"] = choose_compressor(
+            cfg.actors.compression, view, example, kl_bound=cfg.actors.kl_bound
+        )
+        actors["compression"] = compressor.spec()
+        actor_policy = CompressedPolicy(policy, compressor)
+        weight_sync = CompressedWeightSyncScheme(compressor)
+    actors["step_ms"] = actor_step_ms(actor_policy, example)
+    collector = MultiAsyncCollector(
+        [make_env] * cfg.collector.workers,
+        policy=actor_policy,
+        frames_per_batch=cfg.collector.frames_per_batch,
+        total_frames=cfg.collector.total_steps,
+        init_random_frames=cfg.collector.learn_start,
+        weight_sync_schemes={"policy": weight_sync} if weight_sync is not None else None,
+    )
+    return collector, actors
 
 
 class RunRecord(TrainerHookBase):
@@ -349,3 +377,61 @@ def write_report(
         )
     )
     return report
+
+
+def register_hooks(
+    trainer: Trainer,
+    *,
+    record: RunRecord,
+    stored_keys: list,
+    replay_buffer: ReplayBuffer,
+    freeze_hook: Any | None,
+    collector: Any,
+    policy: torch.nn.Module,
+    ship_every: int,
+    batch_ops: tuple[Callable[[TensorDictBase], TensorDictBase], ...] = (),
+) -> None:
+    """Registers the hooks both recipes use, in the order they must run.
+
+    The run record first (it reads episode returns before keys are dropped), then
+    ``batch_ops``, TorchRL's ``SelectKeys``, the freeze hook (restored before the replay buffer
+    it re-shapes), TorchRL's ``ReplayBufferTrainer`` and ``UpdateWeights`` (shipping the
+    learner's ``policy`` to the actors every ``ship_every`` batches).
+    """
+    record.register(trainer)
+    for op in batch_ops:
+        trainer.register_op("batch_process", op)
+    SelectKeys(stored_keys).register(trainer)
+    if freeze_hook is not None:
+        freeze_hook.register(trainer)
+    ReplayBufferTrainer(replay_buffer, flatten_tensordicts=False).register(trainer)
+    UpdateWeights(collector, ship_every, policy_weights_getter=lambda: policy).register(trainer)
+
+
+def finish_run(
+    run_dir: Path,
+    record: RunRecord,
+    *,
+    title: str,
+    cfg: DictConfig,
+    replay_buffer: ReplayBuffer,
+    freeze_hook: Any | None,
+    frames_per_step: int,
+    actors: dict[str, Any],
+) -> ComposedRun:
+    """Writes the run's report and returns what the run leaves behind."""
+    freeze: dict[str, Any] = {}
+    if freeze_hook is not None and freeze_hook.frozen:
+        freeze = dict(freeze_hook.freeze_report)
+        freeze["freeze_frame"] = freeze["freeze_step"] * frames_per_step
+    report = write_report(
+        run_dir,
+        record,
+        title=title,
+        parts=OmegaConf.to_container(cfg.parts),
+        freeze=freeze,
+        actors=actors,
+        config=OmegaConf.to_container(cfg),
+    )
+    print(f"report written to {report}")
+    return ComposedRun(report, replay_buffer, freeze_hook, record)

@@ -12,12 +12,12 @@ part off this file is TorchRL's plain DQN pipeline):
    exploration records the behaviour probability μ(a|x) (``EGreedyLogProbModule``);
 4. **replay** (``parts.delta_frames``): ``DeltaFrameStorage`` (each frame once, compressed,
    lossless) instead of ``LazyTensorStorage``; sequences for Retrace (``SliceSampler``);
-5. **SEER** (``parts.seer``): ``FreezeEncoderHook`` on the Trainer. At T_f it freezes the CNN,
+5. **loss** (``parts.retrace``): ``RetraceDQNLoss`` (Retrace(λ) targets with μ = the
+   compressed actor) instead of TorchRL's ``DQNLoss``; periodic ``HardUpdate``;
+6. **SEER** (``parts.seer``): ``FreezeEncoderHook`` on the Trainer. At T_f it freezes the CNN,
    encodes every stored transition, moves the buffer to int8 latents in a
    ``QuantizedStorage`` whose capacity comes from the bytes the pixel storage really held
    (it grows or shrinks: the report says which), and encodes new transitions on write;
-6. **loss** (``parts.retrace``): ``RetraceDQNLoss`` (Retrace(λ) targets with μ = the
-   compressed actor) instead of TorchRL's ``DQNLoss``; periodic ``HardUpdate``;
 7. **learner** (``parts.low_precision``): forward passes in bf16 (``torch.autocast``; fp32
    master weights, no loss scaling needed in bf16);
 8. a TorchRL ``Trainer`` runs collect → write → update → ship weights → freeze check, and an
@@ -38,7 +38,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.data import (
@@ -50,35 +50,17 @@ from torchrl.data import (
 from torchrl.modules import MLP, EGreedyModule, ProbabilisticActor, QValueModule
 from torchrl.objectives import DQNLoss, HardUpdate
 from torchrl.record.loggers import get_logger
-from torchrl.trainers import (
-    OptimizationStepper,
-    ReplayBufferTrainer,
-    SelectKeys,
-    Trainer,
-    UpdateWeights,
-)
+from torchrl.trainers import OptimizationStepper, Trainer
 
-from torchrl_seer.collectors import (
-    CompressedPolicy,
-    CompressedWeightSyncScheme,
-    EGreedyLogProbModule,
-    PolicyCompressor,
-    select_compression,
-)
-from torchrl_seer.data import DeltaFrameStorage, QuantizedStorage
+from torchrl_seer.collectors import EGreedyLogProbModule
+from torchrl_seer.data import DeltaFrameStorage, LatentReplayOptions, QuantizedStorage
 from torchrl_seer.envs import make_atari_env
 from torchrl_seer.modules import DataEfficientAtariEncoder, LatentOrPixelFeatures
 from torchrl_seer.objectives import RetraceDQNLoss
 from torchrl_seer.trainers import FreezeEncoderHook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from composed_common import (
-    ComposedRun,
-    RunRecord,
-    actor_step_ms,
-    make_collector,
-    write_report,
-)
+from composed_common import ComposedRun, RunRecord, finish_run, make_actors, register_hooks
 
 LATENT_KEYS = ["latent", ("next", "latent")]
 TRAJ_KEY = ("collector", "traj_ids")
@@ -117,17 +99,14 @@ class DQNStep(OptimizationStepper):
         return losses.select("loss").apply(lambda t: t.detach().float())
 
 
-def choose_compressor(cfg: DictConfig, qnet, example) -> tuple[PolicyCompressor, str]:
-    """The actors' compression: measured (``auto``) or a named pipeline.
+def softmax_q_policy(qnet: TensorDictSequential) -> ProbabilisticActor:
+    """The Q-network read as a softmax policy over its action values.
 
-    ``select_compression`` compares probabilistic policies, so ``auto`` times and compares the
-    Q-network read as a softmax policy over its action values (the compressed network must keep
-    the same preferences); the chosen pipeline then compresses the ε-greedy policy.
+    ``select_compression`` compares probabilistic policies: ``auto`` times and compares this view
+    (a compressed network must keep the same preferences); the chosen pipeline then compresses
+    the ε-greedy policy.
     """
-    if cfg.actors.compression != "auto":
-        compressor = PolicyCompressor.from_spec(cfg.actors.compression)
-        return compressor, f"named pipeline {compressor.spec()}"
-    softmax_q = ProbabilisticActor(
+    return ProbabilisticActor(
         TensorDictSequential(
             qnet,
             TensorDictModule(torch.nn.Identity(), in_keys=["action_value"], out_keys=["logits"]),
@@ -135,13 +114,11 @@ def choose_compressor(cfg: DictConfig, qnet, example) -> tuple[PolicyCompressor,
         in_keys=["logits"],
         distribution_class=torch.distributions.Categorical,
     )
-    result = select_compression(softmax_q, example, kl_bound=cfg.actors.kl_bound, log=None)
-    return result.compressor, result.reason
 
 
 def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     """Trains the composed (or plain) DQN pipeline and writes its report."""
-    parts = OmegaConf.to_container(cfg.parts)
+    parts = cfg.parts
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -177,23 +154,13 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     # 3. actors: a compressed copy of the policy, or the policy itself
     example = probe_env.reset().unsqueeze(0)  # the actors act at batch 1
     probe_env.close()
-    actors = {"batch": 1, "compression": "fp32 (uncompressed)"}
-    if parts["compressed_actors"]:
-        compressor, actors["reason"] = choose_compressor(cfg, qnet, example)
-        actors["compression"] = compressor.spec()
-        actor_policy = CompressedPolicy(policy, compressor)
-        weight_sync = CompressedWeightSyncScheme(compressor)
-    else:
-        actor_policy, weight_sync = policy, None
-    actors["step_ms"] = actor_step_ms(actor_policy, example)
-    collector = make_collector(
+    collector, actors = make_actors(
+        cfg,
         make_env,
-        actor_policy,
-        workers=cfg.collector.workers,
-        frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=cfg.collector.total_steps,
-        init_random_frames=cfg.collector.learn_start,
-        weight_sync_scheme=weight_sync,
+        policy,
+        example,
+        compressed=parts["compressed_actors"],
+        compression_view=softmax_q_policy(qnet),
     )
 
     # 4. replay: each frame once (DeltaFrameStorage) or TorchRL's LazyTensorStorage
@@ -215,7 +182,7 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     if parts["retrace"]:
         stored_keys += ["action_log_prob", TRAJ_KEY]
 
-    # 6. loss, optimizer, target network
+    # 5. loss (Retrace-DQN or TorchRL's double DQN), optimizer, target network
     if parts["retrace"]:
         loss = RetraceDQNLoss(
             qnet, lmbda=cfg.learner.lmbda, gamma=cfg.learner.gamma, action_space=action_spec
@@ -228,7 +195,7 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     )
     target_updater = HardUpdate(loss, value_network_update_interval=cfg.learner.target_update)
 
-    # 5. the SEER freeze: int8 latents, capacity from the bytes the pixel storage held
+    # 6. the SEER freeze: int8 latents, capacity from the bytes the pixel storage held
     freeze_hook = None
     if parts["seer"]:
         freeze_hook = FreezeEncoderHook(
@@ -238,11 +205,13 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
             optimizers=[optimizer],
             replay_buffer=replay_buffer,
             target_sync="encoder",  # target CNN = online CNN; the head keeps its hard copies
-            max_capacity=cfg.seer.max_capacity,
-            latent_storage=functools.partial(
-                QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
+            replay_options=LatentReplayOptions(
+                max_capacity=cfg.seer.max_capacity,
+                storage_factory=functools.partial(
+                    QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
+                ),
+                progress=False,
             ),
-            progress=False,
             logger=logger,
         )
 
@@ -270,37 +239,33 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
         log_interval=1_000,
         save_trainer_interval=10**12,
     )
-    record.register(trainer)  # reads episode returns before the keys are dropped
-    if parts["retrace"]:
+    register_hooks(
+        trainer,
+        record=record,
         # random acting before learn_start: the uniform policy's μ(a|x) = 1/n
-        trainer.register_op("batch_process", functools.partial(record_uniform_mu, num_actions))
-    SelectKeys(stored_keys).register(trainer)
-    if freeze_hook is not None:  # restored before the replay buffer it re-shapes
-        freeze_hook.register(trainer)
-    ReplayBufferTrainer(replay_buffer, flatten_tensordicts=False).register(trainer)
+        batch_ops=(functools.partial(record_uniform_mu, num_actions),) if parts["retrace"] else (),
+        stored_keys=stored_keys,
+        freeze_hook=freeze_hook,
+        replay_buffer=replay_buffer,
+        collector=collector,
+        policy=policy,
+        ship_every=cfg.actors.ship_every,
+    )
     if parts["retrace"]:
         trainer.register_op("process_optim_batch", lambda b: b.reshape(-1, cfg.replay.slice_len))
     trainer.register_op("post_optim", target_updater.step)
     trainer.register_op("post_steps", lambda: explore.step(cfg.collector.frames_per_batch))
-    UpdateWeights(collector, cfg.actors.ship_every, policy_weights_getter=lambda: policy).register(
-        trainer
-    )
     trainer.train()
-
-    freeze = dict(freeze_hook.freeze_report) if freeze_hook and freeze_hook.frozen else {}
-    if freeze:
-        freeze["freeze_frame"] = freeze["freeze_step"] * cfg.env.frames_per_step
-    report = write_report(
+    return finish_run(
         run_dir,
         record,
         title=f"Composed DQN on {cfg.env.game}",
-        parts=parts,
-        freeze=freeze,
+        cfg=cfg,
+        replay_buffer=replay_buffer,
+        freeze_hook=freeze_hook,
+        frames_per_step=cfg.env.frames_per_step,
         actors=actors,
-        config=OmegaConf.to_container(cfg),
     )
-    print(f"report written to {report}")
-    return ComposedRun(report, replay_buffer, freeze_hook, record)
 
 
 def record_uniform_mu(num_actions: int, batch: TensorDictBase) -> TensorDictBase:

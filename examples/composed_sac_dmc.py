@@ -39,7 +39,7 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
 from torch import nn
@@ -47,21 +47,14 @@ from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
 from torchrl.objectives import SACLoss, SoftUpdate
 from torchrl.record.loggers import get_logger
-from torchrl.trainers import (
-    OptimizationStepper,
-    ReplayBufferTrainer,
-    SelectKeys,
-    Trainer,
-    UpdateWeights,
-)
+from torchrl.trainers import OptimizationStepper, Trainer
 
-from torchrl_seer.collectors import (
-    CompressedPolicy,
-    CompressedWeightSyncScheme,
-    PolicyCompressor,
-    select_compression,
+from torchrl_seer.data import (
+    DeltaFrameStorage,
+    LatentEncodeTransform,
+    LatentReplayOptions,
+    QuantizedStorage,
 )
-from torchrl_seer.data import DeltaFrameStorage, LatentEncodeTransform, QuantizedStorage
 from torchrl_seer.envs import make_dmc_env
 from torchrl_seer.modules import CenterCrop, CURLPixelEncoder, LatentOrPixelFeatures, RandomCrop
 from torchrl_seer.objectives import PRECISION_PRESETS, CURLLoss, LowPrecisionSACLoss
@@ -69,13 +62,7 @@ from torchrl_seer.optim import LossScalingStepper
 from torchrl_seer.trainers import FreezeEncoderHook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from composed_common import (
-    ComposedRun,
-    RunRecord,
-    actor_step_ms,
-    make_collector,
-    write_report,
-)
+from composed_common import ComposedRun, RunRecord, finish_run, make_actors, register_hooks
 
 LATENT_KEYS = ["latent", ("next", "latent")]
 STORED_KEYS = [
@@ -199,18 +186,9 @@ class SACStep(OptimizationStepper):
         return out.select("loss_qvalue", "loss_actor").apply(lambda t: t.float())
 
 
-def choose_compressor(cfg: DictConfig, policy, example) -> tuple[PolicyCompressor, str]:
-    """The actors' compression: measured on the policy (``auto``) or a named pipeline."""
-    if cfg.actors.compression != "auto":
-        compressor = PolicyCompressor.from_spec(cfg.actors.compression)
-        return compressor, f"named pipeline {compressor.spec()}"
-    result = select_compression(policy, example, kl_bound=cfg.actors.kl_bound, log=None)
-    return result.compressor, result.reason
-
-
 def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     """Trains the composed (or plain) pixel SAC pipeline and writes its report."""
-    parts = OmegaConf.to_container(cfg.parts)
+    parts = cfg.parts
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -301,23 +279,8 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     # 4. actors: a compressed copy of the policy, or the policy itself
     example = probe_env.reset().unsqueeze(0)  # the actors act at batch 1
     probe_env.close()
-    actors = {"batch": 1, "compression": "fp32 (uncompressed)"}
-    if parts["compressed_actors"]:
-        compressor, actors["reason"] = choose_compressor(cfg, policy, example)
-        actors["compression"] = compressor.spec()
-        actor_policy = CompressedPolicy(policy, compressor)
-        weight_sync = CompressedWeightSyncScheme(compressor)
-    else:
-        actor_policy, weight_sync = policy, None
-    actors["step_ms"] = actor_step_ms(actor_policy, example)
-    collector = make_collector(
-        make_env,
-        actor_policy,
-        workers=cfg.collector.workers,
-        frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=cfg.collector.total_steps,
-        init_random_frames=cfg.collector.learn_start,
-        weight_sync_scheme=weight_sync,
+    collector, actors = make_actors(
+        cfg, make_env, policy, example, compressed=parts["compressed_actors"]
     )
 
     # 5. replay: each frame once (DeltaFrameStorage) or TorchRL's LazyTensorStorage
@@ -341,11 +304,13 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
                 encoder, num_copies=cfg.seer.num_copies, augmentation=RandomCrop(84)
             ),
             target_sync="full",  # the target critic is hard-copied from the online one
-            max_capacity=cfg.seer.max_capacity,
-            latent_storage=functools.partial(
-                QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
+            replay_options=LatentReplayOptions(
+                max_capacity=cfg.seer.max_capacity,
+                storage_factory=functools.partial(
+                    QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
+                ),
+                progress=False,
             ),
-            progress=False,
             logger=logger,
         )
 
@@ -381,30 +346,27 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
         log_interval=1_000,
         save_trainer_interval=10**12,
     )
-    record.register(trainer)  # reads episode returns before the keys are dropped
-    SelectKeys(STORED_KEYS).register(trainer)
-    if freeze_hook is not None:  # restored before the replay buffer it re-shapes
-        freeze_hook.register(trainer)
-    ReplayBufferTrainer(replay_buffer, flatten_tensordicts=False).register(trainer)
-    UpdateWeights(collector, cfg.actors.ship_every, policy_weights_getter=lambda: policy).register(
-        trainer
+    register_hooks(
+        trainer,
+        record=record,
+        stored_keys=STORED_KEYS,
+        freeze_hook=freeze_hook,
+        replay_buffer=replay_buffer,
+        collector=collector,
+        policy=policy,
+        ship_every=cfg.actors.ship_every,
     )
     trainer.train()
-
-    freeze = dict(freeze_hook.freeze_report) if freeze_hook and freeze_hook.frozen else {}
-    if freeze:
-        freeze["freeze_frame"] = freeze["freeze_step"] * cfg.env.action_repeat
-    report = write_report(
+    return finish_run(
         run_dir,
         record,
         title=f"Composed pixel SAC on {cfg.env.domain}_{cfg.env.task}",
-        parts=parts,
-        freeze=freeze,
+        cfg=cfg,
+        replay_buffer=replay_buffer,
+        freeze_hook=freeze_hook,
+        frames_per_step=cfg.env.action_repeat,
         actors=actors,
-        config=OmegaConf.to_container(cfg),
     )
-    print(f"report written to {report}")
-    return ComposedRun(report, replay_buffer, freeze_hook, record)
 
 
 @hydra.main(config_path="configs", config_name="composed_sac_dmc", version_base="1.3")

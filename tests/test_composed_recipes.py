@@ -47,42 +47,62 @@ DQN_TINY = [
     "actors.compression=int8",
 ]
 
+SAC_TINY = [
+    "collector.total_steps=48",
+    "collector.frames_per_batch=8",
+    "collector.learn_start=16",
+    "env.action_repeat=32",  # 32-step episodes: one ends within the budget
+    "replay.capacity=24",  # full at the freeze: the latent budget is what it held
+    "replay.batch_size=8",
+    "replay.chunk_len=16",
+    "seer.freeze_at=32",
+    "seer.num_copies=2",
+    "learner.updates_per_batch=1",
+    "learner.hidden=32",
+    "actors.compression=int8",
+]
 
-@pytest.fixture(scope="module")
-def dqn_recipe():
-    return importlib.import_module("composed_dqn_atari")
+# recipe -> (tiny budget, freeze step, pixel capacity)
+TINY = {
+    "composed_dqn_atari": (DQN_TINY, 64, 48),
+    "composed_sac_dmc": (SAC_TINY, 32, 24),
+}
 
 
-def test_composed_dqn_every_part_on(dqn_recipe, tmp_path):
-    cfg = make_config("composed_dqn_atari", [*DQN_TINY, *all_parts("composed_dqn_atari", True)])
-    run = dqn_recipe.train(cfg, tmp_path / "run")
+@pytest.mark.parametrize("recipe", sorted(TINY))
+def test_every_part_on(recipe, tmp_path):
+    budget, freeze_at, capacity = TINY[recipe]
+    cfg = make_config(recipe, [*budget, *all_parts(recipe, True)])
+    run = importlib.import_module(recipe).train(cfg, tmp_path / "run")
 
     # the freeze fired inside the Trainer and the buffer moved to int8 latents
     hook = run.freeze_hook
-    assert hook.frozen and hook.freeze_step >= 64
+    assert hook.frozen and hook.freeze_step >= freeze_at
     storage = run.replay_buffer.storage
     assert isinstance(storage, QuantizedStorage) and storage.format == "int8"
     assert storage.max_size == hook.freeze_report["latent_capacity"]
-    assert hook.freeze_report["num_migrated"] == 48
+    assert hook.freeze_report["num_migrated"] == capacity
     sample = run.replay_buffer.sample()
     assert "latent" in sample.keys() and "pixels" not in sample.keys()
-    assert len(run.replay_buffer) > 48  # training continued and wrote latents after the freeze
+    assert len(run.replay_buffer) > capacity  # training went on, writing latents
 
     # updates happened on both sides of the freeze; returns were recorded
-    frozen_flags = {frozen for frozen, _ in run.record.update_seconds}
-    assert frozen_flags == {False, True}
+    assert {frozen for frozen, _ in run.record.update_seconds} == {False, True}
     assert run.record.returns
 
     report = json.loads((run.report.parent / "report.json").read_text())
-    assert run.report.exists() and (run.report.parent / "report.png").exists()
+    assert (run.report.parent / "report.png").exists()
     assert report["actors"]["compression"] == "int8"
     assert report["freeze"]["latent_capacity"] == storage.max_size
-    assert "grew" in run.report.read_text() or "shrank" in run.report.read_text()
+    text = run.report.read_text()
+    assert "grew" in text or "shrank" in text
 
 
-def test_composed_dqn_every_part_off_is_plain_torchrl(dqn_recipe, tmp_path):
-    cfg = make_config("composed_dqn_atari", [*DQN_TINY, *all_parts("composed_dqn_atari", False)])
-    run = dqn_recipe.train(cfg, tmp_path / "run")
+@pytest.mark.parametrize("recipe", sorted(TINY))
+def test_every_part_off_is_plain_torchrl(recipe, tmp_path):
+    budget, _, _ = TINY[recipe]
+    cfg = make_config(recipe, [*budget, *all_parts(recipe, False)])
+    run = importlib.import_module(recipe).train(cfg, tmp_path / "run")
 
     assert run.freeze_hook is None
     assert type(run.replay_buffer.storage) is LazyTensorStorage
@@ -122,58 +142,6 @@ def test_retrace_dqn_on_a_seer_split_encoder_reads_pixels_then_latents():
     for batch in (pixel_batch, latent_batch):
         out = loss(batch)
         assert torch.isfinite(out["loss"])
-
-
-SAC_TINY = [
-    "collector.total_steps=48",
-    "collector.frames_per_batch=8",
-    "collector.learn_start=16",
-    "env.action_repeat=32",  # 32-step episodes: one ends within the budget
-    "replay.capacity=24",  # full at the freeze: the latent budget is what it held
-    "replay.batch_size=8",
-    "replay.chunk_len=16",
-    "seer.freeze_at=32",
-    "seer.num_copies=2",
-    "learner.updates_per_batch=1",
-    "learner.hidden=32",
-    "actors.compression=int8",
-]
-
-
-@pytest.fixture(scope="module")
-def sac_recipe():
-    return importlib.import_module("composed_sac_dmc")
-
-
-def test_composed_sac_every_part_on(sac_recipe, tmp_path):
-    cfg = make_config("composed_sac_dmc", [*SAC_TINY, *all_parts("composed_sac_dmc", True)])
-    run = sac_recipe.train(cfg, tmp_path / "run")
-
-    hook = run.freeze_hook
-    assert hook.frozen and hook.freeze_step >= 32
-    storage = run.replay_buffer.storage
-    assert isinstance(storage, QuantizedStorage) and storage.format == "int8"
-    assert storage.max_size == hook.freeze_report["latent_capacity"]
-    sample = run.replay_buffer.sample()
-    assert "latent" in sample.keys() and "pixels" not in sample.keys()
-    assert len(run.replay_buffer) > 24  # training continued and wrote latents after the freeze
-    assert {frozen for frozen, _ in run.record.update_seconds} == {False, True}
-    assert run.record.returns
-    report = json.loads((run.report.parent / "report.json").read_text())
-    assert report["actors"]["compression"] == "int8"
-    assert report["freeze"]["target_sync"] == "full"
-    assert (run.report.parent / "report.png").exists()
-
-
-def test_composed_sac_every_part_off_is_plain_torchrl(sac_recipe, tmp_path):
-    overrides = [*SAC_TINY, *all_parts("composed_sac_dmc", False)]
-    run = sac_recipe.train(make_config("composed_sac_dmc", overrides), tmp_path / "run")
-
-    assert run.freeze_hook is None
-    assert type(run.replay_buffer.storage) is LazyTensorStorage
-    assert "pixels" in run.replay_buffer.sample().keys()
-    assert run.record.update_seconds and run.record.returns
-    assert json.loads((run.report.parent / "report.json").read_text())["freeze"] == {}
 
 
 def test_int8_compression_of_a_bf16_policy():
