@@ -158,3 +158,30 @@ def test_int8_compression_of_a_bf16_policy():
     from_fp32 = compressor.compress(net.float())[0](x)
     assert torch.equal(from_bf16, from_fp32)
 
+
+def test_slice_sampling_a_full_quantized_storage_keeps_its_codes():
+    """SliceSampler reads ``storage[:]``; on a full QuantizedStorage that must not decode in place."""
+    from torchrl.data import SliceSampler, TensorDictReplayBuffer
+
+    n = 16
+
+    def latents() -> TensorDict:
+        return TensorDict(
+            {
+                "latent": torch.randn(n, 6),
+                "next": {"latent": torch.randn(n, 6)},
+                "traj": torch.zeros(n),
+            },
+            [n],
+        )
+
+    storage = QuantizedStorage(n, keys=["latent", ("next", "latent")])
+    rb = TensorDictReplayBuffer(
+        storage=storage, batch_size=8, sampler=SliceSampler(slice_len=4, traj_key="traj")
+    )
+    rb.extend(latents())  # full
+    nbytes = storage.nbytes_held()
+    rb.sample()
+    assert storage.nbytes_held() == nbytes  # the int8 codes were not replaced by floats
+    rb.extend(latents())  # codes written over the stored codes
+    assert rb.sample()["latent"].dtype == torch.float32
