@@ -40,11 +40,11 @@ RECIPES: dict[str, dict[str, Any]] = {
         "title": "Atari DQN (Pong)",
         "parts": ["compressed_actors", "delta_frames", "seer", "retrace", "low_precision"],
         "budget": [
-            "collector.total_steps=16000",
+            "collector.total_steps=10000",
             "collector.learn_start=1000",
-            "replay.capacity=4000",  # full before the freeze
-            "seer.freeze_at=5000",
-            "explore.decay_steps=10000",
+            "replay.capacity=2500",  # full before the freeze
+            "seer.freeze_at=3000",
+            "explore.decay_steps=6000",
             "learner.updates_per_batch=1",
             "learner.target_update=500",
         ],
