@@ -160,7 +160,7 @@ def test_int8_compression_of_a_bf16_policy():
 
 
 def test_slice_sampling_a_full_quantized_storage_keeps_its_codes():
-    """SliceSampler reads ``storage[:]``; on a full QuantizedStorage that must not decode in place."""
+    """SliceSampler reads ``storage[:]``: a full QuantizedStorage must not decode it in place."""
     from torchrl.data import SliceSampler, TensorDictReplayBuffer
 
     n = 16
