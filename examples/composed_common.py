@@ -15,6 +15,7 @@ the recipe; this module holds the plumbing both run the same way:
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -44,19 +45,24 @@ from torchrl_seer.collectors import (
     PolicyCompressor,
     select_compression,
 )
-from torchrl_seer.data import storage_nbytes
+from torchrl_seer.data import LatentReplayOptions, QuantizedStorage, storage_nbytes
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 __all__ = [
+    "LATENT_KEYS",
     "ComposedRun",
     "RunRecord",
     "finish_run",
+    "int8_latent_replay",
     "make_actors",
+    "make_trainer",
     "register_hooks",
     "replay_nbytes",
 ]
+
+LATENT_KEYS = ["latent", ("next", "latent")]
 
 
 @dataclass
@@ -166,7 +172,7 @@ class RunRecord(TrainerHookBase):
         replay_buffer: the replay buffer to measure.
 
     Keyword Args:
-        frozen: returns whether the encoder is frozen now (``lambda: False`` without SEER).
+        freeze_hook: the ``FreezeEncoderHook`` (``None`` without SEER).
         frames_per_step: environment frames per agent step (frame skip / action repeat).
     """
 
@@ -174,11 +180,11 @@ class RunRecord(TrainerHookBase):
         self,
         replay_buffer: ReplayBuffer,
         *,
-        frozen: Callable[[], bool],
+        freeze_hook: Any | None,
         frames_per_step: int = 1,
     ) -> None:
         self.replay_buffer = replay_buffer
-        self.frozen = frozen
+        self.freeze_hook = freeze_hook
         self.frames_per_step = frames_per_step
         self.steps = 0
         self.returns: list[tuple[int, float]] = []
@@ -186,6 +192,10 @@ class RunRecord(TrainerHookBase):
         self.update_seconds: list[tuple[bool, float]] = []
         self.start = time.perf_counter()
         self.wall_seconds = 0.0
+
+    def frozen(self) -> bool:
+        """Whether the encoder is frozen now."""
+        return self.freeze_hook is not None and self.freeze_hook.frozen
 
     def record_batch(self, batch: TensorDictBase) -> TensorDictBase:
         """Counts the batch's agent steps and records the returns of finished episodes."""
@@ -377,6 +387,39 @@ def write_report(
         )
     )
     return report
+
+
+def int8_latent_replay(cfg: DictConfig) -> LatentReplayOptions:
+    """The SEER migration's options: int8 latents in a ``QuantizedStorage``, sized by bytes.
+
+    The capacity comes from the bytes the pixel storage holds at the freeze (capped by
+    ``cfg.seer.max_capacity``).
+    """
+    return LatentReplayOptions(
+        max_capacity=cfg.seer.max_capacity,
+        storage_factory=functools.partial(
+            QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
+        ),
+        progress=False,
+    )
+
+
+def make_trainer(
+    cfg: DictConfig, collector: Any, loss: torch.nn.Module, stepper: Any, logger: Any
+) -> Trainer:
+    """TorchRL's ``Trainer`` counting agent steps, with the recipe's optimization stepper."""
+    return Trainer(
+        collector=collector,
+        total_frames=cfg.collector.total_steps,
+        frame_skip=1,  # the Trainer counts agent steps
+        optim_steps_per_batch=cfg.learner.updates_per_batch,
+        loss_module=loss,
+        optimization_stepper=stepper,
+        logger=logger,
+        progress_bar=True,
+        log_interval=1_000,
+        save_trainer_interval=10**12,
+    )
 
 
 def register_hooks(

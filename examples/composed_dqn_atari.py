@@ -53,16 +53,23 @@ from torchrl.record.loggers import get_logger
 from torchrl.trainers import OptimizationStepper, Trainer
 
 from torchrl_seer.collectors import EGreedyLogProbModule
-from torchrl_seer.data import DeltaFrameStorage, LatentReplayOptions, QuantizedStorage
+from torchrl_seer.data import DeltaFrameStorage
 from torchrl_seer.envs import make_atari_env
 from torchrl_seer.modules import DataEfficientAtariEncoder, LatentOrPixelFeatures
 from torchrl_seer.objectives import RetraceDQNLoss
 from torchrl_seer.trainers import FreezeEncoderHook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from composed_common import ComposedRun, RunRecord, finish_run, make_actors, register_hooks
+from composed_common import (
+    ComposedRun,
+    RunRecord,
+    finish_run,
+    int8_latent_replay,
+    make_actors,
+    make_trainer,
+    register_hooks,
+)
 
-LATENT_KEYS = ["latent", ("next", "latent")]
 TRAJ_KEY = ("collector", "traj_ids")
 
 
@@ -205,40 +212,24 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
             optimizers=[optimizer],
             replay_buffer=replay_buffer,
             target_sync="encoder",  # target CNN = online CNN; the head keeps its hard copies
-            replay_options=LatentReplayOptions(
-                max_capacity=cfg.seer.max_capacity,
-                storage_factory=functools.partial(
-                    QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
-                ),
-                progress=False,
-            ),
+            replay_options=int8_latent_replay(cfg),
             logger=logger,
         )
 
     # 7-8. the Trainer and its hooks
     record = RunRecord(
         replay_buffer,
-        frozen=(lambda: freeze_hook.frozen) if freeze_hook else (lambda: False),
+        freeze_hook=freeze_hook,
         frames_per_step=cfg.env.frames_per_step,
     )
-    trainer = Trainer(
-        collector=collector,
-        total_frames=cfg.collector.total_steps,
-        frame_skip=1,  # the Trainer counts agent steps
-        optim_steps_per_batch=cfg.learner.updates_per_batch,
-        loss_module=loss,
-        optimization_stepper=DQNStep(
-            loss,
-            optimizer,
-            bf16=parts["low_precision"],
-            clip_grad_norm=cfg.learner.clip_grad_norm,
-            record=record,
-        ),
-        logger=logger,
-        progress_bar=True,
-        log_interval=1_000,
-        save_trainer_interval=10**12,
+    stepper = DQNStep(
+        loss,
+        optimizer,
+        bf16=parts["low_precision"],
+        clip_grad_norm=cfg.learner.clip_grad_norm,
+        record=record,
     )
+    trainer = make_trainer(cfg, collector, loss, stepper, logger)
     register_hooks(
         trainer,
         record=record,

@@ -49,12 +49,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 from torchrl.record.loggers import get_logger
 from torchrl.trainers import OptimizationStepper, Trainer
 
-from torchrl_seer.data import (
-    DeltaFrameStorage,
-    LatentEncodeTransform,
-    LatentReplayOptions,
-    QuantizedStorage,
-)
+from torchrl_seer.data import DeltaFrameStorage, LatentEncodeTransform
 from torchrl_seer.envs import make_dmc_env
 from torchrl_seer.modules import CenterCrop, CURLPixelEncoder, LatentOrPixelFeatures, RandomCrop
 from torchrl_seer.objectives import PRECISION_PRESETS, CURLLoss, LowPrecisionSACLoss
@@ -62,9 +57,16 @@ from torchrl_seer.optim import LossScalingStepper
 from torchrl_seer.trainers import FreezeEncoderHook
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from composed_common import ComposedRun, RunRecord, finish_run, make_actors, register_hooks
+from composed_common import (
+    ComposedRun,
+    RunRecord,
+    finish_run,
+    int8_latent_replay,
+    make_actors,
+    make_trainer,
+    register_hooks,
+)
 
-LATENT_KEYS = ["latent", ("next", "latent")]
 STORED_KEYS = [
     "pixels",
     "action",
@@ -304,48 +306,32 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
                 encoder, num_copies=cfg.seer.num_copies, augmentation=RandomCrop(84)
             ),
             target_sync="full",  # the target critic is hard-copied from the online one
-            replay_options=LatentReplayOptions(
-                max_capacity=cfg.seer.max_capacity,
-                storage_factory=functools.partial(
-                    QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
-                ),
-                progress=False,
-            ),
+            replay_options=int8_latent_replay(cfg),
             logger=logger,
         )
 
     # 7. the Trainer and its hooks
     record = RunRecord(
         replay_buffer,
-        frozen=(lambda: freeze_hook.frozen) if freeze_hook else (lambda: False),
+        freeze_hook=freeze_hook,
         frames_per_step=cfg.env.action_repeat,
     )
-    trainer = Trainer(
-        collector=collector,
-        total_frames=cfg.collector.total_steps,
-        frame_skip=1,  # the Trainer counts agent steps
-        optim_steps_per_batch=cfg.learner.updates_per_batch,
-        loss_module=loss,
-        optimization_stepper=SACStep(
-            loss,
-            sac_stepper,
-            target_updater,
-            features=features,
-            target_features=target_features,
-            encoder=encoder,
-            target_encoder=target_encoder,
-            encoder_optim=encoder_optim,
-            curl_loss=curl_loss,
-            curl_optim=curl_optim,
-            encoder_tau=cfg.learner.encoder_tau,
-            frozen=record.frozen,
-            record=record,
-        ),
-        logger=logger,
-        progress_bar=True,
-        log_interval=1_000,
-        save_trainer_interval=10**12,
+    stepper = SACStep(
+        loss,
+        sac_stepper,
+        target_updater,
+        features=features,
+        target_features=target_features,
+        encoder=encoder,
+        target_encoder=target_encoder,
+        encoder_optim=encoder_optim,
+        curl_loss=curl_loss,
+        curl_optim=curl_optim,
+        encoder_tau=cfg.learner.encoder_tau,
+        frozen=record.frozen,
+        record=record,
     )
+    trainer = make_trainer(cfg, collector, loss, stepper, logger)
     register_hooks(
         trainer,
         record=record,
