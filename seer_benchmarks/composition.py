@@ -123,6 +123,27 @@ def _ratio(composed: float, plain: float) -> str:
     return f"{composed / plain:.2f}"
 
 
+def _help_and_cost(
+    title: str, composed: dict[str, Any], plain: dict[str, Any], actors: dict[str, Any]
+) -> str:
+    """One paragraph: where the parts helped and where they cost, from the measured ratios."""
+    memory = composed["replay_bytes_peak"] / plain["replay_bytes_peak"]
+    after = plain["update_ms_before_freeze"] / composed["update_ms_after_freeze"]
+    before = composed["update_ms_before_freeze"] / plain["update_ms_before_freeze"]
+    wall = composed["wall_seconds"] / plain["wall_seconds"]
+    return (
+        f"{title}: the parts helped memory (peak replay bytes x{memory:.3f} of the plain "
+        f"pipeline's) and the learner after the freeze ({after:.1f}x faster per update than the "
+        f"plain fp32 update on pixels: no convolution runs). They cost learner time before the "
+        f"freeze ({before:.1f}x the plain update; not separated here, the candidates are bf16 "
+        f"kernels on a CPU without bf16 instructions, which alone made an encoder "
+        f"forward+backward about 8x slower than fp32 in a separate check, DeltaFrameStorage "
+        f"decoding, and the extra passes of Retrace (DQN) or CURL (SAC)); the wall time ratio "
+        f"was x{wall:.2f}. Actors: "
+        f"{actors.get('reason', actors['compression'])}."
+    )
+
+
 def write_page(results: dict[str, dict[str, dict[str, Any]]], out_dir: Path = DOCS_DIR) -> Path:
     """Writes ``composition.md``, ``.json`` and ``.png`` from the arms' reports."""
     report = BenchmarkReport(
@@ -169,6 +190,7 @@ def write_page(results: dict[str, dict[str, dict[str, Any]]], out_dir: Path = DO
         ]
         for name, composed, plain in measures:
             rows.append([RECIPES[recipe]["title"], name, composed, plain, _ratio(composed, plain)])
+        report.add_note(_help_and_cost(RECIPES[recipe]["title"], c, p, ca))
         freeze = arms["composed"]["freeze"]
         if "latent_capacity" in freeze:
             ratio = freeze["latent_capacity"] / freeze["pixel_capacity"]
