@@ -185,3 +185,30 @@ def test_slice_sampling_a_full_quantized_storage_keeps_its_codes():
     assert storage.nbytes_held() == nbytes  # the int8 codes were not replaced by floats
     rb.extend(latents())  # codes written over the stored codes
     assert rb.sample()["latent"].dtype == torch.float32
+
+
+def test_freeze_hook_watches_a_delta_frame_storage_buffer(tmp_path):
+    """FreezeEncoderHook wraps the buffer's checkpointer; DeltaFrameStorage still checkpoints."""
+    from torchrl.data import ReplayBuffer
+
+    from torchrl_seer.data import DeltaFrameStorage
+    from torchrl_seer.trainers import FreezeEncoderHook
+
+    def watched_buffer() -> ReplayBuffer:
+        rb = ReplayBuffer(storage=DeltaFrameStorage(32, frame_stack=4), batch_size=4)
+        FreezeEncoderHook(DataEfficientAtariEncoder(4), freeze_at=10, replay_buffer=rb)
+        return rb
+
+    n = 12
+    frames = torch.randint(0, 255, (n + 4, 84, 84), dtype=torch.uint8)
+    obs = torch.stack([frames[i : i + 4] for i in range(n)])
+    nxt = torch.stack([frames[i + 1 : i + 5] for i in range(n)])
+    done = torch.zeros(n, 1, dtype=torch.bool)
+    rb = watched_buffer()
+    rb.extend(TensorDict({"pixels": obs, "next": {"pixels": nxt, "done": done}}, [n]))
+    rb.dumps(tmp_path / "rb")
+    restored = watched_buffer()
+    restored.loads(tmp_path / "rb")
+    assert len(restored) == n
+    assert torch.equal(restored[:]["pixels"], obs)
+    assert torch.equal(restored[:]["next", "pixels"], nxt)
