@@ -66,8 +66,8 @@ format: install-dev  ## apply ruff fixes and formatting
 	$(PY) -m ruff check --fix torchrl_seer tests examples seer_benchmarks
 	$(PY) -m ruff format torchrl_seer tests examples seer_benchmarks
 
-demo: install-examples  ## run the flagship recipe on CPU (short budget) and print where its report is
-	$(PY) examples/seer_atari.py --config-name seer_atari_demo
+demo: install-examples  ## run the composed Atari DQN recipe on CPU (demo budget) and print where its report is
+	OMP_NUM_THREADS=1 $(PY) examples/composed_dqn_atari.py --config-name composed_dqn_atari_demo
 
 bench: install-dev  ## run the benchmarks and rewrite docs/benchmarks*.md
 	$(PY) -m seer_benchmarks.run_all

@@ -434,6 +434,9 @@ class Quantize(CompressionStep):
       quantized with activation scales calibrated on ``calibration`` data, so convolutions run in
       int8 too. Other layer types raise :class:`UnsupportedLayerError`.
 
+    A policy held in bf16 or fp16 (e.g. the actor of a low-precision learner) is cast to fp32
+    (exactly) before it is quantized.
+
     Why ``torch.ao`` and not torchao: torch 2.15 marks ``torch.ao.quantization`` deprecated in
     favour of torchao, but torchao 0.18's eager int8 tensor subclasses ran 1.5x-17x *slower*
     than fp32 on this CPU for MLP policies (they target ``torch.compile`` and GPUs), while
@@ -504,6 +507,9 @@ class Quantize(CompressionStep):
                 f"in {type(module).__name__}; use mode='static' with calibration data for "
                 "convolutional policies"
             )
+        # int8 kernels take fp32 weights and activations: a bf16/fp16 policy (e.g. the actor
+        # of a low-precision learner) is cast up first, which is exact
+        module = module.float()
         with quiet_torch_ao():
             if self.mode == "dynamic":
                 from torch.ao.quantization import quantize_dynamic

@@ -21,6 +21,7 @@ from torchrl_seer.data.chunked_frame_pool import ChunkedFramePool
 from torchrl_seer.data.delta_checkpointer import DeltaFrameStorageCheckpointer
 from torchrl_seer.data.frame_codecs import FrameCodec, make_frame_codec
 from torchrl_seer.data.frame_stack_index import FrameStackIndex
+from torchrl_seer.data.latent_replay_checkpointer import LatentReplayCheckpointer
 from torchrl_seer.data.replay_rewiring import relocate_tensor_rows, rewind_failed_write
 
 __all__ = ["DeltaFrameStorage"]
@@ -721,15 +722,21 @@ class DeltaFrameStorage(LazyTensorStorage):
         self.checkpointer.register_load_hook(hook)
 
     @property
-    def checkpointer(self) -> DeltaFrameStorageCheckpointer:
-        """The checkpointer (always a :class:`DeltaFrameStorageCheckpointer`)."""
+    def checkpointer(self) -> DeltaFrameStorageCheckpointer | LatentReplayCheckpointer:
+        """The checkpointer: a :class:`DeltaFrameStorageCheckpointer`, possibly wrapped.
+
+        A :class:`~torchrl_seer.trainers.FreezeEncoderHook` watching the buffer wraps it in a
+        :class:`~torchrl_seer.data.latent_replay_checkpointer.LatentReplayCheckpointer`, which
+        saves and loads pixel checkpoints through it.
+        """
         return self._checkpointer
 
     @checkpointer.setter
     def checkpointer(self, value: Any) -> None:
         if value is None:
             value = DeltaFrameStorageCheckpointer()
-        if not isinstance(value, DeltaFrameStorageCheckpointer):
+        inner = value.checkpointer if isinstance(value, LatentReplayCheckpointer) else value
+        if not isinstance(inner, DeltaFrameStorageCheckpointer):
             raise TypeError(
                 "DeltaFrameStorage is checkpointed in its compressed form by "
                 f"DeltaFrameStorageCheckpointer; got {type(value).__name__}, which would "

@@ -533,7 +533,9 @@ class QuantizedStorage(LazyTensorStorage):
 
     def get(self, index: int | Sequence[int] | slice | torch.Tensor) -> Any:
         """Reads rows at ``index`` and decodes the quantized keys to their float dtype."""
-        return self._decode(super().get(index))
+        # a shallow copy: on a full storage TorchRL returns its own tensordict for ``[:]``
+        # (what SliceSampler reads), which decoding in place would turn into floats
+        return self._decode(super().get(index).copy())
 
     def _empty(self) -> None:
         super()._empty()

@@ -224,7 +224,7 @@ class RetraceDQNLoss(DQNLoss):
 
     def _action_values(self, inputs: TensorDictBase, params: TensorDictBase) -> torch.Tensor:
         """Runs the Q-network with ``params`` on ``[B, T]`` inputs flattened to one batch dim."""
-        flat = inputs.select(*self.value_network.in_keys).reshape(-1)
+        flat = inputs.select(*self.value_network.in_keys, strict=False).reshape(-1)
         with params.to_module(self.value_network, preserve_module_state=False):
             values = self.value_network(flat).get(self.tensor_keys.action_value)
         return values.reshape(*inputs.batch_size, values.shape[-1])

@@ -1,0 +1,365 @@
+"""Pixel SAC on DeepMind Control with every torchrl_seer part composed, in a TorchRL ``Trainer``.
+
+Read top to bottom (each part has a switch in ``configs/composed_sac_dmc.yaml``; with every
+part off this file is TorchRL's plain pipeline: fp32 actors, ``LazyTensorStorage``, ``SACLoss``):
+
+1. a DMC task rendered at 100x100, 3 stacked RGB frames (9 channels), PlaNet action repeat;
+2. the SEER split encoder (``CURLPixelEncoder``: 4 convs + fc 50 + LayerNorm) with an EMA
+   target copy; learning crops a random 84x84 window, acting the centre one. The actor reads
+   the features detached (CURL): only the critic and CURL train the encoder;
+3. **learner** (``parts.low_precision``): ``LowPrecisionSACLoss`` with the bf16 preset (actor,
+   stacked critics, targets and temperature in bf16; hAdam with Kahan-compensated updates;
+   Kahan target updates) instead of TorchRL's fp32 ``SACLoss``; the encoder keeps fp32 weights;
+   **CURL** (``parts.curl``): the contrastive loss trains the encoder until the freeze;
+4. **actors** (``parts.compressed_actors``): collector workers that act while the learner
+   learns (``MultiAsyncCollector``) with a ``CompressedPolicy`` chosen by
+   ``select_compression`` (or named), shipped by ``CompressedWeightSyncScheme``;
+5. **replay** (``parts.delta_frames``): ``DeltaFrameStorage`` (each frame once, compressed,
+   lossless) instead of ``LazyTensorStorage``;
+6. **SEER** (``parts.seer``): ``FreezeEncoderHook`` on the Trainer. At T_f the encoder stops
+   training (no encoder optimizer, no CURL, no EMA), the target critic is hard-copied from the
+   online one, every stored observation becomes K random-crop latents, int8 in a
+   ``QuantizedStorage`` whose capacity comes from the bytes the pixel storage really held
+   (it grows or shrinks: the report says which); new transitions are encoded on write;
+7. a TorchRL ``Trainer`` runs collect → write → update → ship weights → freeze check; the
+   end-of-run report (markdown + PNG: returns, replay bytes, learner time before/after the
+   freeze) is written to the run folder.
+
+Rendering DMC on a CPU runs at about 20 frames/s. Run: ``python examples/composed_sac_dmc.py``
+(hydra overrides: ``parts.low_precision=false``, ``collector.total_steps=5000``...).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from tensordict import TensorDictBase
+from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+from torchrl.objectives import SACLoss, SoftUpdate
+from torchrl.record.loggers import get_logger
+from torchrl.trainers import OptimizationStepper, Trainer
+
+from torchrl_seer.data import DeltaFrameStorage, LatentEncodeTransform
+from torchrl_seer.envs import make_dmc_env
+from torchrl_seer.modules import CenterCrop, CURLPixelEncoder, LatentOrPixelFeatures, RandomCrop
+from torchrl_seer.objectives import PRECISION_PRESETS, CURLLoss, LowPrecisionSACLoss
+from torchrl_seer.optim import LossScalingStepper
+from torchrl_seer.trainers import FreezeEncoderHook
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from composed_common import (
+    ComposedRun,
+    RunRecord,
+    finish_run,
+    int8_latent_replay,
+    make_actors,
+    make_trainer,
+    register_hooks,
+)
+
+STORED_KEYS = [
+    "pixels",
+    "action",
+    ("next", "pixels"),
+    ("next", "reward"),
+    ("next", "done"),
+    ("next", "terminated"),
+    ("next", "truncated"),
+]
+
+
+class InParamDtype(nn.Module):
+    """Runs ``net`` on its input cast to the dtype of ``net``'s weights.
+
+    fp32 features enter a bf16 actor (the low-precision learner's) in bf16, and an int8
+    compressed copy (no floating weights) in fp32, as its kernels need.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns ``net(x)`` with ``x`` in the weights' dtype (fp32 if none is floating)."""
+        weights = (p for p in self.net.parameters() if p.is_floating_point())
+        return self.net(x.to(next(weights, x.float()).dtype))
+
+
+class ToFloat32(nn.Module):
+    """Casts the actions a bf16 actor samples to fp32 for the environment."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns ``x`` in fp32."""
+        return x.float()
+
+
+class Detach(nn.Module):
+    """Stops gradients: the actor does not train the shared encoder (CURL)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns ``x`` detached."""
+        return x.detach()
+
+
+class SACStep(OptimizationStepper):
+    """One learner update: encoder stage → SAC losses → steps → CURL → target updates.
+
+    Args:
+        loss: the SAC loss (``SACLoss`` or ``LowPrecisionSACLoss``).
+        sac_stepper: one optimizer (and loss scaler) per SAC loss term.
+        target_updater: the soft update of the target critics.
+
+    Keyword Args:
+        features / target_features: the encoder stages of the online and target critic.
+        encoder / target_encoder: the online encoder and its EMA copy.
+        encoder_optim: the encoder's optimizer (trained by the critic and CURL).
+        curl_loss / curl_optim: CURL's loss and the optimizer of its bilinear map (or ``None``).
+        encoder_tau: EMA rate of the target encoder.
+        frozen: returns whether the encoder is frozen (then no encoder step, CURL or EMA).
+        record: the run record timing each update.
+    """
+
+    def __init__(
+        self,
+        loss,
+        sac_stepper,
+        target_updater,
+        *,
+        features,
+        target_features,
+        encoder,
+        target_encoder,
+        encoder_optim,
+        curl_loss,
+        curl_optim,
+        encoder_tau,
+        frozen,
+        record,
+    ) -> None:
+        self.loss = loss
+        self.sac_stepper = sac_stepper
+        self.target_updater = target_updater
+        self.features = features
+        self.target_features = target_features
+        self.encoder = encoder
+        self.target_encoder = target_encoder
+        self.encoder_optim = encoder_optim
+        self.curl_loss = curl_loss
+        self.curl_optim = curl_optim
+        self.encoder_tau = encoder_tau
+        self.frozen = frozen
+        self.record = record
+
+    def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
+        """Updates critic, actor, temperature (and, before the freeze, the encoder) once."""
+        frozen = self.frozen()
+        with self.record.time_update():
+            self.features(sub_batch)  # pixels -> encoder (with grad), or latents -> identity
+            with torch.no_grad():
+                self.target_features(sub_batch["next"])
+            self.encoder_optim.zero_grad(set_to_none=True)
+            out = self.sac_stepper.optimize(self.loss(sub_batch))
+            if not frozen:
+                self.encoder_optim.step()
+                if self.curl_loss is not None:
+                    curl = self.curl_loss(sub_batch)  # random crops of the stored pixels
+                    self.encoder_optim.zero_grad(set_to_none=True)
+                    self.curl_optim.zero_grad(set_to_none=True)
+                    curl["loss_curl"].backward()
+                    self.encoder_optim.step()
+                    self.curl_optim.step()
+            self.target_updater.step()
+            if not frozen:  # the encoder EMA stops at the freeze
+                with torch.no_grad():
+                    for target, online in zip(
+                        self.target_encoder.parameters(), self.encoder.parameters(), strict=True
+                    ):
+                        target.lerp_(online, self.encoder_tau)
+        return out.select("loss_qvalue", "loss_actor").apply(lambda t: t.float())
+
+
+def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
+    """Trains the composed (or plain) pixel SAC pipeline and writes its report."""
+    parts = cfg.parts
+    torch.manual_seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = get_logger(cfg.logger, logger_name=str(run_dir), experiment_name="composed_sac")
+
+    # 1. environment: 9x100x100 uint8 observations
+    make_env = functools.partial(
+        make_dmc_env,
+        cfg.env.domain,
+        cfg.env.task,
+        size=cfg.env.size,
+        frame_stack=3,
+        action_repeat=cfg.env.action_repeat,
+        seed=cfg.seed,
+    )
+    probe_env = make_env()
+    action_spec = probe_env.action_spec
+    action_dim = action_spec.shape[-1]
+
+    # 2. encoder stages: random crop for learning, centre crop for acting
+    encoder = CURLPixelEncoder(9)
+    target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+    features = LatentOrPixelFeatures(encoder, pre_encoder=RandomCrop(84))
+    target_features = LatentOrPixelFeatures(target_encoder, pre_encoder=RandomCrop(84))
+
+    # 3. SAC on features: bf16 (LowPrecisionSACLoss) or TorchRL's fp32 SACLoss
+    preset = PRECISION_PRESETS["bf16" if parts["low_precision"] else "fp32"]
+    hidden = [cfg.learner.hidden] * 2
+    actor = ProbabilisticActor(
+        TensorDictSequential(
+            TensorDictModule(Detach(), in_keys=["features"], out_keys=["actor_features"]),
+            TensorDictModule(
+                nn.Sequential(
+                    InParamDtype(
+                        MLP(in_features=50, out_features=2 * action_dim, num_cells=hidden)
+                    ),
+                    NormalParamExtractor(),
+                ),
+                in_keys=["actor_features"],
+                out_keys=["loc", "scale"],
+            ),
+        ),
+        in_keys=["loc", "scale"],
+        distribution_class=TanhNormal,
+        spec=action_spec,
+    )
+    qvalue = TensorDictModule(
+        MLP(in_features=50 + action_dim, out_features=1, num_cells=hidden),
+        in_keys=["features", "action"],
+        out_keys=["state_action_value"],
+    )
+    sac_kwargs = {"num_qvalue_nets": 2, "action_spec": action_spec}
+    sac_kwargs["alpha_init"] = cfg.learner.init_temperature
+    if parts["low_precision"]:
+        loss = LowPrecisionSACLoss(actor, qvalue, **preset, **sac_kwargs)
+        loss.make_value_estimator(gamma=cfg.learner.gamma)
+        sac_stepper = loss.make_optimization_stepper(
+            lr=cfg.learner.lr, alpha_lr=cfg.learner.alpha_lr
+        )
+        target_updater = loss.make_target_updater(tau=cfg.learner.critic_tau)
+    else:
+        loss = SACLoss(actor, qvalue, **sac_kwargs)
+        loss.make_value_estimator(gamma=cfg.learner.gamma)
+        adam = functools.partial(torch.optim.Adam, lr=cfg.learner.lr, fused=True)
+        sac_stepper = LossScalingStepper(
+            {
+                "loss_qvalue": adam(list(loss.qvalue_network_params.values(True, True))),
+                "loss_actor": adam(list(loss.actor_network_params.values(True, True))),
+                "loss_alpha": adam([loss.log_alpha], lr=cfg.learner.alpha_lr, betas=(0.5, 0.999)),
+            }
+        )
+        target_updater = SoftUpdate(loss, tau=cfg.learner.critic_tau)
+    encoder_optim = torch.optim.Adam(encoder.parameters(), lr=cfg.learner.lr, fused=True)
+    curl_loss = CURLLoss(encoder, key_encoder=target_encoder) if parts["curl"] else None
+    curl_optim = (
+        torch.optim.Adam([curl_loss.bilinear], lr=cfg.learner.lr, fused=True)
+        if curl_loss is not None
+        else None
+    )
+    # the acting policy: centre crop, encoder, actor, actions back in fp32
+    policy = TensorDictSequential(
+        LatentOrPixelFeatures(encoder, pre_encoder=CenterCrop(84)),
+        actor,
+        TensorDictModule(ToFloat32(), in_keys=["action"], out_keys=["action"]),
+        selected_out_keys=["action"],
+    )
+
+    # 4. actors: a compressed copy of the policy, or the policy itself
+    example = probe_env.reset().unsqueeze(0)  # the actors act at batch 1
+    probe_env.close()
+    collector, actors = make_actors(
+        cfg, make_env, policy, example, compressed=parts["compressed_actors"]
+    )
+
+    # 5. replay: each frame once (DeltaFrameStorage) or TorchRL's LazyTensorStorage
+    capacity = cfg.replay.capacity
+    if parts["delta_frames"]:
+        storage = DeltaFrameStorage(capacity, frame_stack=3, chunk_len=cfg.replay.chunk_len)
+    else:
+        storage = LazyTensorStorage(capacity)
+    replay_buffer = TensorDictReplayBuffer(storage=storage, batch_size=cfg.replay.batch_size)
+
+    # 6. the SEER freeze: K random-crop int8 latents, capacity from the bytes the pixels held
+    freeze_hook = None
+    if parts["seer"]:
+        freeze_hook = FreezeEncoderHook(
+            encoder,
+            freeze_at=cfg.seer.freeze_at,
+            modules=[target_encoder, loss],
+            optimizers=[encoder_optim],
+            replay_buffer=replay_buffer,
+            latent_transform=LatentEncodeTransform(
+                encoder, num_copies=cfg.seer.num_copies, augmentation=RandomCrop(84)
+            ),
+            target_sync="full",  # the target critic is hard-copied from the online one
+            replay_options=int8_latent_replay(cfg),
+            logger=logger,
+        )
+
+    # 7. the Trainer and its hooks
+    record = RunRecord(
+        replay_buffer,
+        freeze_hook=freeze_hook,
+        frames_per_step=cfg.env.action_repeat,
+    )
+    stepper = SACStep(
+        loss,
+        sac_stepper,
+        target_updater,
+        features=features,
+        target_features=target_features,
+        encoder=encoder,
+        target_encoder=target_encoder,
+        encoder_optim=encoder_optim,
+        curl_loss=curl_loss,
+        curl_optim=curl_optim,
+        encoder_tau=cfg.learner.encoder_tau,
+        frozen=record.frozen,
+        record=record,
+    )
+    trainer = make_trainer(cfg, collector, loss, stepper, logger)
+    register_hooks(
+        trainer,
+        record=record,
+        stored_keys=STORED_KEYS,
+        freeze_hook=freeze_hook,
+        replay_buffer=replay_buffer,
+        collector=collector,
+        policy=policy,
+        ship_every=cfg.actors.ship_every,
+    )
+    trainer.train()
+    return finish_run(
+        run_dir,
+        record,
+        title=f"Composed pixel SAC on {cfg.env.domain}_{cfg.env.task}",
+        cfg=cfg,
+        replay_buffer=replay_buffer,
+        freeze_hook=freeze_hook,
+        frames_per_step=cfg.env.action_repeat,
+        actors=actors,
+    )
+
+
+@hydra.main(config_path="configs", config_name="composed_sac_dmc", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Command-line entry point (hydra)."""
+    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The composed recipes at a tiny budget: every part on, and every part off (plain TorchRL)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensordict import TensorDict
+from torchrl.data import LazyTensorStorage
+
+from torchrl_seer.data import QuantizedStorage
+from torchrl_seer.modules import DataEfficientAtariEncoder, LatentOrPixelFeatures
+from torchrl_seer.objectives import RetraceDQNLoss
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+
+def make_config(name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(EXAMPLES / "configs"), version_base="1.3"):
+        return compose(config_name=name, overrides=overrides)
+
+
+def all_parts(recipe: str, on: bool) -> list[str]:
+    cfg = make_config(recipe, [])
+    return [f"parts.{name}={str(on).lower()}" for name in cfg.parts]
+
+
+DQN_TINY = [
+    "collector.total_steps=96",
+    "collector.frames_per_batch=16",
+    "collector.learn_start=32",
+    "env.max_episode_steps=40",  # episodes end (truncated) within the budget
+    "replay.capacity=48",  # full at the freeze: the latent budget is what it held
+    "replay.batch_size=16",
+    "replay.slice_len=4",
+    "replay.chunk_len=16",
+    "seer.freeze_at=64",
+    "learner.updates_per_batch=1",
+    "learner.target_update=4",
+    "explore.decay_steps=64",
+    "actors.compression=int8",
+]
+
+SAC_TINY = [
+    "collector.total_steps=48",
+    "collector.frames_per_batch=8",
+    "collector.learn_start=16",
+    "env.action_repeat=32",  # 32-step episodes: one ends within the budget
+    "replay.capacity=24",  # full at the freeze: the latent budget is what it held
+    "replay.batch_size=8",
+    "replay.chunk_len=16",
+    "seer.freeze_at=32",
+    "seer.num_copies=2",
+    "learner.updates_per_batch=1",
+    "learner.hidden=32",
+    "actors.compression=int8",
+]
+
+# recipe -> (tiny budget, freeze step, pixel capacity)
+TINY = {
+    "composed_dqn_atari": (DQN_TINY, 64, 48),
+    "composed_sac_dmc": (SAC_TINY, 32, 24),
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(TINY))
+def test_every_part_on(recipe, tmp_path):
+    budget, freeze_at, capacity = TINY[recipe]
+    cfg = make_config(recipe, [*budget, *all_parts(recipe, True)])
+    run = importlib.import_module(recipe).train(cfg, tmp_path / "run")
+
+    # the freeze fired inside the Trainer and the buffer moved to int8 latents
+    hook = run.freeze_hook
+    assert hook.frozen and hook.freeze_step >= freeze_at
+    storage = run.replay_buffer.storage
+    assert isinstance(storage, QuantizedStorage) and storage.format == "int8"
+    assert storage.max_size == hook.freeze_report["latent_capacity"]
+    assert hook.freeze_report["num_migrated"] == capacity
+    sample = run.replay_buffer.sample()
+    assert "latent" in sample.keys() and "pixels" not in sample.keys()
+    assert len(run.replay_buffer) > capacity  # training went on, writing latents
+
+    # updates happened on both sides of the freeze; returns were recorded
+    assert {frozen for frozen, _ in run.record.update_seconds} == {False, True}
+    assert run.record.returns
+
+    report = json.loads((run.report.parent / "report.json").read_text())
+    assert (run.report.parent / "report.png").exists()
+    assert report["actors"]["compression"] == "int8"
+    assert report["freeze"]["latent_capacity"] == storage.max_size
+    text = run.report.read_text()
+    assert "grew" in text or "shrank" in text
+
+
+@pytest.mark.parametrize("recipe", sorted(TINY))
+def test_every_part_off_is_plain_torchrl(recipe, tmp_path):
+    budget, _, _ = TINY[recipe]
+    cfg = make_config(recipe, [*budget, *all_parts(recipe, False)])
+    run = importlib.import_module(recipe).train(cfg, tmp_path / "run")
+
+    assert run.freeze_hook is None
+    assert type(run.replay_buffer.storage) is LazyTensorStorage
+    assert "pixels" in run.replay_buffer.sample().keys()
+    assert run.record.update_seconds and run.record.returns
+    report = json.loads((run.report.parent / "report.json").read_text())
+    assert report["actors"]["compression"].startswith("fp32")
+    assert report["freeze"] == {}
+
+
+def test_retrace_dqn_on_a_seer_split_encoder_reads_pixels_then_latents():
+    """RetraceDQNLoss with LatentOrPixelFeatures: a pixel batch has no latent key, and back."""
+    from tensordict.nn import TensorDictModule, TensorDictSequential
+    from torchrl.data import Categorical
+    from torchrl.modules import QValueModule
+
+    spec = Categorical(3)
+    encoder = DataEfficientAtariEncoder(4)
+    qnet = TensorDictSequential(
+        LatentOrPixelFeatures(encoder),
+        TensorDictModule(torch.nn.Linear(576, 3), in_keys=["features"], out_keys=["action_value"]),
+        QValueModule(spec=spec),
+    )
+    loss = RetraceDQNLoss(qnet, lmbda=0.9, action_space=spec)
+    B, T = 2, 3
+    common = {
+        "action": spec.rand((B, T)),
+        "action_log_prob": torch.full((B, T), -1.0),
+        ("next", "reward"): torch.randn(B, T, 1),
+        ("next", "done"): torch.zeros(B, T, 1, dtype=torch.bool),
+        ("next", "terminated"): torch.zeros(B, T, 1, dtype=torch.bool),
+    }
+    pixels = torch.randint(0, 255, (B, T, 4, 84, 84), dtype=torch.uint8)
+    pixel_batch = TensorDict({**common, "pixels": pixels, ("next", "pixels"): pixels}, [B, T])
+    latents = torch.randn(B, T, 576)
+    latent_batch = TensorDict({**common, "latent": latents, ("next", "latent"): latents}, [B, T])
+    for batch in (pixel_batch, latent_batch):
+        out = loss(batch)
+        assert torch.isfinite(out["loss"])
+
+
+def test_int8_compression_of_a_bf16_policy():
+    """A low-precision learner's bf16 actor can be shipped int8 (cast up exactly first)."""
+    from torchrl.modules import MLP
+
+    from torchrl_seer.collectors import PolicyCompressor
+
+    torch.manual_seed(0)
+    net = MLP(in_features=4, out_features=2, num_cells=[16]).to(torch.bfloat16)
+    compressor = PolicyCompressor.from_spec("int8")
+    x = torch.randn(3, 4)
+    from_bf16 = compressor.compress(net)[0](x)
+    from_fp32 = compressor.compress(net.float())[0](x)
+    assert torch.equal(from_bf16, from_fp32)
+
+
+def test_slice_sampling_a_full_quantized_storage_keeps_its_codes():
+    """SliceSampler reads ``storage[:]``: a full QuantizedStorage must not decode it in place."""
+    from torchrl.data import SliceSampler, TensorDictReplayBuffer
+
+    n = 16
+
+    def latents() -> TensorDict:
+        return TensorDict(
+            {
+                "latent": torch.randn(n, 6),
+                "next": {"latent": torch.randn(n, 6)},
+                "traj": torch.zeros(n),
+            },
+            [n],
+        )
+
+    storage = QuantizedStorage(n, keys=["latent", ("next", "latent")])
+    rb = TensorDictReplayBuffer(
+        storage=storage, batch_size=8, sampler=SliceSampler(slice_len=4, traj_key="traj")
+    )
+    rb.extend(latents())  # full
+    nbytes = storage.nbytes_held()
+    rb.sample()
+    assert storage.nbytes_held() == nbytes  # the int8 codes were not replaced by floats
+    rb.extend(latents())  # codes written over the stored codes
+    assert rb.sample()["latent"].dtype == torch.float32
+
+
+def test_freeze_hook_watches_a_delta_frame_storage_buffer(tmp_path):
+    """FreezeEncoderHook wraps the buffer's checkpointer; DeltaFrameStorage still checkpoints."""
+    from torchrl.data import ReplayBuffer
+
+    from torchrl_seer.data import DeltaFrameStorage
+    from torchrl_seer.trainers import FreezeEncoderHook
+
+    def watched_buffer() -> ReplayBuffer:
+        rb = ReplayBuffer(storage=DeltaFrameStorage(32, frame_stack=4), batch_size=4)
+        FreezeEncoderHook(DataEfficientAtariEncoder(4), freeze_at=10, replay_buffer=rb)
+        return rb
+
+    n = 12
+    frames = torch.randint(0, 255, (n + 4, 84, 84), dtype=torch.uint8)
+    obs = torch.stack([frames[i : i + 4] for i in range(n)])
+    nxt = torch.stack([frames[i + 1 : i + 5] for i in range(n)])
+    done = torch.zeros(n, 1, dtype=torch.bool)
+    rb = watched_buffer()
+    rb.extend(TensorDict({"pixels": obs, "next": {"pixels": nxt, "done": done}}, [n]))
+    rb.dumps(tmp_path / "rb")
+    restored = watched_buffer()
+    restored.loads(tmp_path / "rb")
+    assert len(restored) == n
+    assert torch.equal(restored[:]["pixels"], obs)
+    assert torch.equal(restored[:]["next", "pixels"], nxt)
