@@ -41,6 +41,7 @@ from seer_benchmarks.atari_shards import (
     SHARD_STEPS,
     capture_shards,
     load_shard,
+    shard_path,
     shard_specs,
     stacked_transitions,
 )
@@ -86,9 +87,23 @@ def _tensor_bytes(td: TensorDictBase) -> int:
     return sum(v.numel() * v.element_size() for v in td.values(True, True))
 
 
-def _batches(num_shards: int, take: int = SHARD_STEPS):
-    """Yields stacked batches of the first ``take`` steps of each shard, in buffer order."""
-    for path in capture_shards(num_shards):
+def _shard_paths(num_shards: int, wait: bool) -> list[Path]:
+    if not wait:
+        return capture_shards(num_shards)
+    return [
+        shard_path(i, game, policy) for i, (game, policy, _) in enumerate(shard_specs(num_shards))
+    ]
+
+
+def _batches(num_shards: int, take: int = SHARD_STEPS, *, wait: bool = False):
+    """Yields stacked batches of the first ``take`` steps of each shard, in buffer order.
+
+    With ``wait``, shards missing on disk are waited for (a ``capture`` part running in
+    another process writes them) instead of being captured here.
+    """
+    for path in _shard_paths(num_shards, wait):
+        while not path.exists():
+            time.sleep(5)
         shard = load_shard(path)
         for begin in range(0, take, EXTEND_BATCH):
             stop = min(take, begin + EXTEND_BATCH)
@@ -159,7 +174,7 @@ def run_delta(args: argparse.Namespace) -> dict[str, Any]:
     growth: list[dict[str, int]] = []
     filled = 0
     start_all = time.perf_counter()
-    for batch in _batches(num_shards):
+    for batch in _batches(num_shards, wait=args.wait_for_capture):
         start = time.perf_counter()
         rb.extend(batch)
         extend_seconds += time.perf_counter() - start
@@ -515,6 +530,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--small", type=int, default=5_000, help="small: buffer size")
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument(
+        "--wait-for-capture",
+        action="store_true",
+        help="delta: wait for shards that a running capture part writes",
+    )
     parser.add_argument("--verify", type=int, default=2_000, help="delta: slots checked")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
