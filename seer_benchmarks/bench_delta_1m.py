@@ -586,8 +586,8 @@ def write_report(args: argparse.Namespace) -> Path:
             "and together enough for the missing "
             f"{_mb(missing)}: an index row of the newest frame id plus a padding count instead "
             "of 8 ids (saves up to ~28 MB); recompressing sealed chunks at zstd-19 off the "
-            "write path (about -20% payload in the zstd variants table, ~27 MB, at 1-5 s of CPU per "
-            "chunk); the previous chunk as a zstd prefix (about -9%)."
+            "write path (about -20% payload in the zstd variants table, ~27 MB, at 1-5 s of "
+            "CPU per chunk); the previous chunk as a zstd prefix (about -9%)."
         )
         report.add_note(text)
     if directions:
