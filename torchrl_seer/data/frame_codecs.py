@@ -241,7 +241,9 @@ class ZstdChunkCodec(FrameCodec):
         if count >= num_frames:
             return self.decode(payload, num_frames, frame_shape)
         size = count * int(np.prod(frame_shape))
-        reader = self._decompressor().stream_reader(payload)
+        # a transient streaming context: streaming grows a decompression context by about
+        # the window size for good, and reads must not change what the storage holds
+        reader = zstandard.ZstdDecompressor().stream_reader(payload)
         parts, got = [], 0
         while got < size:
             part = reader.read(size - got)
