@@ -304,7 +304,7 @@ def run_peers(args: argparse.Namespace) -> dict[str, Any]:
     per_shard = args.subset // num_shards
     results: dict[str, Any] = {"subset": per_shard * num_shards, "per_shard": per_shard}
     subset = list(_batches(num_shards, per_shard))
-    for config in (*CLS_CONFIGS, "lazy"):
+    for config in args.peers:
         base_rss = _settled_rss()
         if config == "lazy":
             storage: Any = LazyTensorStorage(per_shard * num_shards)
@@ -590,6 +590,23 @@ def write_report(args: argparse.Namespace) -> Path:
             "CPU per chunk); the previous chunk as a zstd prefix (about -9%)."
         )
         report.add_note(text)
+    if peers is not None:
+        lazy_256 = peers["lazy"]["sample"]["256"]["lazy"]["median_s"]
+        one_256 = delta_sample["256"]["delta_1_thread"]["median_s"]
+        if one_256 > lazy_256:
+            report.add_note(
+                "Why sampling is slower than LazyTensorStorage here. A uniform batch of 256 "
+                "from a million transitions touches about 256-512 distinct 64-frame chunks "
+                "(observation and next stacks can straddle two), almost none of them in the "
+                "4 MiB decoded-chunk cache, so each batch decodes on average half a chunk per "
+                f"touched chunk: {one_256 * 1e3:.0f} ms against LazyTensorStorage's "
+                f"{lazy_256 * 1e3:.0f} ms copy of the same 14 MB. On small buffers (the "
+                "delta_storage page) most chunks are cached and reads were faster than "
+                "LazyTensorStorage's. The decoding pool did not help on this 2-core machine "
+                "shared with other jobs. Not done yet: shorter chunks for large buffers "
+                "(fewer frames decoded per sampled row, at some payload cost) and a decoded "
+                "hot tier."
+            )
     if directions:
         directions.pop("machine", None)
         labels = [k for k in next(iter(directions.values())) if "ms" not in k]
@@ -631,8 +648,10 @@ def write_report(args: argparse.Namespace) -> Path:
     report.add_note(
         "Sample time is ReplayBuffer.sample with the default RandomSampler (uniform over the "
         f"whole buffer), median of {args.repeats} repeats. DeltaFrameStorage (1M) and the "
-        "peers (subset) ran in separate processes at different times on a loaded machine, so "
-        "their ratio is not an interleaved measurement. Checkpoints use each "
+        "peers (subset) ran in separate processes at different times, so their ratio is not an "
+        "interleaved measurement: DeltaFrameStorage and LazyTensorStorage were measured minutes "
+        "apart on a quiet machine, CompressedListStorage earlier under heavy load (its times "
+        "are inflated). Checkpoints use each "
         "storage's own checkpointer (ReplayBuffer.dumps/loads); subset checkpoint figures are "
         "scaled linearly. "
         f"{delta['verified_slots']:,} random slots of the restored DeltaFrameStorage were "
@@ -658,6 +677,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk-len", type=int, default=64)
     parser.add_argument("--subset", type=int, default=20_000, help="peers: transitions held")
     parser.add_argument(
+        "--peers",
+        nargs="+",
+        choices=[*CLS_CONFIGS, "lazy"],
+        default=[*CLS_CONFIGS, "lazy"],
+        help="peers: which storages to measure",
+    )
+    parser.add_argument(
         "--checkpoint-subset", type=int, default=1_000, help="peers: CLS transitions checkpointed"
     )
     parser.add_argument("--small", type=int, default=5_000, help="small: buffer size")
@@ -680,7 +706,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.part == "small":
         _save("small", {"rows": run_small(args)})
     elif args.part == "peers":
-        _save("peers", run_peers(args))
+        # a run of some peers keeps the others' earlier figures
+        _save("peers", {**(_load("peers") or {}), **run_peers(args)})
     elif args.part == "directions":
         _save("directions", run_directions(args))
     else:
