@@ -280,7 +280,7 @@ def test_slice_sampler_decodes_only_the_chunks_its_slices_touch(sampler):
     pool = rb.storage._indices["pixels"].pool
     decoded = []
     original = pool._decode
-    pool._decode = lambda slot: (decoded.append(slot), original(slot))[1]
+    pool._decode = lambda slot, *rest: (decoded.append(slot), original(slot, *rest))[1]
     _, info = rb.sample(return_info=True)
     touched = rb.storage._indices["pixels"].table[info["index"]] // pool.chunk_len
     assert decoded and set(decoded) <= set(touched.flatten().tolist())

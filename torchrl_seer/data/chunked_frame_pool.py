@@ -9,7 +9,14 @@ to zero is freed at once and its slot reused, so no live reference can point int
 
 Reads gather any set of frame ids: the distinct chunks they touch are decoded once (on a
 thread pool when several are missing from a bounded LRU cache of decoded chunks) and the
-frames are copied out with one vectorized index.
+frames are copied out with one vectorized index. A chunk is decoded only up to the last
+frame a read needs (codecs that can stop early, such as zstd, skip the rest), which halves
+the decoding of uniformly sampled frames on average.
+
+Fixed costs stay proportional to what is stored: the decoded-chunk cache never holds more
+than the encoded payloads (or one chunk, whichever is larger) up to its ``cache_bytes``
+bound, and the codec's compression context is released after each write
+(:meth:`release_encoder`).
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ class ChunkedFramePool:
     Keyword Args:
         codec: the chunk codec.
         chunk_len: frames per chunk.
-        cache_bytes: bound on the decoded chunks kept in the LRU cache.
+        cache_bytes: bound on the decoded chunks kept in the LRU cache; the cache also
+            holds at most as many bytes as the encoded payloads (at least one chunk).
         num_threads: decoding threads (``0``: decode on the calling thread).
 
     Examples:
@@ -73,6 +81,7 @@ class ChunkedFramePool:
         self.cache_bytes = int(cache_bytes)
         self.num_threads = int(num_threads)
         self._payloads: list[bytes | None] = []
+        self._payload_total = 0
         self._lengths: list[int] = []
         self._checksums: list[int] = []
         self._open: dict[int, torch.Tensor] = {}
@@ -130,9 +139,14 @@ class ChunkedFramePool:
         if length and int(self._refcount[slot]) > 0:
             payload = self.codec.encode(raw[:length])
             self._payloads[slot] = payload
+            self._payload_total += len(payload)
             self._checksums[slot] = zlib.crc32(payload)
         else:
             self._release(slot)
+
+    def release_encoder(self) -> None:
+        """Frees the codec's encoding memory until the next seal."""
+        self.codec.release_encoder()
 
     def is_open(self, slot: int) -> bool:
         """Whether ``slot`` is an open chunk."""
@@ -157,6 +171,9 @@ class ChunkedFramePool:
                 self._release(slot)
 
     def _release(self, slot: int) -> None:
+        payload = self._payloads[slot]
+        if payload is not None:
+            self._payload_total -= len(payload)
         self._payloads[slot] = None
         self._lengths[slot] = 0
         self._checksums[slot] = 0
@@ -166,35 +183,50 @@ class ChunkedFramePool:
         self._free_slots.append(slot)
 
     # ------------------------------------------------------------------ reading
-    def _decode(self, slot: int) -> np.ndarray:
+    def _decode(self, slot: int, count: int) -> np.ndarray:
         payload = self._payloads[slot]
         if payload is None:
             raise RuntimeError(f"frame chunk {slot} was freed but is still referenced")
-        frames = self.codec.decode(payload, self._lengths[slot], self.frame_shape)
+        frames = self.codec.decode_prefix(payload, self._lengths[slot], self.frame_shape, count)
         return frames.reshape(-1, self.frame_numel)
 
-    def _source(self, slot: int) -> np.ndarray:
-        """The frames of one chunk as ``[n, frame_numel]``: open buffer, cached or decoded."""
+    def _source(self, slot: int, count: int) -> np.ndarray:
+        """At least the first ``count`` frames of one chunk, as ``[n, frame_numel]``.
+
+        From the open buffer, from the cache when it holds that many, or decoded.
+        """
         raw = self._open.get(slot)
         if raw is not None:
             return raw[: self._lengths[slot]].numpy().reshape(-1, self.frame_numel)
         with self._lock:
             cached = self._cache.get(slot)
-            if cached is not None:
+            if cached is not None and cached.shape[0] >= count:
                 self._cache.move_to_end(slot)
                 return cached
-        frames = self._decode(slot)
+        frames = self._decode(slot, count)
         with self._lock:
             self._remember(slot, frames)
         return frames
 
+    def cache_limit(self) -> int:
+        """The decoded-cache bound now: ``cache_bytes``, at most the payload bytes (or a chunk)."""
+        chunk_bytes = self.chunk_len * self.frame_numel
+        return min(self.cache_bytes, max(chunk_bytes, self._payload_total))
+
     def _remember(self, slot: int, frames: np.ndarray) -> None:
         size = frames.nbytes
-        if size > self.cache_bytes or slot in self._cache:
+        limit = self.cache_limit()
+        if size > limit:
             return
+        replaced = self._cache.pop(slot, None)
+        if replaced is not None:
+            if replaced.shape[0] >= frames.shape[0]:  # another thread decoded more meanwhile
+                self._cache[slot] = replaced
+                return
+            self._cached_bytes -= replaced.nbytes
         self._cache[slot] = frames
         self._cached_bytes += size
-        while self._cached_bytes > self.cache_bytes:
+        while self._cached_bytes > limit:
             _, evicted = self._cache.popitem(last=False)
             self._cached_bytes -= evicted.nbytes
 
@@ -202,7 +234,7 @@ class ChunkedFramePool:
         self, out: np.ndarray, tasks: list[tuple[int, np.ndarray, np.ndarray]]
     ) -> None:
         for slot, rows, offsets in tasks:
-            out[rows] = self._source(slot)[offsets]
+            out[rows] = self._source(slot, int(offsets.max()) + 1)[offsets]
 
     def gather(self, ids: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Reads frames by id; each chunk involved is decoded at most once.
@@ -246,16 +278,18 @@ class ChunkedFramePool:
 
     # --------------------------------------------------------------- accounting
     def nbytes(self) -> int:
-        """Bytes held: payloads, open chunk buffers, decoded cache and bookkeeping."""
-        payload_bytes = sum(len(p) for p in self._payloads if p is not None)
-        open_bytes = sum(raw.numel() for raw in self._open.values())
+        """Bytes held: payloads, open chunks, decoded cache and bookkeeping.
+
+        An open chunk counts the frames written to it: its buffer is allocated for
+        ``chunk_len`` frames but its pages are only touched as frames arrive.
+        """
         bookkeeping = self._refcount.numel() * 8 + len(self._payloads) * 3 * 8
-        return payload_bytes + open_bytes + self._cached_bytes + bookkeeping
+        return self.payload_bytes() + self._cached_bytes + bookkeeping
 
     def payload_bytes(self) -> int:
-        """Bytes of encoded payloads and open chunk buffers only."""
-        payload_bytes = sum(len(p) for p in self._payloads if p is not None)
-        return payload_bytes + sum(raw.numel() for raw in self._open.values())
+        """Bytes of encoded payloads and of the frames in open chunks."""
+        open_frames = sum(self._lengths[slot] for slot in self._open)
+        return self._payload_total + open_frames * self.frame_numel
 
     def cached_bytes(self) -> int:
         """Bytes of decoded chunks held by the LRU cache."""
@@ -264,6 +298,7 @@ class ChunkedFramePool:
     def clear(self) -> None:
         """Frees every chunk, open or sealed."""
         self._payloads, self._lengths, self._checksums = [], [], []
+        self._payload_total = 0
         self._open = {}
         self._refcount = torch.zeros(0, dtype=torch.int64)
         self._free_slots = []
@@ -367,6 +402,7 @@ class ChunkedFramePool:
                 raise ValueError(f"corrupted checkpoint: frame chunk {slot} is missing")
             if present and not bool(referenced[slot]):
                 payloads[slot] = None
+        self._payload_total = sum(len(p) for p in payloads if p is not None)
         self._free_slots = [s for s in range(num_slots - 1, -1, -1) if payloads[s] is None]
 
     def __getstate__(self) -> dict[str, Any]:

@@ -83,6 +83,25 @@ class FrameCodec(abc.ABC):
             A ``uint8`` array of shape ``[num_frames, *frame_shape]``, possibly read-only.
         """
 
+    def decode_prefix(
+        self, payload: bytes, num_frames: int, frame_shape: Sequence[int], count: int
+    ) -> np.ndarray:
+        """Decodes the first ``count`` frames of a payload produced by :meth:`encode`.
+
+        Codecs that can stop early (zstd) skip the rest of the chunk; the default decodes it
+        all.
+
+        Args:
+            payload: the encoded chunk.
+            num_frames: the number of frames it holds.
+            frame_shape: the shape of one frame.
+            count: how many leading frames to return (``1 <= count <= num_frames``).
+
+        Returns:
+            A ``uint8`` array of shape ``[count, *frame_shape]``, possibly read-only.
+        """
+        return self.decode(payload, num_frames, frame_shape)[:count]
+
     @abc.abstractmethod
     def config(self) -> dict[str, Any]:
         """Returns the arguments that rebuild this codec through :func:`make_frame_codec`."""
@@ -90,6 +109,9 @@ class FrameCodec(abc.ABC):
     def memory_bytes(self) -> int:
         """Returns the working memory the codec holds (e.g. compression contexts), in bytes."""
         return 0
+
+    def release_encoder(self) -> None:  # noqa: B027 (optional hook, no-op by default)
+        """Frees the encoding memory held on this thread; the next encode allocates it again."""
 
 
 class RawCodec(FrameCodec):
@@ -123,7 +145,9 @@ class ZstdChunkCodec(FrameCodec):
     Consecutive frames of a trajectory share most of their pixels, so compressing them
     together lets zstd's long-range matches remove the repetition between frames. The
     payload carries zstd's content checksum: decoding a corrupted payload raises
-    :class:`zstandard.ZstdError` instead of returning wrong pixels.
+    :class:`zstandard.ZstdError` instead of returning wrong pixels. Compression and
+    decompression contexts are kept per thread; :meth:`release_encoder` frees the
+    compression context between writes.
 
     Keyword Args:
         level: zstd compression level (1-22). Defaults to 3.
@@ -180,6 +204,19 @@ class ZstdChunkCodec(FrameCodec):
         with self._contexts_lock:
             return sum(context.memory_size() for context in self._contexts)
 
+    def release_encoder(self) -> None:
+        """Frees this thread's compression context (about 2 MB at level 3).
+
+        The storage calls it after each write, so that a buffer does not hold a compression
+        context between writes; creating one again costs about 2 ms, once per write.
+        """
+        context = getattr(self._local, "compressor", None)
+        if context is None:
+            return
+        self._local.compressor = None
+        with self._contexts_lock:
+            self._contexts = [c for c in self._contexts if c is not context]
+
     def encode(self, frames: torch.Tensor) -> bytes:  # noqa: D102
         if self.frame_delta and frames.shape[0] > 1:
             filtered = frames.clone()
@@ -195,6 +232,27 @@ class ZstdChunkCodec(FrameCodec):
     ) -> np.ndarray:
         frames = _frames_view(self._decompressor().decompress(payload), num_frames, frame_shape)
         if self.frame_delta and num_frames > 1:
+            frames = np.cumsum(frames, axis=0, dtype=np.uint8)
+        return frames
+
+    def decode_prefix(  # noqa: D102
+        self, payload: bytes, num_frames: int, frame_shape: Sequence[int], count: int
+    ) -> np.ndarray:
+        if count >= num_frames:
+            return self.decode(payload, num_frames, frame_shape)
+        size = count * int(np.prod(frame_shape))
+        # a transient streaming context: streaming grows a decompression context by about
+        # the window size for good, and reads must not change what the storage holds
+        reader = zstandard.ZstdDecompressor().stream_reader(payload)
+        parts, got = [], 0
+        while got < size:
+            part = reader.read(size - got)
+            if not part:
+                raise ValueError(f"truncated zstd chunk: {got} of {size} bytes decoded")
+            parts.append(part)
+            got += len(part)
+        frames = _frames_view(b"".join(parts), count, frame_shape)
+        if self.frame_delta and count > 1:
             frames = np.cumsum(frames, axis=0, dtype=np.uint8)
         return frames
 

@@ -371,6 +371,7 @@ class FrameStackIndex:
         for slot in to_seal:
             self.pool.seal(slot)
         self._bound_streams()
+        self.pool.release_encoder()
 
     def _bound_streams(self) -> None:
         if len(self._streams) <= self.max_streams:
@@ -394,6 +395,7 @@ class FrameStackIndex:
         for stream in self._streams:
             self._close(stream)
         self._streams = []
+        self.pool.release_encoder()
 
     def relocate(self, slots: torch.Tensor, capacity: int) -> None:
         """Keeps the rows of ``slots`` (in that order) in rows ``0..n-1`` of ``capacity`` rows.
@@ -451,7 +453,9 @@ class FrameStackIndex:
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
         """Returns the table and the encoded chunks."""
-        return {"table": self.table.clone(), "pool": self.pool.state_dict()}
+        state = {"table": self.table.clone(), "pool": self.pool.state_dict()}
+        self.pool.release_encoder()
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`; streams restart empty."""
