@@ -174,10 +174,13 @@ def test_matches_lazy_tensor_storage(
     assert_same(delta[index], lazy[index])
     assert_same(delta[int(index[0, 0])], lazy[int(index[0, 0])])
     assert_same(delta[1:5], lazy[1:5])
-    # every stored frame is referenced: no chunk is held beyond the open streams' chunks
+    # no chunk is held beyond those of referenced frames and the open streams' chunks; a
+    # stream's last stack (the frames its next write continues from) is referenced too
     for frame_index in delta._indices.values():
         live = frame_index.pool.num_chunks()
-        referenced = torch.unique(frame_index.table[frame_index.table >= 0] // chunk_len)
+        tails = [s.tail_ids.long() for s in frame_index._streams if s.tail_ids is not None]
+        frame_ids = torch.cat([frame_index.table[frame_index.table >= 0].long(), *tails])
+        referenced = torch.unique(frame_ids // chunk_len)
         assert live <= referenced.numel() + max_streams
 
 
