@@ -144,8 +144,8 @@ class QuantizedStorage(LazyTensorStorage):
         >>> obs = torch.randn(100, 17)
         >>> for row in obs:  # one row at a time: the range grows with the data
         ...     _ = rb.add(TensorDict({"observation": row}, []))
-        >>> storage._storage["observation"].dtype
-        torch.uint8
+        >>> storage.nbytes_held()  # 1,000 rows x 17 features x 1 B + 9 B of range per feature
+        17153
         >>> err = (storage.get(torch.arange(100))["observation"] - obs).abs()
         >>> bool((err <= storage.max_abs_error("observation")).all())
         True
