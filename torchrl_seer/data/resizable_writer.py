@@ -75,6 +75,9 @@ class ResizableRoundRobinWriter(RoundRobinWriter):
         (5, 8, tensor(6))
     """
 
+    def __init__(self, compilable: bool = False, *, track_generations: bool = False) -> None:
+        super().__init__(compilable, track_generations=track_generations)
+
     @property
     def capacity(self) -> int:
         """The capacity of the storage written to."""
