@@ -76,7 +76,9 @@ class DeltaFrameStorage(LazyTensorStorage):
         * Checkpoints load only into a ``DeltaFrameStorage`` of the same configuration;
           TorchRL's save and load hooks and other checkpointers are refused
           (``NotImplementedError`` / ``TypeError``), and a checkpoint of format version 1
-          (before checksums) raises ``ValueError`` naming its version.
+          (before checksums) raises ``ValueError`` naming its version. Loaded into one of
+          TorchRL's storages instead, a checkpoint fails inside TorchRL's checkpointer
+          (``KeyError: 'is_pytree'``): TorchRL does not check which storage wrote it.
         * Overlapping slice copies (``rb[2:6] = rb[0:4]``), which ``LazyTensorStorage``
           refuses, are accepted: the source is copied first.
         * A batch larger than the storage keeps its last ``max_size`` rows (a
