@@ -1,22 +1,25 @@
-"""What the composed recipes share: the actors' collector, the run record and the report.
+"""What is specific to composing the parts: actors, the Trainer's hooks, latent replay, report.
 
-The algorithm of each recipe (networks, loss, optimization step, which parts are on) stays in
-the recipe; this module holds the plumbing both run the same way:
+Config checks, seeds, the run folder, the logger and the report writer come from the recipe
+toolkit :mod:`torchrl_seer.trainers.helpers`; this module holds what the two composed recipes
+add to it:
 
+* :func:`check_composed_config`: the settings both recipes share (checked before anything is
+  created);
 * :func:`make_actors`: the actors' policy (compressed or not) on a collector whose workers act
   while the learner learns (a TorchRL ``MultiAsyncCollector``), compressed weights shipped by
   :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme`;
-* :class:`RunRecord`: a TorchRL trainer hook recording the return curve, the replay bytes held,
-  and the learner's update times before and after the SEER freeze (checkpointed with the
-  trainer);
-* :func:`register_hooks`: the trainer hooks both recipes register, in their order;
-* :func:`finish_run`: the report (``report.md``, ``report.png``, ``report.json``).
+* :func:`int8_latent_replay`: the SEER migration's options (int8 latents, capacity from bytes);
+* :class:`RunRecord`: a TorchRL trainer hook that logs returns, losses, replay bytes and the
+  freeze at environment frames, times the learner's updates before and after the freeze, and
+  rewrites the report every ``logger.report_every`` agent steps;
+* :func:`make_trainer` and :func:`register_hooks`: the TorchRL ``Trainer`` and its hooks, in
+  their order.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tensordict import TensorDictBase
@@ -39,30 +41,32 @@ from torchrl.trainers import (
     UpdateWeights,
 )
 
-from torchrl_seer.collectors import (
-    CompressedPolicy,
-    CompressedWeightSyncScheme,
-    PolicyCompressor,
-    select_compression,
-)
+from torchrl_seer.collectors import CompressedPolicy, CompressedWeightSyncScheme
 from torchrl_seer.data import LatentReplayOptions, QuantizedStorage, storage_nbytes
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+from torchrl_seer.trainers.helpers import (
+    EpisodeReturns,
+    RecipeRun,
+    ReportPlot,
+    ReportTable,
+    check_config,
+    write_report,
+)
+from torchrl_seer.trainers.helpers.accerl import choose_compressor
 
 __all__ = [
     "LATENT_KEYS",
     "ComposedRun",
     "RunRecord",
-    "finish_run",
+    "check_composed_config",
     "int8_latent_replay",
     "make_actors",
     "make_trainer",
     "register_hooks",
-    "replay_nbytes",
+    "write_composed_report",
 ]
 
 LATENT_KEYS = ["latent", ("next", "latent")]
+WORKER_SEED_STRIDE = 1000  # worker i's environment is seeded with seed + 1000 * i
 
 
 @dataclass
@@ -82,20 +86,57 @@ class ComposedRun:
     record: RunRecord
 
 
-def replay_nbytes(replay_buffer: ReplayBuffer) -> int:
-    """Bytes the replay buffer's storage holds (measured on its buffers)."""
-    return storage_nbytes(replay_buffer.storage)
+def check_composed_config(cfg: DictConfig, *, positive: list[str]) -> None:
+    """Refuses a bad configuration of a composed recipe before anything is created.
+
+    The composed recipes run on the CPU (the compressed actors' int8 kernels and
+    ``DeltaFrameStorage``'s codec are CPU code) and do not checkpoint: their actors are worker
+    processes acting while the learner learns, whose state a checkpoint cannot capture.
+
+    Args:
+        cfg (DictConfig): the recipe's configuration.
+
+    Keyword Args:
+        positive (list of str): the recipe's own settings that must be ``> 0``.
+
+    Raises:
+        ValueError: naming the setting.
+    """
+    if str(cfg.device) not in ("cpu", "auto"):
+        raise ValueError(f"device={cfg.device!r}: the composed recipes run on the CPU only.")
+    if cfg.checkpoint.interval != 0 or cfg.resume is not None:
+        raise ValueError(
+            "the composed recipes do not checkpoint (their actors act while the learner "
+            "learns, in worker processes): keep checkpoint.interval=0 and resume=null."
+        )
+    check_config(
+        cfg,
+        positive=[
+            "collector.total_frames", "collector.frames_per_batch", "collector.workers",
+            "replay_buffer.size", "replay_buffer.chunk_len", "optim.lr", "optim.batch_size",
+            "optim.updates_per_batch", "accerl.kl_bound", "accerl.ship_every",
+            "logger.report_every", *positive,
+        ],
+        non_negative=["collector.init_random_frames", "seer.freeze_at"],
+        choices={"seer.latent_dtype": ["int8", "bf16", "fp16"]},
+    )  # fmt: skip
+    if cfg.seer.max_capacity is not None:
+        check_config(cfg, positive=["seer.max_capacity"])
 
 
-def choose_compressor(
-    compression: str, policy: torch.nn.Module, example: TensorDictBase, *, kl_bound: float
-) -> tuple[PolicyCompressor, str]:
-    """The actors' compression: measured on ``policy`` (``"auto"``) or a named pipeline."""
-    if compression != "auto":
-        compressor = PolicyCompressor.from_spec(compression)
-        return compressor, f"named pipeline {compressor.spec()}"
-    result = select_compression(policy, example, kl_bound=kl_bound, log=None)
-    return result.compressor, result.reason
+def int8_latent_replay(cfg: DictConfig) -> LatentReplayOptions:
+    """The SEER migration's options: quantized latents in a ``QuantizedStorage``, sized by bytes.
+
+    The capacity comes from the bytes the pixel storage holds at the freeze (capped by
+    ``cfg.seer.max_capacity``).
+    """
+    return LatentReplayOptions(
+        max_capacity=cfg.seer.max_capacity,
+        storage_factory=functools.partial(
+            QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
+        ),
+        progress=False,
+    )
 
 
 @torch.no_grad()
@@ -111,7 +152,7 @@ def actor_step_ms(policy: torch.nn.Module, example: TensorDictBase, *, repeats: 
 
 def make_actors(
     cfg: DictConfig,
-    make_env: Callable[[], Any],
+    make_env: Callable[[int], Any],
     policy: torch.nn.Module,
     example: TensorDictBase,
     *,
@@ -120,9 +161,11 @@ def make_actors(
 ) -> tuple[Any, dict[str, Any]]:
     """The actors: ``cfg.collector.workers`` processes acting while the learner learns.
 
+    Worker ``i``'s environment is built with the seed ``cfg.seed + 1000 * i``.
+
     Args:
-        cfg: the recipe's config (``collector.*`` and ``actors.*`` are read).
-        make_env: builds one worker's environment.
+        cfg: the recipe's configuration (``collector.*`` and ``accerl.*`` are read).
+        make_env: ``make_env(seed=...)`` builds one worker's environment.
         policy: the learner's acting policy.
         example: an observation at the actors' batch shape (auto compression is timed on it).
 
@@ -142,56 +185,85 @@ def make_actors(
     if compressed:
         view = compression_view if compression_view is not None else policy
         compressor, actors["reason"] = choose_compressor(
-            cfg.actors.compression, view, example, kl_bound=cfg.actors.kl_bound
+            cfg.accerl.compression, view, example, kl_bound=cfg.accerl.kl_bound
         )
         actors["compression"] = compressor.spec()
         actor_policy = CompressedPolicy(policy, compressor)
         weight_sync = CompressedWeightSyncScheme(compressor)
     actors["step_ms"] = actor_step_ms(actor_policy, example)
     collector = MultiAsyncCollector(
-        [make_env] * cfg.collector.workers,
+        [
+            functools.partial(make_env, seed=cfg.seed + WORKER_SEED_STRIDE * worker)
+            for worker in range(cfg.collector.workers)
+        ],
         policy=actor_policy,
         frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=cfg.collector.total_steps,
-        init_random_frames=cfg.collector.learn_start,
+        total_frames=cfg.collector.total_frames,
+        init_random_frames=cfg.collector.init_random_frames,
         weight_sync_schemes={"policy": weight_sync} if weight_sync is not None else None,
     )
     return collector, actors
 
 
 class RunRecord(TrainerHookBase):
-    """Records what the composition report plots, inside a TorchRL ``Trainer``.
+    """Records and logs what the composition report shows, inside a TorchRL ``Trainer``.
 
-    * ``batch_process`` (register it before any hook that drops keys): the return of every
-      episode that ended in the batch, against collected frames;
-    * ``post_steps``: the replay bytes held, the buffer length and whether the encoder is frozen;
+    Every scalar is logged at environment frames (agent steps x ``frames_per_step``):
+
+    * ``batch_process`` (register it before any hook that drops keys): ``episode_return`` of
+      every episode that ended in the batch (the toolkit's ``EpisodeReturns``);
+    * ``post_steps``: ``replay_bytes`` and ``replay_length``, the last update's losses and
+      ``update_ms``, the ``seer/*`` figures once the freeze has happened; every
+      ``report_every`` agent steps, ``report()`` is called;
     * :meth:`time_update`: a context the optimization step runs in (learner seconds per update,
-      tagged before/after the freeze).
+      tagged before/after the freeze); :meth:`record_losses` keeps the step's losses.
 
     Args:
+        run: the recipe's run (its logger receives the scalars).
         replay_buffer: the replay buffer to measure.
 
     Keyword Args:
         freeze_hook: the ``FreezeEncoderHook`` (``None`` without SEER).
         frames_per_step: environment frames per agent step (frame skip / action repeat).
+        report_every: agent steps between two calls of ``report``.
+        report: writes the run's report (set after construction by the recipe if needed).
     """
 
     def __init__(
         self,
+        run: RecipeRun,
         replay_buffer: ReplayBuffer,
         *,
         freeze_hook: Any | None,
-        frames_per_step: int = 1,
+        frames_per_step: int,
+        report_every: int,
+        report: Callable[[], Path] | None = None,
     ) -> None:
+        self.run = run
         self.replay_buffer = replay_buffer
         self.freeze_hook = freeze_hook
         self.frames_per_step = frames_per_step
+        self.report_every = report_every
+        self.report = report
         self.steps = 0
-        self.returns: list[tuple[int, float]] = []
+        self.batch_steps = 0
+        self.episodes = EpisodeReturns(run.log_scalar)
         self.replay: list[tuple[int, int, int, bool]] = []
         self.update_seconds: list[tuple[bool, float]] = []
+        self.losses: dict[str, float] = {}
+        self.freeze_logged = False
         self.start = time.perf_counter()
         self.wall_seconds = 0.0
+
+    @property
+    def frames(self) -> int:
+        """Environment frames collected so far."""
+        return self.steps * self.frames_per_step
+
+    @property
+    def returns(self) -> list[tuple[int, float]]:
+        """``(environment frames, return)`` of every finished episode."""
+        return self.episodes.history
 
     def frozen(self) -> bool:
         """Whether the encoder is frozen now."""
@@ -199,24 +271,36 @@ class RunRecord(TrainerHookBase):
 
     def record_batch(self, batch: TensorDictBase) -> TensorDictBase:
         """Counts the batch's agent steps and records the returns of finished episodes."""
-        self.steps += batch.numel()
-        done = batch["next", "done"].squeeze(-1)
-        frames = self.steps * self.frames_per_step
-        for ret in batch["next", "episode_reward"][done].flatten().tolist():
-            self.returns.append((frames, ret))
+        self.batch_steps = batch.numel()
+        self.steps += self.batch_steps
+        self.episodes.record(batch, frames=self.frames)
         return batch
 
-    def record_replay(self) -> None:
-        """Records the replay bytes held, the buffer length and the freeze state."""
-        self.replay.append(
-            (
-                self.steps * self.frames_per_step,
-                replay_nbytes(self.replay_buffer),
-                len(self.replay_buffer),
-                self.frozen(),
-            )
-        )
+    def post_steps(self) -> None:
+        """Logs the replay, the losses and the freeze; rewrites the report when it is due."""
+        frames = self.frames
+        nbytes = storage_nbytes(self.replay_buffer.storage)
+        self.replay.append((frames, nbytes, len(self.replay_buffer), self.frozen()))
         self.wall_seconds = time.perf_counter() - self.start
+        self.run.log_scalar("replay_bytes", nbytes, frames)
+        self.run.log_scalar("replay_length", len(self.replay_buffer), frames)
+        for name, value in self.losses.items():
+            self.run.log_scalar(name, value, frames)
+        if self.update_seconds:
+            self.run.log_scalar("update_ms", 1e3 * self.update_seconds[-1][1], frames)
+        self.losses = {}
+        if self.frozen() and not self.freeze_logged:
+            self.freeze_logged = True
+            report = self.freeze_hook.freeze_report
+            for key, value in report.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    step = self.freeze_hook.freeze_step * self.frames_per_step
+                    self.run.log_scalar(f"seer/{key}", value, step)
+        previous = self.steps - self.batch_steps
+        if self.report is not None and self.steps // self.report_every > previous // (
+            self.report_every
+        ):
+            self.report()
 
     @contextmanager
     def time_update(self) -> Iterator[None]:
@@ -226,16 +310,20 @@ class RunRecord(TrainerHookBase):
         yield
         self.update_seconds.append((frozen, time.perf_counter() - start))
 
+    def record_losses(self, losses: TensorDictBase) -> None:
+        """Keeps the update's ``loss*`` scalars (logged at the end of the batch)."""
+        self.losses = {str(key): float(value) for key, value in losses.items()}
+
     def update_ms(self, *, frozen: bool) -> float:
         """Median learner update time in ms, before (``frozen=False``) or after the freeze."""
         values = [s for f, s in self.update_seconds if f == frozen]
         return 1e3 * statistics.median(values) if values else float("nan")
 
     def state_dict(self) -> dict[str, Any]:
-        """The records so far (a resumed run keeps its curves)."""
+        """The records so far."""
         return {
             "steps": self.steps,
-            "returns": list(self.returns),
+            "episodes": self.episodes.state_dict(),
             "replay": list(self.replay),
             "update_seconds": list(self.update_seconds),
             "wall_seconds": self.wall_seconds,
@@ -244,180 +332,33 @@ class RunRecord(TrainerHookBase):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores the records of :meth:`state_dict`."""
         self.steps = state_dict["steps"]
-        self.returns = [tuple(r) for r in state_dict["returns"]]
+        self.episodes.load_state_dict(state_dict["episodes"])
         self.replay = [tuple(r) for r in state_dict["replay"]]
         self.update_seconds = [tuple(u) for u in state_dict["update_seconds"]]
         self.start = time.perf_counter() - state_dict["wall_seconds"]
 
     def register(self, trainer: Trainer, name: str = "run_record") -> None:
-        """Registers the batch and post-steps records and checkpoints the hook."""
+        """Registers the batch and post-steps records."""
         trainer.register_op("batch_process", self.record_batch)
-        trainer.register_op("post_steps", self.record_replay)
+        trainer.register_op("post_steps", self.post_steps)
         trainer.register_module(name, self)
 
 
-def _plot(run_dir: Path, record: RunRecord, *, title: str, freeze_frame: int | None) -> Path:
-    fig, (ax_ret, ax_mem, ax_time) = plt.subplots(1, 3, figsize=(15, 4))
-    if record.returns:
-        ax_ret.plot(*zip(*record.returns, strict=True), ".-", alpha=0.7)
-    ax_ret.set(xlabel="environment frames", ylabel="episode return", title=title)
-    if record.replay:
-        frames, nbytes, _, _ = zip(*record.replay, strict=True)
-        ax_mem.plot(frames, [b / 2**20 for b in nbytes])
-    ax_mem.set(xlabel="environment frames", ylabel="MiB", title="replay bytes held")
-    for ax in (ax_ret, ax_mem):
-        if freeze_frame is not None:
-            ax.axvline(freeze_frame, color="grey", linestyle=":", label="freeze")
-            ax.legend()
-    labels, values = [], []
-    for frozen, label in ((False, "before freeze"), (True, "after freeze")):
-        ms = record.update_ms(frozen=frozen)
-        if ms == ms:  # not NaN
-            labels.append(label)
-            values.append(ms)
-    ax_time.bar(labels, values, color=["tab:blue", "tab:orange"][: len(values)])
-    ax_time.set(ylabel="median ms / update", title="learner update time")
-    fig.tight_layout()
-    path = run_dir / "report.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def make_trainer(cfg: DictConfig, collector: Any, loss: torch.nn.Module, stepper: Any) -> Trainer:
+    """TorchRL's ``Trainer`` counting agent steps, with the recipe's optimization stepper.
 
-
-def write_report(
-    run_dir: Path,
-    record: RunRecord,
-    *,
-    title: str,
-    parts: dict[str, bool],
-    freeze: dict[str, Any],
-    actors: dict[str, Any],
-    config: dict[str, Any],
-) -> Path:
-    """Writes ``report.md``, ``report.png`` and ``report.json`` into ``run_dir``.
-
-    Args:
-        run_dir: the run folder.
-        record: the run's :class:`RunRecord`.
-
-    Keyword Args:
-        title: the report's heading.
-        parts: which parts were on.
-        freeze: the SEER freeze report (empty without a freeze).
-        actors: the actors' compression, why it was chosen, and their step time.
-        config: the run's settings (saved to ``report.json``).
-
-    Returns:
-        The path of ``report.md``.
+    The Trainer logs nothing itself: the :class:`RunRecord` logs every scalar at environment
+    frames through the run's logger.
     """
-    freeze_frame = freeze.get("freeze_frame")
-    _plot(run_dir, record, title=title, freeze_frame=freeze_frame)
-    returns = [r for _, r in record.returns]
-    last = returns[-10:]
-    summary = {
-        "episodes": len(returns),
-        "mean_return_last_10": sum(last) / len(last) if last else float("nan"),
-        "replay_bytes_final": record.replay[-1][1] if record.replay else 0,
-        "replay_bytes_peak": max((r[1] for r in record.replay), default=0),
-        "replay_length_final": record.replay[-1][2] if record.replay else 0,
-        "update_ms_before_freeze": record.update_ms(frozen=False),
-        "update_ms_after_freeze": record.update_ms(frozen=True),
-        "updates": len(record.update_seconds),
-        "wall_seconds": record.wall_seconds,
-        "agent_steps": record.steps,
-    }
-    lines = [f"# {title}", "", "![report](report.png)", "", "## Parts", ""]
-    lines += [f"- {name}: {'on' if on else 'off'}" for name, on in parts.items()]
-    lines += [
-        "",
-        "## Figures",
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| agent steps | {summary['agent_steps']} |",
-        f"| wall time (s) | {summary['wall_seconds']:.1f} |",
-        f"| episodes finished | {summary['episodes']} |",
-        f"| mean return, last 10 episodes | {summary['mean_return_last_10']:.1f} |",
-        f"| replay bytes held at the end | {summary['replay_bytes_final'] / 2**20:.2f} MiB "
-        f"({summary['replay_length_final']} transitions) |",
-        f"| replay bytes held, peak | {summary['replay_bytes_peak'] / 2**20:.2f} MiB |",
-        f"| learner update, median, before the freeze | "
-        f"{summary['update_ms_before_freeze']:.1f} ms |",
-        f"| learner update, median, after the freeze | "
-        f"{summary['update_ms_after_freeze']:.1f} ms |",
-        f"| actor policy step (batch {actors.get('batch', 1)}) | "
-        f"{actors.get('step_ms', float('nan')):.2f} ms |",
-        f"| actor compression | {actors.get('compression', 'fp32')} |",
-    ]
-    if actors.get("reason"):
-        lines += ["", f"Actor compression: {actors['reason']}."]
-    if freeze:
-        lines += ["", "## SEER freeze", ""]
-        if "latent_capacity" in freeze:
-            ratio = freeze["latent_capacity"] / freeze["pixel_capacity"]
-            verb = "grew" if ratio > 1 else "shrank" if ratio < 1 else "kept"
-            lines += [
-                f"At frame {freeze_frame} the encoder froze and the buffer moved to latents: "
-                f"its capacity {verb} from {freeze['pixel_capacity']} to "
-                f"{freeze['latent_capacity']} transitions (x{ratio:.2f}) within the "
-                f"{freeze['budget_bytes'] / 2**20:.2f} MiB the pixel storage held "
-                f"({freeze['pixel_bytes_per_transition']:.0f} B per pixel slot, "
-                f"{freeze['latent_bytes_per_transition']} B per latent transition; "
-                f"{freeze['num_migrated']} migrated, {freeze['num_dropped']} dropped).",
-            ]
-        else:
-            lines += [f"At frame {freeze_frame} the encoder froze (no latent migration)."]
-    report = run_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    (run_dir / "report.json").write_text(
-        json.dumps(
-            {
-                "title": title,
-                "parts": parts,
-                "summary": summary,
-                "freeze": freeze,
-                "actors": actors,
-                "returns": record.returns,
-                "replay": record.replay,
-                "update_seconds": record.update_seconds,
-                "config": config,
-            },
-            default=str,
-            indent=1,
-        )
-    )
-    return report
-
-
-def int8_latent_replay(cfg: DictConfig) -> LatentReplayOptions:
-    """The SEER migration's options: int8 latents in a ``QuantizedStorage``, sized by bytes.
-
-    The capacity comes from the bytes the pixel storage holds at the freeze (capped by
-    ``cfg.seer.max_capacity``).
-    """
-    return LatentReplayOptions(
-        max_capacity=cfg.seer.max_capacity,
-        storage_factory=functools.partial(
-            QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
-        ),
-        progress=False,
-    )
-
-
-def make_trainer(
-    cfg: DictConfig, collector: Any, loss: torch.nn.Module, stepper: Any, logger: Any
-) -> Trainer:
-    """TorchRL's ``Trainer`` counting agent steps, with the recipe's optimization stepper."""
     return Trainer(
         collector=collector,
-        total_frames=cfg.collector.total_steps,
+        total_frames=cfg.collector.total_frames,
         frame_skip=1,  # the Trainer counts agent steps
-        optim_steps_per_batch=cfg.learner.updates_per_batch,
+        optim_steps_per_batch=cfg.optim.updates_per_batch,
         loss_module=loss,
         optimization_stepper=stepper,
-        logger=logger,
+        logger=None,
         progress_bar=True,
-        log_interval=1_000,
         save_trainer_interval=10**12,
     )
 
@@ -451,30 +392,131 @@ def register_hooks(
     UpdateWeights(collector, ship_every, policy_weights_getter=lambda: policy).register(trainer)
 
 
-def finish_run(
-    run_dir: Path,
+def _freeze_summary(freeze_hook: Any | None, frames_per_step: int) -> dict[str, Any]:
+    if freeze_hook is None or not freeze_hook.frozen:
+        return {}
+    freeze = dict(freeze_hook.freeze_report)
+    freeze["freeze_frame"] = freeze["freeze_step"] * frames_per_step
+    return freeze
+
+
+def _freeze_note(freeze: dict[str, Any]) -> str:
+    if "latent_capacity" not in freeze:
+        return f"At frame {freeze['freeze_frame']} the encoder froze (no latent migration)."
+    ratio = freeze["latent_capacity"] / freeze["pixel_capacity"]
+    verb = "grew" if ratio > 1 else "shrank" if ratio < 1 else "kept"
+    return (
+        f"At frame {freeze['freeze_frame']} the encoder froze and the buffer moved to latents: "
+        f"its capacity {verb} from {freeze['pixel_capacity']} to {freeze['latent_capacity']} "
+        f"transitions (x{ratio:.2f}) within the {freeze['budget_bytes'] / 2**20:.2f} MiB the "
+        f"pixel storage held ({freeze['pixel_bytes_per_transition']:.0f} B per pixel slot, "
+        f"{freeze['latent_bytes_per_transition']} B per latent transition; "
+        f"{freeze['num_migrated']} migrated, {freeze['num_dropped']} dropped)."
+    )
+
+
+def write_composed_report(
+    run: RecipeRun,
     record: RunRecord,
     *,
     title: str,
-    cfg: DictConfig,
-    replay_buffer: ReplayBuffer,
     freeze_hook: Any | None,
-    frames_per_step: int,
     actors: dict[str, Any],
-) -> ComposedRun:
-    """Writes the run's report and returns what the run leaves behind."""
-    freeze: dict[str, Any] = {}
-    if freeze_hook is not None and freeze_hook.frozen:
-        freeze = dict(freeze_hook.freeze_report)
-        freeze["freeze_frame"] = freeze["freeze_step"] * frames_per_step
-    report = write_report(
-        run_dir,
-        record,
+    seeds: dict[str, Any],
+) -> Path:
+    """Writes the composition report with the toolkit's :func:`write_report`.
+
+    ``report.md`` (parts, figures, the freeze), ``report.png`` (return curve, replay bytes,
+    learner update time before/after the freeze) and ``report.json`` (the summary, the parts,
+    the freeze, the actors and the curves).
+
+    Returns:
+        The path of ``report.md``.
+    """
+    cfg = run.cfg
+    freeze = _freeze_summary(freeze_hook, record.frames_per_step)
+    returns = [r for _, r in record.returns]
+    last = returns[-10:]
+    summary = {
+        "episodes": len(returns),
+        "mean_return_last_10": sum(last) / len(last) if last else float("nan"),
+        "replay_bytes_final": record.replay[-1][1] if record.replay else 0,
+        "replay_bytes_peak": max((r[1] for r in record.replay), default=0),
+        "replay_length_final": record.replay[-1][2] if record.replay else 0,
+        "update_ms_before_freeze": record.update_ms(frozen=False),
+        "update_ms_after_freeze": record.update_ms(frozen=True),
+        "updates": len(record.update_seconds),
+        "wall_seconds": record.wall_seconds,
+        "agent_steps": record.steps,
+        "frames": record.frames,
+    }
+    parts = OmegaConf.to_container(cfg.parts)
+    assert isinstance(parts, dict)
+    figures = [
+        ["agent steps (environment frames)", f"{record.steps} ({record.frames})"],
+        ["wall time (s)", f"{summary['wall_seconds']:.1f}"],
+        ["episodes finished", summary["episodes"]],
+        ["mean return, last 10 episodes", f"{summary['mean_return_last_10']:.1f}"],
+        [
+            "replay bytes held at the end",
+            f"{summary['replay_bytes_final'] / 2**20:.2f} MiB "
+            f"({summary['replay_length_final']} transitions)",
+        ],
+        ["replay bytes held, peak", f"{summary['replay_bytes_peak'] / 2**20:.2f} MiB"],
+        [
+            "learner update, median, before the freeze",
+            f"{summary['update_ms_before_freeze']:.1f} ms",
+        ],
+        [
+            "learner update, median, after the freeze",
+            f"{summary['update_ms_after_freeze']:.1f} ms",
+        ],
+        [f"actor policy step (batch {actors['batch']})", f"{actors['step_ms']:.2f} ms"],
+        ["actor compression", actors["compression"]],
+    ]
+    notes = [f"Actor compression: {actors['reason']}."] if actors.get("reason") else []
+    if freeze:
+        notes.append(_freeze_note(freeze))
+    vlines = {"freeze": freeze["freeze_frame"]} if freeze else {}
+    update_ms = {
+        label: ms
+        for label, ms in (
+            ("before freeze", summary["update_ms_before_freeze"]),
+            ("after freeze", summary["update_ms_after_freeze"]),
+        )
+        if ms == ms  # not NaN
+    }
+    plots = [
+        ReportPlot(
+            title, "environment frames", "episode return", {"return": record.returns},
+            kind="points", vlines=vlines,
+        ),
+        ReportPlot(
+            "replay bytes held", "environment frames", "MiB",
+            {"replay": [(frames, nbytes / 2**20) for frames, nbytes, _, _ in record.replay]},
+            vlines=vlines,
+        ),
+        ReportPlot("learner update time", "", "median ms / update", update_ms, kind="bar"),
+    ]  # fmt: skip
+    path = write_report(
+        run.dir,
         title=title,
-        parts=OmegaConf.to_container(cfg.parts),
-        freeze=freeze,
-        actors=actors,
-        config=OmegaConf.to_container(cfg),
+        tables=[
+            ReportTable(["part", "on"], [[name, on] for name, on in parts.items()], "Parts"),
+            ReportTable(["measure", "value"], figures, "Figures"),
+        ],
+        plots=plots,
+        config=OmegaConf.to_container(cfg, resolve=True),
+        seeds=seeds,
+        notes=notes,
+        data={
+            "parts": parts,
+            "summary": summary,
+            "freeze": freeze,
+            "actors": actors,
+            "returns": record.returns,
+            "replay": record.replay,
+            "update_seconds": record.update_seconds,
+        },
     )
-    print(f"report written to {report}")
-    return ComposedRun(report, replay_buffer, freeze_hook, record)
+    return path

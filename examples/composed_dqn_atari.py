@@ -20,24 +20,38 @@ part off this file is TorchRL's plain DQN pipeline):
    (it grows or shrinks: the report says which), and encodes new transitions on write;
 7. **learner** (``parts.low_precision``): forward passes in bf16 (``torch.autocast``; fp32
    master weights, no loss scaling needed in bf16);
-8. a TorchRL ``Trainer`` runs collect → write → update → ship weights → freeze check, and an
-   end-of-run report (markdown + PNG: returns, replay bytes, learner time before/after the
-   freeze) is written to the run folder.
+8. a TorchRL ``Trainer`` runs collect → write → update → ship weights → freeze check; every
+   scalar is logged at environment frames, and the report (markdown + PNG: returns, replay
+   bytes, learner time before/after the freeze) is rewritten in the run folder every
+   ``logger.report_every`` agent steps and at the end.
 
-Run: ``python examples/composed_dqn_atari.py`` (hydra overrides: ``parts.seer=false``,
-``collector.total_steps=20000``...), ``--config-name composed_dqn_atari_demo`` for the demo.
+The recipe runs on the CPU and does not checkpoint (``checkpoint.interval`` and ``resume`` are
+refused). Configuration: ``examples/configs/composed_dqn_atari.yaml``; override any setting on
+the command line::
+
+    python examples/composed_dqn_atari.py parts.seer=false collector.total_frames=20000
+    python examples/composed_dqn_atari.py --config-name composed_dqn_atari_demo   # the demo
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import sys
-from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
+
+# the recipes' own module: `python examples/<recipe>.py` puts examples/ first on the path
+from composed_common import (
+    ComposedRun,
+    RunRecord,
+    check_composed_config,
+    int8_latent_replay,
+    make_actors,
+    make_trainer,
+    register_hooks,
+    write_composed_report,
+)
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
@@ -49,7 +63,6 @@ from torchrl.data import (
 )
 from torchrl.modules import MLP, EGreedyModule, ProbabilisticActor, QValueModule
 from torchrl.objectives import DQNLoss, HardUpdate
-from torchrl.record.loggers import get_logger
 from torchrl.trainers import OptimizationStepper, Trainer
 
 from torchrl_seer.data import DeltaFrameStorage
@@ -61,18 +74,15 @@ from torchrl_seer.modules import (
 )
 from torchrl_seer.objectives import RetraceDQNLoss
 from torchrl_seer.trainers import FreezeEncoderHook
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from composed_common import (
-    ComposedRun,
-    RunRecord,
-    finish_run,
-    int8_latent_replay,
-    make_actors,
-    make_trainer,
-    register_hooks,
+from torchrl_seer.trainers.helpers import (
+    RecipeRun,
+    autocast,
+    check_atari_game,
+    resolve_device,
+    seed_everything,
 )
 
+FRAME_SKIP = 4  # environment frames per agent step: the logger's step unit is env frames
 TRAJ_KEY = ("collector", "traj_ids")
 
 
@@ -84,29 +94,35 @@ class DQNStep(OptimizationStepper):
         optimizer: its optimizer.
 
     Keyword Args:
-        bf16: run the forward passes under ``torch.autocast(bfloat16)``.
-        clip_grad_norm: gradient-norm clip.
+        precision: ``"bf16"`` runs the forward passes under ``torch.autocast``; ``"none"``.
+        device: the learner's device (selects the autocast).
+        max_grad_norm: gradient-norm clip.
         record: the run record timing each update.
     """
 
-    def __init__(self, loss, optimizer, *, bf16: bool, clip_grad_norm: float, record) -> None:
+    def __init__(
+        self, loss, optimizer, *, precision: str, device, max_grad_norm: float, record
+    ) -> None:
         self.loss = loss
         self.optimizer = optimizer
-        self.bf16 = bf16
-        self.clip_grad_norm = clip_grad_norm
+        self.precision = precision
+        self.device = device
+        self.max_grad_norm = max_grad_norm
         self.record = record
 
     def step(self, trainer: Trainer, sub_batch: TensorDictBase) -> TensorDictBase:
         """Updates the Q-network once on ``sub_batch``; returns the detached losses."""
         with self.record.time_update():
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            with autocast(self.device, self.precision):
                 losses = self.loss(sub_batch)
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
             self.optimizer.step()
-        return losses.select("loss").apply(lambda t: t.detach().float())
+        out = losses.select("loss").apply(lambda t: t.detach().float())
+        self.record.record_losses(out)
+        return out
 
 
 def softmax_q_policy(qnet: TensorDictSequential) -> ProbabilisticActor:
@@ -126,26 +142,45 @@ def softmax_q_policy(qnet: TensorDictSequential) -> ProbabilisticActor:
     )
 
 
-def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
-    """Trains the composed (or plain) DQN pipeline and writes its report."""
-    parts = cfg.parts
-    torch.manual_seed(cfg.seed)
-    torch.set_num_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logger = get_logger(cfg.logger, logger_name=str(run_dir), experiment_name="composed_dqn")
+def check(cfg: DictConfig) -> None:
+    """Refuses a bad configuration before anything is created."""
+    check_composed_config(
+        cfg,
+        positive=[
+            "env.max_episode_steps", "exploration.eps_decay_frames", "optim.eps",
+            "optim.max_grad_norm", "loss.gamma", "loss.lmbda", "loss.sequence",
+            "loss.target_update", "network.hidden",
+        ],
+    )  # fmt: skip
+    if cfg.parts.retrace and cfg.optim.batch_size % cfg.loss.sequence:
+        raise ValueError(
+            f"optim.batch_size ({cfg.optim.batch_size}) must be a multiple of loss.sequence "
+            f"({cfg.loss.sequence}) with parts.retrace=true."
+        )
+    check_atari_game(cfg.env.name)
 
-    # 1. environment
+
+def train(cfg: DictConfig) -> ComposedRun:
+    """Trains the composed (or plain) DQN pipeline and writes its report."""
+    check(cfg)
+    run = RecipeRun(cfg, "composed_dqn_atari", tag=cfg.env.name)
+    parts = cfg.parts
+    device = resolve_device(cfg.device)
+    torch.set_num_threads(cfg.threads)
+    seeds = seed_everything(cfg.seed)
+
+    # 1. environment (each actor worker builds its own, seeded)
     make_env = functools.partial(
-        make_atari_env, cfg.env.game, max_episode_steps=cfg.env.max_episode_steps, seed=cfg.seed
+        make_atari_env, cfg.env.name, max_episode_steps=cfg.env.max_episode_steps
     )
-    probe_env = make_env()
+    probe_env = make_env(seed=cfg.seed)
     action_spec = probe_env.action_spec
     num_actions = int(action_spec.space.n)
 
     # 2. Q-network on a SEER split encoder; ε-greedy exploration (recording μ for Retrace)
     encoder = DataEfficientAtariEncoder(4)
     head = TensorDictModule(
-        MLP(in_features=576, out_features=num_actions, num_cells=[cfg.learner.hidden]),
+        MLP(in_features=576, out_features=num_actions, num_cells=[cfg.network.hidden]),
         in_keys=["features"],
         out_keys=["action_value"],
     )
@@ -156,8 +191,8 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     explore = explore_cls(
         action_spec,
         eps_init=1.0,
-        eps_end=cfg.explore.eps_end,
-        annealing_num_steps=cfg.explore.decay_steps,
+        eps_end=cfg.exploration.eps_end,
+        annealing_num_steps=cfg.exploration.eps_decay_frames,
     )
     policy = TensorDictSequential(qnet, explore)
 
@@ -174,18 +209,18 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     )
 
     # 4. replay: each frame once (DeltaFrameStorage) or TorchRL's LazyTensorStorage
-    capacity = cfg.replay.capacity
+    capacity = cfg.replay_buffer.size
     if parts["delta_frames"]:
-        storage = DeltaFrameStorage(capacity, frame_stack=4, chunk_len=cfg.replay.chunk_len)
+        storage = DeltaFrameStorage(capacity, frame_stack=4, chunk_len=cfg.replay_buffer.chunk_len)
     else:
         storage = LazyTensorStorage(capacity)
     sampler = (  # Retrace learns from sequences of consecutive transitions
-        SliceSampler(slice_len=cfg.replay.slice_len, traj_key=TRAJ_KEY)
+        SliceSampler(slice_len=cfg.loss.sequence, traj_key=TRAJ_KEY)
         if parts["retrace"]
         else RandomSampler()
     )
     replay_buffer = TensorDictReplayBuffer(
-        storage=storage, sampler=sampler, batch_size=cfg.replay.batch_size
+        storage=storage, sampler=sampler, batch_size=cfg.optim.batch_size
     )
     stored_keys = ["pixels", "action", ("next", "pixels"), ("next", "reward")]
     stored_keys += [("next", "done"), ("next", "terminated"), ("next", "truncated")]
@@ -195,15 +230,13 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     # 5. loss (Retrace-DQN or TorchRL's double DQN), optimizer, target network
     if parts["retrace"]:
         loss = RetraceDQNLoss(
-            qnet, lmbda=cfg.learner.lmbda, gamma=cfg.learner.gamma, action_space=action_spec
+            qnet, lmbda=cfg.loss.lmbda, gamma=cfg.loss.gamma, action_space=action_spec
         )
     else:
         loss = DQNLoss(qnet, action_space=action_spec, delay_value=True, double_dqn=True)
-        loss.make_value_estimator(gamma=cfg.learner.gamma)
-    optimizer = torch.optim.Adam(
-        loss.parameters(), lr=cfg.learner.lr, eps=cfg.learner.adam_eps, fused=True
-    )
-    target_updater = HardUpdate(loss, value_network_update_interval=cfg.learner.target_update)
+        loss.make_value_estimator(gamma=cfg.loss.gamma)
+    optimizer = torch.optim.Adam(loss.parameters(), lr=cfg.optim.lr, eps=cfg.optim.eps, fused=True)
+    target_updater = HardUpdate(loss, value_network_update_interval=cfg.loss.target_update)
 
     # 6. the SEER freeze: int8 latents, capacity from the bytes the pixel storage held
     freeze_hook = None
@@ -216,54 +249,60 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
             replay_buffer=replay_buffer,
             target_sync="encoder",  # target CNN = online CNN; the head keeps its hard copies
             replay_options=int8_latent_replay(cfg),
-            logger=logger,
         )
 
-    # 7-8. the Trainer and its hooks
+    # 7-8. the Trainer and its hooks; the report at every logger.report_every agent steps
+    def report():
+        return write_composed_report(
+            run,
+            record,
+            title=f"Composed DQN on {cfg.env.name}",
+            freeze_hook=freeze_hook,
+            actors=actors,
+            seeds={**seeds, "environment": f"{cfg.seed} + 1000 x actor worker"},
+        )
+
     record = RunRecord(
+        run,
         replay_buffer,
         freeze_hook=freeze_hook,
-        frames_per_step=cfg.env.frames_per_step,
+        frames_per_step=FRAME_SKIP,
+        report_every=cfg.logger.report_every,
+        report=report,
     )
     stepper = DQNStep(
         loss,
         optimizer,
-        bf16=parts["low_precision"],
-        clip_grad_norm=cfg.learner.clip_grad_norm,
+        precision="bf16" if parts["low_precision"] else "none",
+        device=device,
+        max_grad_norm=cfg.optim.max_grad_norm,
         record=record,
     )
-    trainer = make_trainer(cfg, collector, loss, stepper, logger)
+    trainer = make_trainer(cfg, collector, loss, stepper)
     register_hooks(
         trainer,
         record=record,
-        # random acting before learn_start: the uniform policy's μ(a|x) = 1/n
+        # random acting before init_random_frames: the uniform policy's μ(a|x) = 1/n
         batch_ops=(functools.partial(record_uniform_mu, num_actions),) if parts["retrace"] else (),
         stored_keys=stored_keys,
         freeze_hook=freeze_hook,
         replay_buffer=replay_buffer,
         collector=collector,
         policy=policy,
-        ship_every=cfg.actors.ship_every,
+        ship_every=cfg.accerl.ship_every,
     )
     if parts["retrace"]:
-        trainer.register_op("process_optim_batch", lambda b: b.reshape(-1, cfg.replay.slice_len))
+        trainer.register_op("process_optim_batch", lambda b: b.reshape(-1, cfg.loss.sequence))
     trainer.register_op("post_optim", target_updater.step)
     trainer.register_op("post_steps", lambda: explore.step(cfg.collector.frames_per_batch))
     trainer.train()
-    return finish_run(
-        run_dir,
-        record,
-        title=f"Composed DQN on {cfg.env.game}",
-        cfg=cfg,
-        replay_buffer=replay_buffer,
-        freeze_hook=freeze_hook,
-        frames_per_step=cfg.env.frames_per_step,
-        actors=actors,
-    )
+    path = report()
+    print(f"report written to {path}")
+    return ComposedRun(path, replay_buffer, freeze_hook, record)
 
 
 def record_uniform_mu(num_actions: int, batch: TensorDictBase) -> TensorDictBase:
-    """Writes μ(a|x) = 1/n for batches acted at random (before ``learn_start``)."""
+    """Writes μ(a|x) = 1/n for batches acted at random (before ``init_random_frames``)."""
     if "action_log_prob" not in batch.keys():
         batch.set("action_log_prob", torch.full(batch.shape, -math.log(num_actions)))
     return batch
@@ -272,7 +311,7 @@ def record_uniform_mu(num_actions: int, batch: TensorDictBase) -> TensorDictBase
 @hydra.main(config_path="configs", config_name="composed_dqn_atari", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (hydra)."""
-    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -21,24 +21,37 @@ part off this file is TorchRL's plain pipeline: fp32 actors, ``LazyTensorStorage
    online one, every stored observation becomes K random-crop latents, int8 in a
    ``QuantizedStorage`` whose capacity comes from the bytes the pixel storage really held
    (it grows or shrinks: the report says which); new transitions are encoded on write;
-7. a TorchRL ``Trainer`` runs collect → write → update → ship weights → freeze check; the
-   end-of-run report (markdown + PNG: returns, replay bytes, learner time before/after the
-   freeze) is written to the run folder.
+7. a TorchRL ``Trainer`` runs collect → write → update → ship weights → freeze check; every
+   scalar is logged at environment frames, and the report (markdown + PNG: returns, replay
+   bytes, learner time before/after the freeze) is rewritten in the run folder every
+   ``logger.report_every`` agent steps and at the end.
 
-Rendering DMC on a CPU runs at about 20 frames/s. Run: ``python examples/composed_sac_dmc.py``
-(hydra overrides: ``parts.low_precision=false``, ``collector.total_steps=5000``...).
+The recipe runs on the CPU and does not checkpoint (``checkpoint.interval`` and ``resume`` are
+refused). Rendering DMC on a CPU runs at about 20 frames/s. Configuration:
+``examples/configs/composed_sac_dmc.yaml``; override any setting on the command line::
+
+    MUJOCO_GL=egl python examples/composed_sac_dmc.py parts.low_precision=false
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import sys
-from pathlib import Path
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
+
+# the recipes' own module: `python examples/<recipe>.py` puts examples/ first on the path
+from composed_common import (
+    ComposedRun,
+    RunRecord,
+    check_composed_config,
+    int8_latent_replay,
+    make_actors,
+    make_trainer,
+    register_hooks,
+    write_composed_report,
+)
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
 from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
@@ -46,26 +59,15 @@ from torch import nn
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
 from torchrl.objectives import SACLoss, SoftUpdate
-from torchrl.record.loggers import get_logger
 from torchrl.trainers import OptimizationStepper, Trainer
 
 from torchrl_seer.data import DeltaFrameStorage, LatentEncodeTransform
-from torchrl_seer.envs import make_dmc_env
+from torchrl_seer.envs import make_dmc_env, split_dmc_task
 from torchrl_seer.modules import CenterCrop, CURLPixelEncoder, LatentOrPixelFeatures, RandomCrop
 from torchrl_seer.objectives import PRECISION_PRESETS, CURLLoss, LowPrecisionSACLoss
 from torchrl_seer.optim import LossScalingStepper
 from torchrl_seer.trainers import FreezeEncoderHook
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from composed_common import (
-    ComposedRun,
-    RunRecord,
-    finish_run,
-    int8_latent_replay,
-    make_actors,
-    make_trainer,
-    register_hooks,
-)
+from torchrl_seer.trainers.helpers import RecipeRun, resolve_device, seed_everything
 
 STORED_KEYS = [
     "pixels",
@@ -185,28 +187,44 @@ class SACStep(OptimizationStepper):
                         self.target_encoder.parameters(), self.encoder.parameters(), strict=True
                     ):
                         target.lerp_(online, self.encoder_tau)
-        return out.select("loss_qvalue", "loss_actor").apply(lambda t: t.float())
+        out = out.select("loss_qvalue", "loss_actor").apply(lambda t: t.float())
+        self.record.record_losses(out)
+        return out
 
 
-def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
+def check(cfg: DictConfig) -> tuple[str, str]:
+    """Refuses a bad configuration before anything is created; returns (domain, task)."""
+    check_composed_config(
+        cfg,
+        positive=[
+            "env.size", "env.action_repeat", "seer.num_copies", "optim.alpha_lr", "loss.gamma",
+            "loss.critic_tau", "loss.encoder_tau", "loss.init_temperature", "network.hidden",
+        ],
+    )  # fmt: skip
+    if cfg.env.size < 84:
+        raise ValueError(f"env.size must be >= 84 (learning crops 84x84), got {cfg.env.size}.")
+    return split_dmc_task(cfg.env.name)
+
+
+def train(cfg: DictConfig) -> ComposedRun:
     """Trains the composed (or plain) pixel SAC pipeline and writes its report."""
+    domain, task = check(cfg)
+    run = RecipeRun(cfg, "composed_sac_dmc", tag=cfg.env.name)
     parts = cfg.parts
-    torch.manual_seed(cfg.seed)
+    resolve_device(cfg.device)  # the CPU (checked): learner, actors and storages run there
     torch.set_num_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logger = get_logger(cfg.logger, logger_name=str(run_dir), experiment_name="composed_sac")
+    seeds = seed_everything(cfg.seed)
 
-    # 1. environment: 9x100x100 uint8 observations
+    # 1. environment: 9x100x100 uint8 observations (each actor worker builds its own, seeded)
     make_env = functools.partial(
         make_dmc_env,
-        cfg.env.domain,
-        cfg.env.task,
+        domain,
+        task,
         size=cfg.env.size,
         frame_stack=3,
         action_repeat=cfg.env.action_repeat,
-        seed=cfg.seed,
     )
-    probe_env = make_env()
+    probe_env = make_env(seed=cfg.seed)
     action_spec = probe_env.action_spec
     action_dim = action_spec.shape[-1]
 
@@ -218,7 +236,7 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
 
     # 3. SAC on features: bf16 (LowPrecisionSACLoss) or TorchRL's fp32 SACLoss
     preset = PRECISION_PRESETS["bf16" if parts["low_precision"] else "fp32"]
-    hidden = [cfg.learner.hidden] * 2
+    hidden = [cfg.network.hidden] * 2
     actor = ProbabilisticActor(
         TensorDictSequential(
             TensorDictModule(Detach(), in_keys=["features"], out_keys=["actor_features"]),
@@ -243,30 +261,28 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
         out_keys=["state_action_value"],
     )
     sac_kwargs = {"num_qvalue_nets": 2, "action_spec": action_spec}
-    sac_kwargs["alpha_init"] = cfg.learner.init_temperature
+    sac_kwargs["alpha_init"] = cfg.loss.init_temperature
     if parts["low_precision"]:
         loss = LowPrecisionSACLoss(actor, qvalue, **preset, **sac_kwargs)
-        loss.make_value_estimator(gamma=cfg.learner.gamma)
-        sac_stepper = loss.make_optimization_stepper(
-            lr=cfg.learner.lr, alpha_lr=cfg.learner.alpha_lr
-        )
-        target_updater = loss.make_target_updater(tau=cfg.learner.critic_tau)
+        loss.make_value_estimator(gamma=cfg.loss.gamma)
+        sac_stepper = loss.make_optimization_stepper(lr=cfg.optim.lr, alpha_lr=cfg.optim.alpha_lr)
+        target_updater = loss.make_target_updater(tau=cfg.loss.critic_tau)
     else:
         loss = SACLoss(actor, qvalue, **sac_kwargs)
-        loss.make_value_estimator(gamma=cfg.learner.gamma)
-        adam = functools.partial(torch.optim.Adam, lr=cfg.learner.lr, fused=True)
+        loss.make_value_estimator(gamma=cfg.loss.gamma)
+        adam = functools.partial(torch.optim.Adam, lr=cfg.optim.lr, fused=True)
         sac_stepper = LossScalingStepper(
             {
                 "loss_qvalue": adam(list(loss.qvalue_network_params.values(True, True))),
                 "loss_actor": adam(list(loss.actor_network_params.values(True, True))),
-                "loss_alpha": adam([loss.log_alpha], lr=cfg.learner.alpha_lr, betas=(0.5, 0.999)),
+                "loss_alpha": adam([loss.log_alpha], lr=cfg.optim.alpha_lr, betas=(0.5, 0.999)),
             }
         )
-        target_updater = SoftUpdate(loss, tau=cfg.learner.critic_tau)
-    encoder_optim = torch.optim.Adam(encoder.parameters(), lr=cfg.learner.lr, fused=True)
+        target_updater = SoftUpdate(loss, tau=cfg.loss.critic_tau)
+    encoder_optim = torch.optim.Adam(encoder.parameters(), lr=cfg.optim.lr, fused=True)
     curl_loss = CURLLoss(encoder, key_encoder=target_encoder) if parts["curl"] else None
     curl_optim = (
-        torch.optim.Adam([curl_loss.bilinear], lr=cfg.learner.lr, fused=True)
+        torch.optim.Adam([curl_loss.bilinear], lr=cfg.optim.lr, fused=True)
         if curl_loss is not None
         else None
     )
@@ -286,12 +302,12 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
     )
 
     # 5. replay: each frame once (DeltaFrameStorage) or TorchRL's LazyTensorStorage
-    capacity = cfg.replay.capacity
+    capacity = cfg.replay_buffer.size
     if parts["delta_frames"]:
-        storage = DeltaFrameStorage(capacity, frame_stack=3, chunk_len=cfg.replay.chunk_len)
+        storage = DeltaFrameStorage(capacity, frame_stack=3, chunk_len=cfg.replay_buffer.chunk_len)
     else:
         storage = LazyTensorStorage(capacity)
-    replay_buffer = TensorDictReplayBuffer(storage=storage, batch_size=cfg.replay.batch_size)
+    replay_buffer = TensorDictReplayBuffer(storage=storage, batch_size=cfg.optim.batch_size)
 
     # 6. the SEER freeze: K random-crop int8 latents, capacity from the bytes the pixels held
     freeze_hook = None
@@ -307,14 +323,26 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
             ),
             target_sync="full",  # the target critic is hard-copied from the online one
             replay_options=int8_latent_replay(cfg),
-            logger=logger,
         )
 
-    # 7. the Trainer and its hooks
+    # 7. the Trainer and its hooks; the report at every logger.report_every agent steps
+    def report():
+        return write_composed_report(
+            run,
+            record,
+            title=f"Composed pixel SAC on {cfg.env.name}",
+            freeze_hook=freeze_hook,
+            actors=actors,
+            seeds={**seeds, "environment": f"{cfg.seed} + 1000 x actor worker"},
+        )
+
     record = RunRecord(
+        run,
         replay_buffer,
         freeze_hook=freeze_hook,
         frames_per_step=cfg.env.action_repeat,
+        report_every=cfg.logger.report_every,
+        report=report,
     )
     stepper = SACStep(
         loss,
@@ -327,11 +355,11 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
         encoder_optim=encoder_optim,
         curl_loss=curl_loss,
         curl_optim=curl_optim,
-        encoder_tau=cfg.learner.encoder_tau,
+        encoder_tau=cfg.loss.encoder_tau,
         frozen=record.frozen,
         record=record,
     )
-    trainer = make_trainer(cfg, collector, loss, stepper, logger)
+    trainer = make_trainer(cfg, collector, loss, stepper)
     register_hooks(
         trainer,
         record=record,
@@ -340,25 +368,18 @@ def train(cfg: DictConfig, run_dir: Path) -> ComposedRun:
         replay_buffer=replay_buffer,
         collector=collector,
         policy=policy,
-        ship_every=cfg.actors.ship_every,
+        ship_every=cfg.accerl.ship_every,
     )
     trainer.train()
-    return finish_run(
-        run_dir,
-        record,
-        title=f"Composed pixel SAC on {cfg.env.domain}_{cfg.env.task}",
-        cfg=cfg,
-        replay_buffer=replay_buffer,
-        freeze_hook=freeze_hook,
-        frames_per_step=cfg.env.action_repeat,
-        actors=actors,
-    )
+    path = report()
+    print(f"report written to {path}")
+    return ComposedRun(path, replay_buffer, freeze_hook, record)
 
 
 @hydra.main(config_path="configs", config_name="composed_sac_dmc", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point (hydra)."""
-    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    train(cfg)
 
 
 if __name__ == "__main__":

@@ -2,64 +2,54 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from tensordict import TensorDict
 from torchrl.data import LazyTensorStorage
 
+from tests._recipes import load_recipe, recipe_config
 from torchrl_seer.data import QuantizedStorage
 from torchrl_seer.modules import DataEfficientAtariEncoder, LatentOrPixelFeatures
 from torchrl_seer.objectives import RetraceDQNLoss
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-sys.path.insert(0, str(EXAMPLES))
-
-
-def make_config(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(EXAMPLES / "configs"), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
-
 
 def all_parts(recipe: str, on: bool) -> list[str]:
-    cfg = make_config(recipe, [])
-    return [f"parts.{name}={str(on).lower()}" for name in cfg.parts]
+    return [f"parts.{name}={str(on).lower()}" for name in recipe_config(recipe).parts]
 
 
 DQN_TINY = [
-    "collector.total_steps=96",
+    "collector.total_frames=96",
     "collector.frames_per_batch=16",
-    "collector.learn_start=32",
+    "collector.init_random_frames=32",
     "env.max_episode_steps=40",  # episodes end (truncated) within the budget
-    "replay.capacity=48",  # full at the freeze: the latent budget is what it held
-    "replay.batch_size=16",
-    "replay.slice_len=4",
-    "replay.chunk_len=16",
+    "replay_buffer.size=48",  # full at the freeze: the latent budget is what it held
+    "replay_buffer.chunk_len=16",
+    "optim.batch_size=16",
+    "loss.sequence=4",
     "seer.freeze_at=64",
-    "learner.updates_per_batch=1",
-    "learner.target_update=4",
-    "explore.decay_steps=64",
-    "actors.compression=int8",
+    "optim.updates_per_batch=1",
+    "loss.target_update=4",
+    "exploration.eps_decay_frames=64",
+    "accerl.compression=int8",
+    "logger.report_every=48",  # a report during the run, and the final one
 ]
 
 SAC_TINY = [
-    "collector.total_steps=48",
+    "collector.total_frames=48",
     "collector.frames_per_batch=8",
-    "collector.learn_start=16",
+    "collector.init_random_frames=16",
     "env.action_repeat=32",  # 32-step episodes: one ends within the budget
-    "replay.capacity=24",  # full at the freeze: the latent budget is what it held
-    "replay.batch_size=8",
-    "replay.chunk_len=16",
+    "replay_buffer.size=24",  # full at the freeze: the latent budget is what it held
+    "replay_buffer.chunk_len=16",
+    "optim.batch_size=8",
     "seer.freeze_at=32",
     "seer.num_copies=2",
-    "learner.updates_per_batch=1",
-    "learner.hidden=32",
-    "actors.compression=int8",
+    "optim.updates_per_batch=1",
+    "network.hidden=32",
+    "accerl.compression=int8",
+    "logger.report_every=24",
 ]
 
 # recipe -> (tiny budget, freeze step, pixel capacity)
@@ -72,8 +62,8 @@ TINY = {
 @pytest.mark.parametrize("recipe", sorted(TINY))
 def test_every_part_on(recipe, tmp_path):
     budget, freeze_at, capacity = TINY[recipe]
-    cfg = make_config(recipe, [*budget, *all_parts(recipe, True)])
-    run = importlib.import_module(recipe).train(cfg, tmp_path / "run")
+    cfg = recipe_config(recipe, *budget, *all_parts(recipe, True), f"logger.output_dir={tmp_path}")
+    run = load_recipe(recipe).train(cfg)
 
     # the freeze fired inside the Trainer and the buffer moved to int8 latents
     hook = run.freeze_hook
@@ -90,8 +80,24 @@ def test_every_part_on(recipe, tmp_path):
     assert {frozen for frozen, _ in run.record.update_seconds} == {False, True}
     assert run.record.returns
 
-    report = json.loads((run.report.parent / "report.json").read_text())
-    assert (run.report.parent / "report.png").exists()
+    # every scalar logged at environment frames in the run folder (csv logger)
+    run_dir = run.report.parent
+    assert run_dir.parent == tmp_path and (run_dir / "config.yaml").exists()
+    scalars = run_dir / run_dir.name / "scalars"
+    frames_per_step = 4 if "dqn" in recipe else 32
+    logged_returns = (scalars / "episode_return.csv").read_text().split()
+    assert len(logged_returns) == len(run.record.returns)
+    assert [int(line.split(",")[0]) for line in logged_returns] == [
+        frames for frames, _ in run.record.returns
+    ]
+    replay_steps = [
+        int(line.split(",")[0]) for line in (scalars / "replay_bytes.csv").read_text().split()
+    ]
+    assert replay_steps[-1] == frames_per_step * cfg.collector.total_frames
+    assert (scalars / "seer" / "latent_capacity.csv").exists()
+
+    report = json.loads((run_dir / "report.json").read_text())
+    assert (run_dir / "report.png").exists()
     assert report["actors"]["compression"] == "int8"
     assert report["freeze"]["latent_capacity"] == storage.max_size
     text = run.report.read_text()
@@ -101,8 +107,11 @@ def test_every_part_on(recipe, tmp_path):
 @pytest.mark.parametrize("recipe", sorted(TINY))
 def test_every_part_off_is_plain_torchrl(recipe, tmp_path):
     budget, _, _ = TINY[recipe]
-    cfg = make_config(recipe, [*budget, *all_parts(recipe, False)])
-    run = importlib.import_module(recipe).train(cfg, tmp_path / "run")
+    cfg = recipe_config(
+        recipe, *budget, *all_parts(recipe, False), f"logger.output_dir={tmp_path}",
+        "logger.backend=null",
+    )  # fmt: skip
+    run = load_recipe(recipe).train(cfg)
 
     assert run.freeze_hook is None
     assert type(run.replay_buffer.storage) is LazyTensorStorage
@@ -111,6 +120,24 @@ def test_every_part_off_is_plain_torchrl(recipe, tmp_path):
     report = json.loads((run.report.parent / "report.json").read_text())
     assert report["actors"]["compression"].startswith("fp32")
     assert report["freeze"] == {}
+    assert not (run.report.parent / run.report.parent.name).exists()  # no logger, no scalars
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("checkpoint.interval=16", "do not checkpoint"),
+        ("device=cuda", "CPU only"),
+        ("collector.total_frames=0", "collector.total_frames must be > 0"),
+        ("env.name=NotAGame", "not an ALE game"),
+        ("optim.batch_size=10", "multiple of loss.sequence"),
+    ],
+)
+def test_a_bad_setting_is_refused_before_anything_is_created(override, message, tmp_path):
+    cfg = recipe_config("composed_dqn_atari", override, f"logger.output_dir={tmp_path}")
+    with pytest.raises(ValueError, match=message):
+        load_recipe("composed_dqn_atari").train(cfg)
+    assert not any(tmp_path.iterdir())  # no run folder left behind
 
 
 def test_retrace_dqn_on_a_seer_split_encoder_reads_pixels_then_latents():
