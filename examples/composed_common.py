@@ -12,9 +12,9 @@ add to it:
 * :func:`int8_latent_replay`: the SEER migration's options (int8 latents, capacity from bytes);
 * :class:`RunRecord`: a TorchRL trainer hook that logs returns, losses, replay bytes and the
   freeze at environment frames, times the learner's updates before and after the freeze, and
-  rewrites the report every ``logger.report_every`` agent steps;
-* :func:`make_trainer` and :func:`register_hooks`: the TorchRL ``Trainer`` and its hooks, in
-  their order.
+  rewrites the report (the toolkit's ``write_report``) every ``logger.report_every`` agent
+  steps and at the end;
+* :func:`make_trainer`: the TorchRL ``Trainer`` and its hooks, in their order.
 """
 
 from __future__ import annotations
@@ -61,8 +61,6 @@ __all__ = [
     "int8_latent_replay",
     "make_actors",
     "make_trainer",
-    "register_hooks",
-    "write_composed_report",
 ]
 
 LATENT_KEYS = ["latent", ("next", "latent")]
@@ -102,12 +100,13 @@ def check_composed_config(cfg: DictConfig, *, positive: list[str]) -> None:
     Raises:
         ValueError: naming the setting.
     """
-    if str(cfg.device) not in ("cpu", "auto"):
-        raise ValueError(f"device={cfg.device!r}: the composed recipes run on the CPU only.")
-    if cfg.checkpoint.interval != 0 or cfg.resume is not None:
+    settings = f"device={cfg.device!r}, checkpoint.interval={cfg.checkpoint.interval}"
+    settings += f", resume={cfg.resume!r}"
+    if str(cfg.device) not in ("cpu", "auto") or cfg.checkpoint.interval or cfg.resume:
         raise ValueError(
-            "the composed recipes do not checkpoint (their actors act while the learner "
-            "learns, in worker processes): keep checkpoint.interval=0 and resume=null."
+            "the composed recipes run on the CPU only and do not checkpoint (their actors act "
+            "while the learner learns, in worker processes): keep device=cpu, "
+            f"checkpoint.interval=0 and resume=null; got {settings}."
         )
     check_config(
         cfg,
@@ -219,14 +218,15 @@ class RunRecord(TrainerHookBase):
       tagged before/after the freeze); :meth:`record_losses` keeps the step's losses.
 
     Args:
-        run: the recipe's run (its logger receives the scalars).
+        run: the recipe's run (its logger receives the scalars; ``logger.report_every``).
         replay_buffer: the replay buffer to measure.
 
     Keyword Args:
         freeze_hook: the ``FreezeEncoderHook`` (``None`` without SEER).
         frames_per_step: environment frames per agent step (frame skip / action repeat).
-        report_every: agent steps between two calls of ``report``.
-        report: writes the run's report (set after construction by the recipe if needed).
+        title: the report's heading.
+        actors: what :func:`make_actors` says of the actors.
+        seeds: what :func:`~torchrl_seer.trainers.helpers.seed_everything` seeded.
     """
 
     def __init__(
@@ -236,15 +236,18 @@ class RunRecord(TrainerHookBase):
         *,
         freeze_hook: Any | None,
         frames_per_step: int,
-        report_every: int,
-        report: Callable[[], Path] | None = None,
+        title: str,
+        actors: dict[str, Any],
+        seeds: dict[str, Any],
     ) -> None:
         self.run = run
         self.replay_buffer = replay_buffer
         self.freeze_hook = freeze_hook
         self.frames_per_step = frames_per_step
-        self.report_every = report_every
-        self.report = report
+        self.report_every = run.cfg.logger.report_every
+        self.title = title
+        self.actors = actors
+        self.seeds = {**seeds, "environment": f"{run.cfg.seed} + 1000 x actor worker"}
         self.steps = 0
         self.batch_steps = 0
         self.episodes = EpisodeReturns(run.log_scalar)
@@ -296,11 +299,8 @@ class RunRecord(TrainerHookBase):
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     step = self.freeze_hook.freeze_step * self.frames_per_step
                     self.run.log_scalar(f"seer/{key}", value, step)
-        previous = self.steps - self.batch_steps
-        if self.report is not None and self.steps // self.report_every > previous // (
-            self.report_every
-        ):
-            self.report()
+        if self.steps // self.report_every > (self.steps - self.batch_steps) // self.report_every:
+            self.write_report()
 
     @contextmanager
     def time_update(self) -> Iterator[None]:
@@ -318,6 +318,16 @@ class RunRecord(TrainerHookBase):
         """Median learner update time in ms, before (``frozen=False``) or after the freeze."""
         values = [s for f, s in self.update_seconds if f == frozen]
         return 1e3 * statistics.median(values) if values else float("nan")
+
+    def write_report(self) -> Path:
+        """Rewrites ``report.md``, ``report.png`` and ``report.json`` in the run folder."""
+        return write_composed_report(self)
+
+    def finish(self) -> ComposedRun:
+        """Writes the final report; returns what the run leaves behind."""
+        path = self.write_report()
+        print(f"report written to {path}")
+        return ComposedRun(path, self.replay_buffer, self.freeze_hook, self)
 
     def state_dict(self) -> dict[str, Any]:
         """The records so far."""
@@ -344,13 +354,27 @@ class RunRecord(TrainerHookBase):
         trainer.register_module(name, self)
 
 
-def make_trainer(cfg: DictConfig, collector: Any, loss: torch.nn.Module, stepper: Any) -> Trainer:
-    """TorchRL's ``Trainer`` counting agent steps, with the recipe's optimization stepper.
+def make_trainer(
+    cfg: DictConfig,
+    collector: Any,
+    loss: torch.nn.Module,
+    stepper: Any,
+    *,
+    record: RunRecord,
+    stored_keys: list,
+    policy: torch.nn.Module,
+    batch_ops: tuple[Callable[[TensorDictBase], TensorDictBase], ...] = (),
+) -> Trainer:
+    """TorchRL's ``Trainer`` counting agent steps, with the hooks both recipes use, in order.
 
-    The Trainer logs nothing itself: the :class:`RunRecord` logs every scalar at environment
-    frames through the run's logger.
+    The hooks: the run record first (it reads episode returns before keys are dropped), then
+    ``batch_ops``, TorchRL's ``SelectKeys`` (``stored_keys``), the record's freeze hook
+    (restored before the replay buffer it re-shapes), TorchRL's ``ReplayBufferTrainer`` on the
+    record's replay buffer and ``UpdateWeights`` (shipping the learner's ``policy`` to the
+    actors every ``accerl.ship_every`` batches). The Trainer logs nothing itself: the record
+    logs every scalar at environment frames through the run's logger.
     """
-    return Trainer(
+    trainer = Trainer(
         collector=collector,
         total_frames=cfg.collector.total_frames,
         frame_skip=1,  # the Trainer counts agent steps
@@ -361,35 +385,16 @@ def make_trainer(cfg: DictConfig, collector: Any, loss: torch.nn.Module, stepper
         progress_bar=True,
         save_trainer_interval=10**12,
     )
-
-
-def register_hooks(
-    trainer: Trainer,
-    *,
-    record: RunRecord,
-    stored_keys: list,
-    replay_buffer: ReplayBuffer,
-    freeze_hook: Any | None,
-    collector: Any,
-    policy: torch.nn.Module,
-    ship_every: int,
-    batch_ops: tuple[Callable[[TensorDictBase], TensorDictBase], ...] = (),
-) -> None:
-    """Registers the hooks both recipes use, in the order they must run.
-
-    The run record first (it reads episode returns before keys are dropped), then
-    ``batch_ops``, TorchRL's ``SelectKeys``, the freeze hook (restored before the replay buffer
-    it re-shapes), TorchRL's ``ReplayBufferTrainer`` and ``UpdateWeights`` (shipping the
-    learner's ``policy`` to the actors every ``ship_every`` batches).
-    """
     record.register(trainer)
     for op in batch_ops:
         trainer.register_op("batch_process", op)
     SelectKeys(stored_keys).register(trainer)
-    if freeze_hook is not None:
-        freeze_hook.register(trainer)
-    ReplayBufferTrainer(replay_buffer, flatten_tensordicts=False).register(trainer)
+    if record.freeze_hook is not None:
+        record.freeze_hook.register(trainer)
+    ReplayBufferTrainer(record.replay_buffer, flatten_tensordicts=False).register(trainer)
+    ship_every = cfg.accerl.ship_every
     UpdateWeights(collector, ship_every, policy_weights_getter=lambda: policy).register(trainer)
+    return trainer
 
 
 def _freeze_summary(freeze_hook: Any | None, frames_per_step: int) -> dict[str, Any]:
@@ -415,15 +420,7 @@ def _freeze_note(freeze: dict[str, Any]) -> str:
     )
 
 
-def write_composed_report(
-    run: RecipeRun,
-    record: RunRecord,
-    *,
-    title: str,
-    freeze_hook: Any | None,
-    actors: dict[str, Any],
-    seeds: dict[str, Any],
-) -> Path:
+def write_composed_report(record: RunRecord) -> Path:
     """Writes the composition report with the toolkit's :func:`write_report`.
 
     ``report.md`` (parts, figures, the freeze), ``report.png`` (return curve, replay bytes,
@@ -433,8 +430,8 @@ def write_composed_report(
     Returns:
         The path of ``report.md``.
     """
-    cfg = run.cfg
-    freeze = _freeze_summary(freeze_hook, record.frames_per_step)
+    cfg, actors = record.run.cfg, record.actors
+    freeze = _freeze_summary(record.freeze_hook, record.frames_per_step)
     returns = [r for _, r in record.returns]
     last = returns[-10:]
     summary = {
@@ -476,7 +473,7 @@ def write_composed_report(
     ]
     notes = [f"Actor compression: {actors['reason']}."] if actors.get("reason") else []
     if freeze:
-        notes.append(_freeze_note(freeze))
+        notes += ["", _freeze_note(freeze)] if notes else [_freeze_note(freeze)]
     vlines = {"freeze": freeze["freeze_frame"]} if freeze else {}
     update_ms = {
         label: ms
@@ -488,7 +485,7 @@ def write_composed_report(
     }
     plots = [
         ReportPlot(
-            title, "environment frames", "episode return", {"return": record.returns},
+            record.title, "environment frames", "episode return", {"return": record.returns},
             kind="points", vlines=vlines,
         ),
         ReportPlot(
@@ -499,15 +496,15 @@ def write_composed_report(
         ReportPlot("learner update time", "", "median ms / update", update_ms, kind="bar"),
     ]  # fmt: skip
     path = write_report(
-        run.dir,
-        title=title,
+        record.run.dir,
+        title=record.title,
         tables=[
             ReportTable(["part", "on"], [[name, on] for name, on in parts.items()], "Parts"),
             ReportTable(["measure", "value"], figures, "Figures"),
         ],
         plots=plots,
         config=OmegaConf.to_container(cfg, resolve=True),
-        seeds=seeds,
+        seeds=record.seeds,
         notes=notes,
         data={
             "parts": parts,

@@ -49,8 +49,6 @@ from composed_common import (
     int8_latent_replay,
     make_actors,
     make_trainer,
-    register_hooks,
-    write_composed_report,
 )
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
@@ -251,24 +249,15 @@ def train(cfg: DictConfig) -> ComposedRun:
             replay_options=int8_latent_replay(cfg),
         )
 
-    # 7-8. the Trainer and its hooks; the report at every logger.report_every agent steps
-    def report():
-        return write_composed_report(
-            run,
-            record,
-            title=f"Composed DQN on {cfg.env.name}",
-            freeze_hook=freeze_hook,
-            actors=actors,
-            seeds={**seeds, "environment": f"{cfg.seed} + 1000 x actor worker"},
-        )
-
+    # 7-8. the Trainer and its hooks (the report every logger.report_every agent steps)
     record = RunRecord(
         run,
         replay_buffer,
         freeze_hook=freeze_hook,
         frames_per_step=FRAME_SKIP,
-        report_every=cfg.logger.report_every,
-        report=report,
+        title=f"Composed DQN on {cfg.env.name}",
+        actors=actors,
+        seeds=seeds,
     )
     stepper = DQNStep(
         loss,
@@ -278,27 +267,23 @@ def train(cfg: DictConfig) -> ComposedRun:
         max_grad_norm=cfg.optim.max_grad_norm,
         record=record,
     )
-    trainer = make_trainer(cfg, collector, loss, stepper)
-    register_hooks(
-        trainer,
+    trainer = make_trainer(
+        cfg,
+        collector,
+        loss,
+        stepper,
         record=record,
         # random acting before init_random_frames: the uniform policy's μ(a|x) = 1/n
         batch_ops=(functools.partial(record_uniform_mu, num_actions),) if parts["retrace"] else (),
         stored_keys=stored_keys,
-        freeze_hook=freeze_hook,
-        replay_buffer=replay_buffer,
-        collector=collector,
         policy=policy,
-        ship_every=cfg.accerl.ship_every,
     )
     if parts["retrace"]:
         trainer.register_op("process_optim_batch", lambda b: b.reshape(-1, cfg.loss.sequence))
     trainer.register_op("post_optim", target_updater.step)
     trainer.register_op("post_steps", lambda: explore.step(cfg.collector.frames_per_batch))
     trainer.train()
-    path = report()
-    print(f"report written to {path}")
-    return ComposedRun(path, replay_buffer, freeze_hook, record)
+    return record.finish()
 
 
 def record_uniform_mu(num_actions: int, batch: TensorDictBase) -> TensorDictBase:

@@ -49,8 +49,6 @@ from composed_common import (
     int8_latent_replay,
     make_actors,
     make_trainer,
-    register_hooks,
-    write_composed_report,
 )
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
@@ -325,24 +323,15 @@ def train(cfg: DictConfig) -> ComposedRun:
             replay_options=int8_latent_replay(cfg),
         )
 
-    # 7. the Trainer and its hooks; the report at every logger.report_every agent steps
-    def report():
-        return write_composed_report(
-            run,
-            record,
-            title=f"Composed pixel SAC on {cfg.env.name}",
-            freeze_hook=freeze_hook,
-            actors=actors,
-            seeds={**seeds, "environment": f"{cfg.seed} + 1000 x actor worker"},
-        )
-
+    # 7. the Trainer and its hooks (the report every logger.report_every agent steps)
     record = RunRecord(
         run,
         replay_buffer,
         freeze_hook=freeze_hook,
         frames_per_step=cfg.env.action_repeat,
-        report_every=cfg.logger.report_every,
-        report=report,
+        title=f"Composed pixel SAC on {cfg.env.name}",
+        actors=actors,
+        seeds=seeds,
     )
     stepper = SACStep(
         loss,
@@ -359,21 +348,17 @@ def train(cfg: DictConfig) -> ComposedRun:
         frozen=record.frozen,
         record=record,
     )
-    trainer = make_trainer(cfg, collector, loss, stepper)
-    register_hooks(
-        trainer,
+    trainer = make_trainer(
+        cfg,
+        collector,
+        loss,
+        stepper,
         record=record,
         stored_keys=STORED_KEYS,
-        freeze_hook=freeze_hook,
-        replay_buffer=replay_buffer,
-        collector=collector,
         policy=policy,
-        ship_every=cfg.accerl.ship_every,
     )
     trainer.train()
-    path = report()
-    print(f"report written to {path}")
-    return ComposedRun(path, replay_buffer, freeze_hook, record)
+    return record.finish()
 
 
 @hydra.main(config_path="configs", config_name="composed_sac_dmc", version_base="1.3")

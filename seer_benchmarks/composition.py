@@ -40,13 +40,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "title": "Atari DQN (Pong)",
         "parts": ["compressed_actors", "delta_frames", "seer", "retrace", "low_precision"],
         "budget": [
-            "collector.total_steps=10000",
-            "collector.learn_start=1000",
-            "replay.capacity=2500",  # full before the freeze
+            "collector.total_frames=10000",
+            "collector.init_random_frames=1000",
+            "replay_buffer.size=2500",  # full before the freeze
             "seer.freeze_at=3000",
-            "explore.decay_steps=6000",
-            "learner.updates_per_batch=1",
-            "learner.target_update=500",
+            "exploration.eps_decay_frames=6000",
+            "optim.updates_per_batch=1",
+            "loss.target_update=500",
         ],
     },
     "sac": {
@@ -54,29 +54,36 @@ RECIPES: dict[str, dict[str, Any]] = {
         "title": "pixel SAC (DMC cartpole_swingup)",
         "parts": ["compressed_actors", "delta_frames", "seer", "curl", "low_precision"],
         "budget": [
-            "collector.total_steps=3000",
-            "collector.learn_start=500",
-            "replay.capacity=1200",  # full before the freeze
-            "replay.batch_size=64",
+            "collector.total_frames=3000",
+            "collector.init_random_frames=500",
+            "replay_buffer.size=1200",  # full before the freeze
+            "optim.batch_size=64",
             "seer.freeze_at=1500",
-            "learner.updates_per_batch=1",
-            "learner.hidden=256",
+            "optim.updates_per_batch=1",
+            "network.hidden=256",
         ],
     },
 }
 ARMS = ("composed", "plain")
 
 
+def arm_report(arm_dir: Path) -> Path | None:
+    """The ``report.json`` of the arm's run folder (``<arm_dir>/<exp_name>/``), if written."""
+    reports = sorted(arm_dir.glob("*/report.json"))
+    return reports[-1] if reports else None
+
+
 def run_arm(recipe: str, arm: str, out: Path, seed: int) -> Path:
-    """Trains one arm in its own process (skipped if its report exists); returns its folder."""
+    """Trains one arm in its own process (skipped if its report exists); returns its report."""
     spec = RECIPES[recipe]
-    run_dir = out / recipe / arm
-    if (run_dir / "report.json").exists():
-        print(f"[{recipe}/{arm}] done already: {run_dir}")
-        return run_dir
+    arm_dir = out / recipe / arm
+    report = arm_report(arm_dir)
+    if report is not None:
+        print(f"[{recipe}/{arm}] done already: {report.parent}")
+        return report
     on = "true" if arm == "composed" else "false"
     overrides = [f"parts.{part}={on}" for part in spec["parts"]]
-    overrides += [*spec["budget"], f"seed={seed}", f"hydra.run.dir={run_dir}"]
+    overrides += [*spec["budget"], f"seed={seed}", f"logger.output_dir={arm_dir}"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("PYOPENGL_PLATFORM", "egl")
@@ -87,11 +94,9 @@ def run_arm(recipe: str, arm: str, out: Path, seed: int) -> Path:
         env=env,
         check=True,
     )
-    return run_dir
-
-
-def _load(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "report.json").read_text())
+    report = arm_report(arm_dir)
+    assert report is not None, f"{spec['script']} wrote no report in {arm_dir}"
+    return report
 
 
 def _plot(results: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
@@ -238,11 +243,11 @@ def main(argv: list[str] | None = None) -> Path:
     for recipe in args.recipes:
         results[recipe] = {}
         for arm in ARMS:
-            run_dir = out / recipe / arm
             if not args.aggregate_only:
                 run_arm(recipe, arm, out, args.seed)
-            if (run_dir / "report.json").exists():
-                results[recipe][arm] = _load(run_dir)
+            report = arm_report(out / recipe / arm)
+            if report is not None:
+                results[recipe][arm] = json.loads(report.read_text())
     page = write_page(results)
     print(f"page written to {page}")
     return page
