@@ -213,7 +213,7 @@ class RunRecord(TrainerHookBase):
       every episode that ended in the batch (the toolkit's ``EpisodeReturns``);
     * ``post_steps``: ``replay_bytes`` and ``replay_length``, the last update's losses and
       ``update_ms``, the ``seer/*`` figures once the freeze has happened; every
-      ``report_every`` agent steps, ``report()`` is called;
+      ``logger.report_every`` agent steps, :meth:`write_report`;
     * :meth:`time_update`: a context the optimization step runs in (learner seconds per update,
       tagged before/after the freeze); :meth:`record_losses` keeps the step's losses.
 
@@ -299,8 +299,9 @@ class RunRecord(TrainerHookBase):
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     step = self.freeze_hook.freeze_step * self.frames_per_step
                     self.run.log_scalar(f"seer/{key}", value, step)
-        if self.steps // self.report_every > (self.steps - self.batch_steps) // self.report_every:
-            self.write_report()
+        every, last = self.report_every, self.run.cfg.collector.total_frames
+        if self.steps // every > (self.steps - self.batch_steps) // every and self.steps < last:
+            self.write_report()  # the last one is written by finish()
 
     @contextmanager
     def time_update(self) -> Iterator[None]:

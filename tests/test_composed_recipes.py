@@ -60,10 +60,21 @@ TINY = {
 
 
 @pytest.mark.parametrize("recipe", sorted(TINY))
-def test_every_part_on(recipe, tmp_path):
+def test_every_part_on(recipe, tmp_path, monkeypatch):
     budget, freeze_at, capacity = TINY[recipe]
     cfg = recipe_config(recipe, *budget, *all_parts(recipe, True), f"logger.output_dir={tmp_path}")
+    record_cls = load_recipe("composed_common").RunRecord
+    reports_at = []  # agent steps at which the report was written
+    write_report = record_cls.write_report
+
+    def counted_write_report(record):
+        reports_at.append(record.steps)
+        return write_report(record)
+
+    monkeypatch.setattr(record_cls, "write_report", counted_write_report)
     run = load_recipe(recipe).train(cfg)
+    # one report at logger.report_every (half the budget) and the final one
+    assert reports_at == [cfg.logger.report_every, run.record.steps]
 
     # the freeze fired inside the Trainer and the buffer moved to int8 latents
     hook = run.freeze_hook
