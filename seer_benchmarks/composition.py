@@ -7,11 +7,11 @@ benchmark trains two arms back to back with the same seed and budget:
   Retrace / CURL, bf16 learner);
 * **plain**: every part off (fp32 actors, ``LazyTensorStorage`` of pixels, fp32 TorchRL loss).
 
-Each arm runs in its own process and writes its report to ``<out>/<recipe>/<arm>/``; an arm
-whose ``report.json`` exists is not run again, so an interrupted benchmark resumes where it
-stopped. The page ``docs/benchmarks/composition.md`` (+ ``.json``, ``.png``) compares replay
-bytes held, learner update time before and after the freeze, actor step time, wall time and
-the return curves.
+Each arm runs in its own process and writes its run folder (report included, once, at the
+end) into ``<out>/<recipe>/<arm>/``; an arm whose ``report.json`` exists is not run again, so
+an interrupted benchmark resumes where it stopped. The page ``docs/benchmarks/composition.md``
+(+ ``.json``, ``.png``) compares replay bytes held, learner update time before and after the
+freeze, actor step time, wall time and the return curves.
 
 Run: ``python -m seer_benchmarks.composition`` (both recipes, modest budgets; long on a CPU),
 ``--recipes dqn`` for Atari only, ``--aggregate-only`` to rewrite the page from finished arms.
@@ -41,6 +41,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "parts": ["compressed_actors", "delta_frames", "seer", "retrace", "low_precision"],
         "budget": [
             "collector.total_frames=10000",
+            "logger.report_every=10000",  # one report, at the end: it marks the arm done
             "collector.init_random_frames=1000",
             "replay_buffer.size=2500",  # full before the freeze
             "seer.freeze_at=3000",
@@ -55,6 +56,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "parts": ["compressed_actors", "delta_frames", "seer", "curl", "low_precision"],
         "budget": [
             "collector.total_frames=3000",
+            "logger.report_every=3000",  # one report, at the end: it marks the arm done
             "collector.init_random_frames=500",
             "replay_buffer.size=1200",  # full before the freeze
             "optim.batch_size=64",
