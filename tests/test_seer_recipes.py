@@ -93,10 +93,58 @@ def test_transfer_recipe_runs_the_target_frozen_from_the_first_step(tmp_path):
         "'optim.updates_per_batch=1','replay_buffer.size=100']",
         "logger.backend=null", f"logger.output_dir={tmp_path}",
     )  # fmt: skip
-    assert (tmp_path / "seer_encoder_Pong.pt").is_file()
+    assert (source.parents[2] / "seer_encoder_Pong.pt").is_file()
+    assert source.parents[1].name == "source" and target.parents[1].name == "target"
     assert "Seeds: python 3" in target.read_text()
     assert "| learner updates before / after freeze | 0 / 3 |" in target.read_text()
     assert "| learner updates before / after freeze | 2 / 7 |" in source.read_text()
+
+
+TRANSFER_TINY = (
+    "source.total_frames=96", "source.freeze_at=48", "target.total_frames=96",
+    "target.latent_capacity=500", "checkpoint.interval=48", "logger.backend=csv",
+    "recipe_overrides=['optim.learn_start=32','optim.batch_size=8',"
+    "'optim.updates_per_batch=1','replay_buffer.size=100']",
+)  # fmt: skip
+
+
+class _Stop(Exception):
+    """Stands for the run being killed right after a checkpoint."""
+
+
+@pytest.mark.parametrize("stop_after", [1, 3], ids=["in-source", "in-target"])
+def test_transfer_recipe_resumed_midway_equals_an_uninterrupted_run(
+    tmp_path, monkeypatch, stop_after
+):
+    # checkpoints every 48 agent steps: saves 1-2 in the source run, 3-4 in the target run
+    full_source, full_target = run_recipe(
+        "seer_transfer", *TRANSFER_TINY, f"logger.output_dir={tmp_path / 'full'}"
+    )
+    from torchrl_seer.trainers.helpers import RecipeRun
+
+    save, saves = RecipeRun.save, []
+
+    def save_then_stop(self, frames, **kwargs):
+        save(self, frames, **kwargs)
+        saves.append(frames)
+        if len(saves) == stop_after:
+            raise _Stop
+
+    monkeypatch.setattr(RecipeRun, "save", save_then_stop)
+    with pytest.raises(_Stop):
+        run_recipe("seer_transfer", *TRANSFER_TINY, f"logger.output_dir={tmp_path / 'cut'}")
+    (transfer_dir,) = (tmp_path / "cut").iterdir()
+    source, target = run_recipe(
+        "seer_transfer", *TRANSFER_TINY, f"resume={transfer_dir}",
+        f"logger.output_dir={tmp_path / 'elsewhere'}",
+    )  # fmt: skip
+    # the resumed run continued where it stopped: no interval was collected twice
+    assert saves == [48, 96, 48, 96]
+    assert source.parents[2] == target.parents[2] == transfer_dir
+    assert_same_checkpoints(full_source.parent / "checkpoint", source.parent / "checkpoint")
+    assert_same_checkpoints(full_target.parent / "checkpoint", target.parent / "checkpoint")
+    encoder = "seer_encoder_Pong.pt"
+    assert (transfer_dir / encoder).read_bytes() == (full_source.parents[2] / encoder).read_bytes()
 
 
 def test_transfer_recipe_checks_the_target_game_before_the_source_run(tmp_path):
