@@ -28,7 +28,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.envs import Compose, GymEnv, RewardSum, SerialEnv, StepCounter, TransformedEnv
@@ -50,24 +50,24 @@ from torchrl_seer.trainers.helpers import (
     seed_everything,
 )
 from torchrl_seer.trainers.helpers.accerl import (
+    AcceRLArm,
     RunLog,
     check_accerl_config,
-    choose_compressor,
     make_actor_collector,
+    run_accerl,
     ship_weights,
-    write_accerl_report,
 )
 
 
 def check(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is created."""
-    check_accerl_config(cfg)  # first: no checkpoint settings apply
+    check_accerl_config(cfg)
     check_config(
         cfg,
         positive=[
             "collector.total_frames", "collector.frames_per_batch", "env.envs_per_worker",
             "optim.lr", "optim.max_grad_norm", "network.width", "accerl.ship_every",
-            "accerl.monitor_every", "accerl.kl_bound",
+            "accerl.monitor_every", "accerl.kl_bound", "logger.report_every",
         ],
         non_negative=["collector.workers", "loss.entropy_coef"],
     )  # fmt: skip
@@ -146,11 +146,11 @@ class NatureCNN(nn.Module):
 
 
 # ----------------------------------------------------------------------------- one run
-def run_arm(cfg: DictConfig, compression: str, run: RecipeRun, label: str, seed: int):
+def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str):
     """Trains one arm (compressed or full-precision actors); returns its record."""
     seed_everything(cfg.seed)
     make_env = env_maker(cfg)
-    probe_env = make_env(seed)
+    probe_env = make_env(cfg.seed)
     actor, critic = make_networks(probe_env, cfg.network.width)
     with torch.no_grad():  # materialise shapes
         td = probe_env.reset()
@@ -159,22 +159,12 @@ def run_arm(cfg: DictConfig, compression: str, run: RecipeRun, label: str, seed:
     # timed at the actors' batch: one worker's environments (batch 1 by default)
     example = td.reshape(-1)
     kl_bound = cfg.accerl.kl_bound
-    compressor, why = choose_compressor(compression, actor, example, kl_bound=kl_bound)
-    print(f"[{label}] compression: {why}")
+    compressor, why = arm.starting_compressor(compression, actor, example, kl_bound=kl_bound)
+    print(f"[{arm.label}] compression: {why}")
 
     scheme = CompressedWeightSyncScheme(compressor)
     policy = CompressedPolicy(actor, compressor)
     workers = cfg.collector.workers
-    collector = make_actor_collector(
-        make_env,
-        policy,
-        scheme,
-        workers=workers,
-        frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=cfg.collector.total_frames,
-        seed=seed,
-    )
-
     loss = A2CLoss(actor, critic, entropy_coeff=cfg.loss.entropy_coef)
     vtrace = TakenActionVTrace(gamma=cfg.loss.gamma, value_network=critic, actor_network=actor)
     vtrace.set_keys(sample_log_prob="action_log_prob")
@@ -183,34 +173,48 @@ def run_arm(cfg: DictConfig, compression: str, run: RecipeRun, label: str, seed:
     monitor = CompressionMonitor(
         actor, ladder=fallback_ladder(compressor), kl_bound=kl_bound, logger=run.logger
     )
+    total_frames = cfg.collector.total_frames
+    run_log = RunLog(arm.label, total_frames=total_frames, log_scalar=run.log_scalar)
+    # the networks (their parameters are the loss's), not the loss: its V-trace estimator
+    # registers its buffers at the first update
+    state = {"actor": actor, "critic": critic, "optimizer": optim, "monitor": monitor,
+             "run_log": run_log}  # fmt: skip
+    start = arm.restore(state=state, policy=policy, scheme=scheme, monitor=monitor)
 
-    run_log = RunLog(label, total_frames=cfg.collector.total_frames, log_scalar=run.log_scalar)
-    for i, batch in enumerate(collector):
-        monitor.record_actor(batch.numel(), run_log.collected(batch))
-        batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
+    for segment in arm.segments(total_frames, start=start):
+        collector = make_actor_collector(
+            make_env, policy, scheme, workers=workers,
+            frames_per_batch=cfg.collector.frames_per_batch,
+            total_frames=segment.stop - segment.start, seed=segment.seed,
+        )  # fmt: skip
+        for batch in collector:
+            monitor.record_actor(batch.numel(), run_log.collected(batch))
+            batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
 
-        # learner: one V-trace-corrected actor-critic update per batch
-        t0 = time.perf_counter()
-        losses = loss(batch)
-        total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-        optim.zero_grad()
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(loss.parameters(), cfg.optim.max_grad_norm)
-        optim.step()
-        if (i + 1) % cfg.accerl.ship_every == 0:
-            ship_weights(collector, actor, policy, scheme, workers=workers)
-        learner_seconds = time.perf_counter() - t0
-        run_log.learned(learner_seconds)
-        monitor.record_learner(1, learner_seconds, version=scheme.version)
+            # learner: one V-trace-corrected actor-critic update per batch
+            t0 = time.perf_counter()
+            losses = loss(batch)
+            total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+            optim.zero_grad()
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(loss.parameters(), cfg.optim.max_grad_norm)
+            optim.step()
+            if run_log.batches % cfg.accerl.ship_every == 0:
+                ship_weights(collector, actor, policy, scheme, workers=workers)
+            learner_seconds = time.perf_counter() - t0
+            run_log.learned(learner_seconds, updates=1)
+            monitor.record_learner(1, learner_seconds, version=scheme.version)
 
-        if i % cfg.accerl.monitor_every == 0:
-            level = monitor.level
-            monitor.check(batch, step=run_log.frames)
-            if monitor.level != level:  # the Monitor moved: ship the new pipeline next time
-                scheme.compressor = monitor.compressor
-                print(f"[{label}] monitor: {monitor.events[-1]}")
-        run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
-    collector.shutdown()
+            if (run_log.batches - 1) % cfg.accerl.monitor_every == 0:
+                level = monitor.level
+                monitor.check(batch, step=run_log.frames)
+                if monitor.level != level:  # the Monitor moved: ship the new pipeline next time
+                    scheme.compressor = monitor.compressor
+                    print(f"[{arm.label}] monitor: {monitor.events[-1]}")
+            run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
+            arm.report_due(run_log, monitor=monitor)
+        collector.shutdown()
+        arm.save(run_log.frames)
     return run_log.summary(compression=why, monitor=monitor)
 
 
@@ -218,19 +222,14 @@ def train(cfg: DictConfig) -> Path:
     """Runs the compressed arm (and the full-precision one) and returns the report path."""
     check(cfg)
     run = RecipeRun(cfg, "accerl_impala", tag=cfg.env.name)
+    cfg = run.cfg
     # int8/bf16 CPU kernels contend badly for cores with other processes: one thread per process
     torch.set_num_threads(cfg.threads)
-    compression = cfg.accerl.compression
-    results = [run_arm(cfg, compression, run, f"compressed ({compression})", cfg.seed)]
-    if cfg.accerl.compare and compression != "none":
-        results.append(run_arm(cfg, "none", run, "full-precision actors", cfg.seed))
-    workers = max(cfg.collector.workers, 1)
-    report = write_accerl_report(
-        results, run.dir, title="AcceRL IMPALA run", threshold=cfg.accerl.threshold,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        seeds={"python, numpy, torch": cfg.seed,
-               "workers": [cfg.seed + 1000 * w for w in range(workers)]},
-    )  # fmt: skip
+    report = run_accerl(
+        run,
+        lambda arm, compression: train_arm(cfg, run, arm, compression),
+        title="AcceRL IMPALA run",
+    )
     print(f"report: {report}")
     return report
 

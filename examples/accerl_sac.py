@@ -23,7 +23,7 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tensordict.nn import NormalParamExtractor, TensorDictModule
 from torch import nn
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
@@ -40,24 +40,24 @@ from torchrl_seer.collectors import (
 from torchrl_seer.objectives import RetraceSACLoss
 from torchrl_seer.trainers.helpers import RecipeRun, check_config, seed_everything
 from torchrl_seer.trainers.helpers.accerl import (
+    AcceRLArm,
     RunLog,
     check_accerl_config,
-    choose_compressor,
     make_actor_collector,
+    run_accerl,
     ship_weights,
-    write_accerl_report,
 )
 
 
 def check(cfg: DictConfig) -> None:
     """Refuses a bad configuration before anything is created."""
-    check_accerl_config(cfg)  # first: no checkpoint settings apply
+    check_accerl_config(cfg)
     check_config(
         cfg,
         positive=[
             "collector.total_frames", "collector.frames_per_batch", "optim.lr",
             "optim.batch_size", "optim.updates_per_batch", "loss.sequence", "network.width",
-            "accerl.ship_every", "accerl.kl_bound",
+            "accerl.ship_every", "accerl.kl_bound", "logger.report_every",
         ],
         non_negative=["collector.workers", "optim.learn_start", "loss.lmbda", "loss.tau"],
     )  # fmt: skip
@@ -100,7 +100,7 @@ def make_networks(env, width):
     return actor, qvalue
 
 
-def run_arm(cfg: DictConfig, compression: str, run: RecipeRun, label: str):
+def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str):
     """Trains one arm (compressed or full-precision actors); returns its record."""
     seed_everything(cfg.seed)
     make_env = env_maker(cfg.env.name)
@@ -109,28 +109,20 @@ def run_arm(cfg: DictConfig, compression: str, run: RecipeRun, label: str):
     # single-environment workers: the actors act at batch 1
     example = probe_env.reset().reshape(-1)
     kl_bound = cfg.accerl.kl_bound
-    compressor, why = choose_compressor(compression, actor, example, kl_bound=kl_bound)
-    print(f"[{label}] compression: {why}")
+    compressor, why = arm.starting_compressor(compression, actor, example, kl_bound=kl_bound)
+    print(f"[{arm.label}] compression: {why}")
 
     scheme = CompressedWeightSyncScheme(compressor)
     policy = CompressedPolicy(actor, compressor)
     workers = cfg.collector.workers
     total_frames = cfg.collector.total_frames
-    collector = make_actor_collector(
-        make_env,
-        policy,
-        scheme,
-        workers=workers,
-        frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=total_frames,
-        seed=cfg.seed,
-    )
 
     # replay of sequences: Retrace needs consecutive transitions of one trajectory
     batch_size, sequence = cfg.optim.batch_size, cfg.loss.sequence
+    traj_key = ("collector", "traj_ids")
     buffer = TensorDictReplayBuffer(
         storage=LazyTensorStorage(cfg.replay_buffer.size or total_frames),
-        sampler=SliceSampler(slice_len=sequence, traj_key=("collector", "traj_ids")),
+        sampler=SliceSampler(slice_len=sequence, traj_key=traj_key),
         batch_size=batch_size * sequence,
     )
     loss = RetraceSACLoss(
@@ -142,37 +134,51 @@ def run_arm(cfg: DictConfig, compression: str, run: RecipeRun, label: str):
     monitor = CompressionMonitor(
         actor, ladder=fallback_ladder(compressor), kl_bound=kl_bound, logger=run.logger
     )
+    run_log = RunLog(arm.label, total_frames=total_frames, log_scalar=run.log_scalar)
+    state = {"loss": loss, "optimizer": optim, "monitor": monitor, "run_log": run_log}
+    start = arm.restore(
+        state=state, replay_buffers={"replay": buffer}, policy=policy, scheme=scheme,
+        monitor=monitor,
+    )  # fmt: skip
 
-    run_log = RunLog(label, total_frames=total_frames, log_scalar=run.log_scalar)
-    updates = 0
-    for batch in collector:
-        monitor.record_actor(batch.numel(), run_log.collected(batch))
-        buffer.extend(batch.reshape(-1))
+    for segment in arm.segments(total_frames, start=start):
+        collector = make_actor_collector(
+            make_env, policy, scheme, workers=workers,
+            frames_per_batch=cfg.collector.frames_per_batch,
+            total_frames=segment.stop - segment.start, seed=segment.seed,
+        )  # fmt: skip
+        for batch in collector:
+            monitor.record_actor(batch.numel(), run_log.collected(batch))
+            # each interval's collector numbers its trajectories from 0: keep them apart
+            batch[traj_key] += segment.start
+            buffer.extend(batch.reshape(-1))
 
-        t0 = time.perf_counter()
-        if run_log.frames >= cfg.optim.learn_start:
-            for _ in range(cfg.optim.updates_per_batch):
-                sample = buffer.sample().reshape(batch_size, sequence)
-                losses = loss(sample)
-                total = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
-                optim.zero_grad()
-                total.backward()
-                optim.step()
-                target_updater.step()
-                updates += 1
-                if updates % cfg.accerl.ship_every == 0:
-                    ship_weights(collector, actor, policy, scheme, workers=workers)
-            level = monitor.level
-            monitor.record_learner(
-                cfg.optim.updates_per_batch, time.perf_counter() - t0, version=scheme.version
-            )
-            monitor.check(batch.reshape(-1), step=run_log.frames)
-            if monitor.level != level:
-                scheme.compressor = monitor.compressor
-                print(f"[{label}] monitor: {monitor.events[-1]}")
-        run_log.learned(time.perf_counter() - t0)
-        run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
-    collector.shutdown()
+            t0 = time.perf_counter()
+            if run_log.frames >= cfg.optim.learn_start:
+                for _ in range(cfg.optim.updates_per_batch):
+                    sample = buffer.sample().reshape(batch_size, sequence)
+                    losses = loss(sample)
+                    total = losses["loss_actor"] + losses["loss_qvalue"] + losses["loss_alpha"]
+                    optim.zero_grad()
+                    total.backward()
+                    optim.step()
+                    target_updater.step()
+                    run_log.updates += 1
+                    if run_log.updates % cfg.accerl.ship_every == 0:
+                        ship_weights(collector, actor, policy, scheme, workers=workers)
+                level = monitor.level
+                monitor.record_learner(
+                    cfg.optim.updates_per_batch, time.perf_counter() - t0, version=scheme.version
+                )
+                monitor.check(batch.reshape(-1), step=run_log.frames)
+                if monitor.level != level:
+                    scheme.compressor = monitor.compressor
+                    print(f"[{arm.label}] monitor: {monitor.events[-1]}")
+            run_log.learned(time.perf_counter() - t0)
+            run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
+            arm.report_due(run_log, monitor=monitor)
+        collector.shutdown()
+        arm.save(run_log.frames)
     return run_log.summary(compression=why, monitor=monitor)
 
 
@@ -180,18 +186,13 @@ def train(cfg: DictConfig) -> Path:
     """Runs the compressed arm (and the full-precision one) and returns the report path."""
     check(cfg)
     run = RecipeRun(cfg, "accerl_sac", tag=cfg.env.name)
+    cfg = run.cfg
     torch.set_num_threads(cfg.threads)  # int8/bf16 CPU kernels contend badly for cores
-    compression = cfg.accerl.compression
-    results = [run_arm(cfg, compression, run, f"compressed ({compression})")]
-    if cfg.accerl.compare and compression != "none":
-        results.append(run_arm(cfg, "none", run, "full-precision actors"))
-    workers = max(cfg.collector.workers, 1)
-    report = write_accerl_report(
-        results, run.dir, title="AcceRL SAC + Retrace run", threshold=cfg.accerl.threshold,
-        config=OmegaConf.to_container(cfg, resolve=True),
-        seeds={"python, numpy, torch": cfg.seed,
-               "workers": [cfg.seed + 1000 * w for w in range(workers)]},
-    )  # fmt: skip
+    report = run_accerl(
+        run,
+        lambda arm, compression: train_arm(cfg, run, arm, compression),
+        title="AcceRL SAC + Retrace run",
+    )
     print(f"report: {report}")
     return report
 

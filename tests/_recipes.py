@@ -72,7 +72,10 @@ def _assert_same_buffer(dir_a: Path, dir_b: Path) -> None:
             assert path.read_bytes() == (dir_b / rel).read_bytes(), rel
 
 
-MEASUREMENTS = ("seconds", "rss_before_bytes", "rss_after_bytes")  # wall time and memory
+# wall times, throughputs and memory: they differ between two runs of the same seed
+MEASUREMENTS = ("seconds", "rss_before_bytes", "rss_after_bytes", "actor_seconds",
+                "learner_seconds", "wall_seconds", "curve_seconds", "monitor/actor_steps_per_s",
+                "monitor/learner_updates_per_s")  # fmt: skip
 
 
 def _assert_equal(a, b, where: str) -> None:

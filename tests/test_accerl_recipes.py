@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from _recipes import run_recipe
+from _recipes import assert_same_checkpoints, run_recipe
 
 from torchrl_seer.trainers.helpers.accerl import time_to_threshold, write_accerl_report
 
@@ -86,7 +86,8 @@ def test_sac_recipe_runs_and_reports(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("checkpoint.interval=100", "the AcceRL recipes do not checkpoint"),
+        ("checkpoint.interval=150", "must be a multiple of collector.frames_per_batch"),
+        ("device=cuda", "the AcceRL recipes run on the CPU only"),
         ("collector.workers=-1", "collector.workers must be >= 0, got -1"),
     ],
 )
@@ -94,6 +95,94 @@ def test_accerl_recipes_refuse_before_creating_anything(tmp_path, override, mess
     with pytest.raises(ValueError, match=message):
         run_recipe("accerl_sac", override, f"logger.output_dir={tmp_path}")
     assert not any(tmp_path.iterdir())
+
+
+class _Stop(Exception):
+    """Stands for the run being killed right after a checkpoint."""
+
+
+def _stopped_then_resumed(recipe, common, tmp_path, monkeypatch, stop_after):
+    """Runs ``recipe`` stopped after its ``stop_after``-th checkpoint, then resumes it.
+
+    Returns the report of the resumed run, the frames of every checkpoint taken and the
+    report that the stopped run had written.
+    """
+    from torchrl_seer.trainers.helpers import RecipeRun
+
+    save, saves = RecipeRun.save, []
+
+    def save_then_stop(self, frames, **kwargs):
+        save(self, frames, **kwargs)
+        saves.append(frames)
+        if len(saves) == stop_after:
+            raise _Stop
+
+    monkeypatch.setattr(RecipeRun, "save", save_then_stop)
+    with pytest.raises(_Stop):
+        run_recipe(recipe, *common, f"logger.output_dir={tmp_path / 'cut'}")
+    (run_dir,) = (tmp_path / "cut").iterdir()
+    written = json.loads((run_dir / "report.json").read_text())
+    resumed = run_recipe(
+        recipe, *common, f"resume={run_dir}", f"logger.output_dir={tmp_path / 'elsewhere'}"
+    )
+    assert resumed.parent == run_dir
+    return resumed, saves, written
+
+
+def _assert_same_runs(report_a, report_b):
+    """Two reports hold the same arms: frames, compression, Monitor events, returns."""
+    runs_a = json.loads(report_a.read_text())["runs"]
+    runs_b = json.loads(report_b.read_text())["runs"]
+    assert len(runs_a) == len(runs_b) == 2
+    for a, b in zip(runs_a, runs_b, strict=True):
+        for key in ("label", "frames", "compression", "final_pipeline", "monitor_events"):
+            assert a[key] == b[key], key
+        assert [point[1:] for point in a["curve"]] == [point[1:] for point in b["curve"]]
+
+
+IMPALA_RESUME = (
+    "accerl.compression=int8", "collector.workers=0", "network.width=32",
+    "collector.total_frames=1024", "collector.frames_per_batch=128", "accerl.ship_every=3",
+    "accerl.monitor_every=3", "checkpoint.interval=256", "logger.report_every=256",
+    "logger.backend=csv",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("stop_after", [2, 6], ids=["compressed-arm", "full-arm"])
+def test_impala_recipe_resumed_midway_equals_an_uninterrupted_run(
+    tmp_path, monkeypatch, stop_after
+):
+    # 8 batches per arm, a checkpoint every 2, weights shipped every 3: the actors' packet at
+    # a checkpoint is older than the learner's weights
+    full = run_recipe("accerl_impala", *IMPALA_RESUME, f"logger.output_dir={tmp_path / 'full'}")
+    resumed, saves, written = _stopped_then_resumed(
+        "accerl_impala", IMPALA_RESUME, tmp_path, monkeypatch, stop_after
+    )
+    assert saves == [256, 512, 768, 1024] * 2  # nothing collected twice
+    # the stopped run had written its report at every 256 frames
+    assert written["runs"][-1]["frames"] == 512
+    assert_same_checkpoints(full.parent / "checkpoint", resumed.parent / "checkpoint")
+    _assert_same_runs(full.parent / "report.json", resumed.parent / "report.json")
+
+
+SAC_RESUME = (
+    "accerl.compression=bf16", "collector.workers=0", "network.width=32",
+    "collector.total_frames=400", "collector.frames_per_batch=100", "optim.learn_start=100",
+    "optim.updates_per_batch=2", "optim.batch_size=8", "accerl.ship_every=3",
+    "checkpoint.interval=200", "logger.report_every=100", "logger.backend=null",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("stop_after", [1, 3], ids=["compressed-arm", "full-arm"])
+def test_sac_recipe_resumed_midway_equals_an_uninterrupted_run(tmp_path, monkeypatch, stop_after):
+    # the replay buffer (sequences across two checkpoint intervals) is saved and restored
+    full = run_recipe("accerl_sac", *SAC_RESUME, f"logger.output_dir={tmp_path / 'full'}")
+    resumed, saves, _ = _stopped_then_resumed(
+        "accerl_sac", SAC_RESUME, tmp_path, monkeypatch, stop_after
+    )
+    assert saves == [200, 400] * 2
+    assert_same_checkpoints(full.parent / "checkpoint", resumed.parent / "checkpoint")
+    _assert_same_runs(full.parent / "report.json", resumed.parent / "report.json")
 
 
 @pytest.mark.slow

@@ -240,6 +240,54 @@ class CompressionMonitor:
                 self.logger.log_scalar(name, value, step=step)
         return stats
 
+    def state_dict(self) -> dict[str, Any]:
+        """The monitor's progress: level, patience counters, learner version, events, history.
+
+        The ladder and the bounds are settings: build the monitor with the same ones before
+        :meth:`load_state_dict`.
+
+        Examples:
+            >>> import torch
+            >>> from tensordict.nn import TensorDictModule
+            >>> actor = TensorDictModule(torch.nn.Linear(4, 2), in_keys=["x"], out_keys=["y"])
+            >>> monitor = CompressionMonitor(actor)
+            >>> monitor.level, monitor.learner_version = 1, 7
+            >>> restored = CompressionMonitor(actor)
+            >>> restored.load_state_dict(monitor.state_dict())
+            >>> restored.compressor.spec(), restored.learner_version
+            ('bf16', 7)
+        """
+        return {
+            "ladder": [level.spec() for level in self.ladder],
+            "level": self.level,
+            "over": self._over,
+            "under": self._under,
+            "learner_version": self.learner_version,
+            "events": [dict(event) for event in self.events],
+            "history": [dict(entry) for entry in self.history],
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` saved.
+
+        Args:
+            state_dict: a :meth:`state_dict` of a monitor with the same ladder.
+
+        Raises:
+            ValueError: if the saved ladder is not this monitor's.
+        """
+        ladder = [level.spec() for level in self.ladder]
+        if state_dict["ladder"] != ladder:
+            raise ValueError(
+                f"the saved monitor ran the ladder {state_dict['ladder']}, this one runs {ladder}."
+            )
+        self.level = int(state_dict["level"])
+        self._over = int(state_dict["over"])
+        self._under = int(state_dict["under"])
+        self.learner_version = int(state_dict["learner_version"])
+        self.events = [dict(event) for event in state_dict["events"]]
+        self.history = [dict(entry) for entry in state_dict["history"]]
+
     def _change(self, level: int, step: int, direction: str, kl: float) -> None:
         old = self.ladder[self.level].spec()
         self.level = level

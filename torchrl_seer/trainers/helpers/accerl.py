@@ -1,9 +1,10 @@
-"""What the AcceRL recipes share: actors, weight shipping, run bookkeeping and the report.
+"""What the AcceRL recipes share: actors, weight shipping, run bookkeeping, checkpoints, report.
 
 The algorithm of each recipe (its loss, Corrector and Monitor) stays in the recipe; this module
 holds the plumbing both run the same way: the collector that acts with the compressed policy
 (one seed per worker), shipping the learner's weights to it, the acting/learning clock with the
-return curve, and the report (return vs wall time, compressed vs full actors).
+return curve, the arms (compressed, then full-precision actors) with their checkpoints, and the
+report (return vs wall time, compressed vs full actors).
 """
 
 from __future__ import annotations
@@ -14,17 +15,26 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from torchrl.collectors import Collector, MultiSyncCollector
 from tqdm import tqdm
 
-from torchrl_seer.collectors import PolicyCompressor, select_compression
+from torchrl_seer.collectors import (
+    CompressedWeightSyncScheme,
+    PolicyCompressor,
+    select_compression,
+)
+from torchrl_seer.trainers.helpers.checkpoint import FrameSegment
 from torchrl_seer.trainers.helpers.report import ReportPlot, ReportTable, write_report
+from torchrl_seer.trainers.helpers.run import RecipeRun
 
 __all__ = [
+    "AcceRLArm",
     "RunLog",
     "check_accerl_config",
     "choose_compressor",
     "make_actor_collector",
+    "run_accerl",
     "ship_weights",
     "time_to_threshold",
     "write_accerl_report",
@@ -32,10 +42,9 @@ __all__ = [
 
 
 def check_accerl_config(cfg: Any) -> None:
-    """What the AcceRL recipes refuse: a CUDA device, checkpoints and resuming.
+    """What the AcceRL recipes refuse: a device other than the CPU.
 
-    The compressed actors run CPU kernels (int8 dynamic quantization) and the recipes compare
-    two runs with worker processes, which are not checkpointed.
+    The compressed actors run CPU kernels (int8 dynamic quantization).
 
     Args:
         cfg (DictConfig): the recipe's configuration.
@@ -45,10 +54,6 @@ def check_accerl_config(cfg: Any) -> None:
     """
     if str(cfg.device) not in ("cpu", "auto"):
         raise ValueError(f"device={cfg.device!r}: the AcceRL recipes run on the CPU only.")
-    if cfg.checkpoint.interval != 0 or cfg.resume is not None:
-        raise ValueError(
-            "the AcceRL recipes do not checkpoint: keep checkpoint.interval=0 and resume=null."
-        )
 
 
 def choose_compressor(compression: str, policy, example, *, kl_bound: float):
@@ -81,12 +86,15 @@ def make_actor_collector(
 
     Every worker's environment is built with its own seed, ``seed + 1000 * worker index`` (room
     for the sub-environments of a batched environment), before the collector's first reset.
+    The workers start with ``policy``'s packet. A TorchRL weight-sync scheme connects to one
+    collector only, so the collector gets its own scheme on ``scheme``'s pipeline; the run's
+    ``scheme`` keeps the version and packs what :func:`ship_weights` sends.
 
     Args:
         make_env: ``make_env(seed)`` builds one worker's environment.
         policy: the :class:`~torchrl_seer.collectors.CompressedPolicy` the actors run.
-        scheme: the :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme` that ships
-            the learner's weights to the workers.
+        scheme: the run's :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme` (its
+            pipeline and version).
 
     Keyword Args:
         workers: worker processes; ``0`` acts in the learner's process.
@@ -103,7 +111,7 @@ def make_actor_collector(
             policy=policy,
             frames_per_batch=frames_per_batch,
             total_frames=total_frames,
-            weight_sync_schemes={"policy": scheme},
+            weight_sync_schemes={"policy": CompressedWeightSyncScheme(scheme.compressor)},
         )
     return Collector(
         make_env(seed), policy, frames_per_batch=frames_per_batch, total_frames=total_frames
@@ -113,19 +121,23 @@ def make_actor_collector(
 def ship_weights(collector, learner_policy, policy, scheme, *, workers) -> None:
     """Compresses the learner's policy with ``scheme.compressor`` and ships it to the actors.
 
+    The packet is also loaded into the learner process's ``policy``, so that a collector built
+    later (the next checkpoint interval) starts its workers with the latest weights.
+
     Args:
         collector: the actors' collector.
         learner_policy: the learner's full-precision policy.
-        policy: the in-process :class:`~torchrl_seer.collectors.CompressedPolicy` (no workers).
+        policy: the :class:`~torchrl_seer.collectors.CompressedPolicy` the collector was
+            built with.
         scheme: the weight-sync scheme (its compressor and version).
 
     Keyword Args:
-        workers: worker processes of ``collector`` (``0``: update ``policy`` in place).
+        workers: worker processes of ``collector`` (``0``: only ``policy`` acts).
     """
+    packet = scheme.pack_next(learner_policy)
+    policy.load_packet(packet)
     if workers > 0:
-        collector.update_policy_weights_(learner_policy)  # compress + ship (pipes)
-    else:
-        policy.load_packet(scheme.pack_next(learner_policy))
+        collector.update_policy_weights_(packet)  # a ready packet: shipped as is (pipes)
 
 
 class RunLog:
@@ -150,7 +162,7 @@ class RunLog:
         self.label = label
         self.log_scalar = log_scalar
         self.curve: list[tuple[float, int, float]] = []
-        self.frames = 0
+        self.frames = self.batches = self.updates = 0
         self.actor_time = self.learner_time = 0.0
         self.progress = tqdm(total=total_frames, desc=label)
         self.start = self._last = time.perf_counter()
@@ -160,12 +172,44 @@ class RunLog:
         seconds = time.perf_counter() - self._last
         self.actor_time += seconds
         self.frames += batch.numel()
+        self.batches += 1
         self.progress.update(batch.numel())
         return seconds
 
-    def learned(self, seconds: float) -> None:
-        """Adds learner seconds (updates, weight compression and shipping)."""
+    def learned(self, seconds: float, *, updates: int = 0) -> None:
+        """Adds learner seconds (updates, weight compression and shipping) and ``updates``."""
         self.learner_time += seconds
+        self.updates += updates
+
+    def state_dict(self) -> dict[str, Any]:
+        """Frames, batches, updates, the clocks (wall time so far) and the return curve."""
+        return {
+            "frames": self.frames,
+            "batches": self.batches,
+            "updates": self.updates,
+            "actor_seconds": self.actor_time,
+            "learner_seconds": self.learner_time,
+            "wall_seconds": time.perf_counter() - self.start,
+            "curve_seconds": [seconds for seconds, _, _ in self.curve],
+            "curve": [(frames, ret) for _, frames, ret in self.curve],
+        }
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continues a saved run: its counters, curve, and wall clock from the saved time."""
+        self.frames = int(state_dict["frames"])
+        self.batches = int(state_dict["batches"])
+        self.updates = int(state_dict["updates"])
+        self.actor_time = float(state_dict["actor_seconds"])
+        self.learner_time = float(state_dict["learner_seconds"])
+        self.curve = [
+            (float(seconds), int(frames), float(ret))
+            for seconds, (frames, ret) in zip(
+                state_dict["curve_seconds"], state_dict["curve"], strict=True
+            )
+        ]
+        self._last = time.perf_counter()
+        self.start = self._last - float(state_dict["wall_seconds"])
+        self.progress.update(self.frames)
 
     def end_of_batch(self, batch, *, pipeline: str) -> None:
         """Records the returns of the episodes that ended in ``batch``; restarts the acting clock.
@@ -192,6 +236,10 @@ class RunLog:
             monitor: the run's :class:`~torchrl_seer.collectors.CompressionMonitor`.
         """
         self.progress.close()
+        return self.record(compression=compression, monitor=monitor)
+
+    def record(self, *, compression: str, monitor) -> dict[str, Any]:
+        """The run's record so far (see :meth:`summary`); the run goes on."""
         return {
             "label": self.label,
             "curve": self.curve,
@@ -296,3 +344,182 @@ def write_accerl_report(
         seeds=seeds,
         data={"threshold": threshold, "runs": results},
     )
+
+
+class AcceRLArm:
+    """One arm of an AcceRL run (one actor setting): its starting compression, checkpoints, reports.
+
+    The recipe's ``train_arm(arm, compression)`` builds its networks, then asks the arm for the
+    starting compressor (:meth:`starting_compressor`), restores a resumed arm
+    (:meth:`restore`), collects :meth:`segments` with one fresh collector each, calls
+    :meth:`report_due` after every batch and :meth:`save` after every segment.
+
+    A checkpoint holds the ``state`` objects (networks and loss, optimizer, Monitor, run log),
+    the replay buffers, the actors' weight packet and the weight-sync version, the starting
+    compression (``auto`` is measured once, never again on resume), the records of the arms
+    already finished and, through :class:`~torchrl_seer.trainers.helpers.RunCheckpointer`,
+    the generators and the logger's state.
+
+    Args:
+        run (RecipeRun): the recipe's run.
+
+    Keyword Args:
+        index (int): the arm's position in the run (``0``: compressed actors).
+        label (str): the arm's name (progress bar, logger keys, report).
+        finished (list of dict): the records of the arms finished before this one.
+        resumed (dict, optional): the saved checkpoint's ``extra`` when this arm is resumed.
+        write_report (callable): ``write_report(records)`` writes the run's report.
+    """
+
+    def __init__(
+        self,
+        run: RecipeRun,
+        *,
+        index: int,
+        label: str,
+        finished: list[dict[str, Any]],
+        resumed: Mapping[str, Any] | None,
+        write_report: Callable[[list[dict[str, Any]]], Path],
+    ) -> None:
+        self.run = run
+        self.index = index
+        self.label = label
+        self.finished = finished
+        self.resumed = resumed
+        self.write_report = write_report
+        self.report_every = int(run.cfg.logger.report_every)
+        self._next_report = self.report_every
+        self._start: tuple[str, str] | None = None
+        self._parts: dict[str, Any] = {}
+
+    def starting_compressor(
+        self, compression: str, policy, example, *, kl_bound: float
+    ) -> tuple[PolicyCompressor, str]:
+        """:func:`choose_compressor`, or the pipeline the resumed arm started with."""
+        if self.resumed is not None:
+            spec, why = self.resumed["start_pipeline"], self.resumed["compression"]
+            return PolicyCompressor.from_spec(spec), why
+        compressor, why = choose_compressor(compression, policy, example, kl_bound=kl_bound)
+        self._start = (compressor.spec(), why)
+        return compressor, why
+
+    def restore(
+        self,
+        *,
+        state: Mapping[str, Any],
+        replay_buffers: Mapping[str, Any] | None = None,
+        policy,
+        scheme,
+        monitor,
+    ) -> int:
+        """Registers what :meth:`save` saves; restores it when the arm is resumed.
+
+        Keyword Args:
+            state (mapping): name -> object with ``state_dict()``; include the ``RunLog``.
+            replay_buffers (mapping, optional): name -> replay buffer.
+            policy: the actors' :class:`~torchrl_seer.collectors.CompressedPolicy`.
+            scheme: the :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme`.
+            monitor: the :class:`~torchrl_seer.collectors.CompressionMonitor` (in ``state``).
+
+        Returns:
+            Collector frames already collected (``0`` for a new arm).
+        """
+        self._parts = {"state": state, "replay_buffers": replay_buffers, "policy": policy,
+                       "scheme": scheme}  # fmt: skip
+        if self.resumed is None:
+            return 0
+        assert self.resumed["arm"] == self.index
+        frames, extra = self.run.restore(state=state, replay_buffers=replay_buffers)
+        self._start = (extra["start_pipeline"], extra["compression"])
+        policy.load_packet(extra["packet"])
+        scheme.version = int(extra["version"])
+        scheme.compressor = monitor.compressor
+        if self.report_every > 0:
+            self._next_report = (frames // self.report_every + 1) * self.report_every
+        return frames
+
+    def segments(self, total_frames: int, *, start: int) -> list[FrameSegment]:
+        """The checkpoint intervals still to collect (see ``RecipeRun.segments``)."""
+        return self.run.segments(total_frames, start=start)
+
+    def report_due(self, run_log: RunLog, *, monitor) -> None:
+        """Writes the report (finished arms and this one so far) every ``logger.report_every``."""
+        if run_log.frames < self._next_report:
+            return
+        while self._next_report <= run_log.frames:
+            self._next_report += self.report_every
+        assert self._start is not None
+        record = run_log.record(compression=self._start[1], monitor=monitor)
+        self.write_report([*self.finished, record])
+
+    def save(self, frames: int) -> None:
+        """Checkpoints the arm at the end of a segment (if ``checkpoint.interval > 0``)."""
+        assert self._start is not None, "call restore() before save()"
+        policy, scheme = self._parts["policy"], self._parts["scheme"]
+        extra = {
+            "arm": self.index,
+            "finished": self.finished,
+            "start_pipeline": self._start[0],
+            "compression": self._start[1],
+            "packet": policy.packet,
+            "version": scheme.version,
+        }
+        self.run.save(
+            frames,
+            state=self._parts["state"],
+            replay_buffers=self._parts["replay_buffers"],
+            extra=extra,
+        )
+
+
+def run_accerl(
+    run: RecipeRun, train_arm: Callable[[AcceRLArm, str], dict[str, Any]], *, title: str
+) -> Path:
+    """Trains the compressed arm (and, with ``accerl.compare``, the full one); writes the report.
+
+    A resumed run skips the arms its checkpoint lists as finished and resumes the arm it was
+    training; later arms start fresh.
+
+    Args:
+        run (RecipeRun): the recipe's run (``run.cfg`` is the configuration used).
+        train_arm (callable): ``train_arm(arm, compression)`` trains one arm and returns its
+            record (``RunLog.summary``).
+
+    Keyword Args:
+        title (str): the report's heading.
+
+    Returns:
+        The path of ``report.md``.
+    """
+    cfg = run.cfg
+    resumed = None
+    if cfg.resume is not None and run.checkpointer.exists():
+        resumed = run.checkpointer.read()["extra"]
+    compressions = [cfg.accerl.compression]
+    if cfg.accerl.compare and cfg.accerl.compression != "none":
+        compressions.append("none")
+    labels = [f"compressed ({cfg.accerl.compression})", "full-precision actors"]
+    workers = max(cfg.collector.workers, 1)
+    first_seeds = [cfg.seed + 1000 * w for w in range(workers)]
+    seeds: dict[str, Any] = {"python, numpy, torch": cfg.seed, "workers": first_seeds}
+    if cfg.checkpoint.interval > 0:
+        seeds["workers"] = (
+            f"{first_seeds} + 10000 x checkpoint interval index (a fresh collector per interval)"
+        )
+    config = OmegaConf.to_container(cfg, resolve=True)
+
+    def write(records: list[dict[str, Any]]) -> Path:
+        return write_accerl_report(
+            records, run.dir, title=title, threshold=cfg.accerl.threshold,
+            config=config, seeds=seeds,  # type: ignore[arg-type]
+        )  # fmt: skip
+
+    finished: list[dict[str, Any]] = [] if resumed is None else list(resumed["finished"])
+    for index in range(len(finished), len(compressions)):
+        arm = AcceRLArm(
+            run, index=index, label=labels[index], finished=finished,
+            resumed=resumed if resumed is not None and resumed["arm"] == index else None,
+            write_report=write,
+        )  # fmt: skip
+        finished = [*finished, train_arm(arm, compressions[index])]
+    return write(finished)
