@@ -490,6 +490,25 @@ def run_accerl(
 
     Returns:
         The path of ``report.md``.
+
+    Examples:
+        >>> import json, tempfile
+        >>> from omegaconf import OmegaConf
+        >>> from torchrl_seer.trainers.helpers import RecipeRun
+        >>> cfg = OmegaConf.create({"seed": 0, "resume": None, "checkpoint": {"interval": 0},
+        ...     "collector": {"workers": 0},
+        ...     "accerl": {"compression": "int8", "compare": True, "threshold": None},
+        ...     "logger": {"backend": None, "output_dir": tempfile.mkdtemp(), "exp_name": "",
+        ...                "project_name": "p", "group_name": None, "report_every": 100}})
+        >>> run = RecipeRun(cfg, "my_accerl")
+        >>> def train_arm(arm, compression):  # a recipe builds, restores and trains here
+        ...     return {"label": arm.label, "curve": [(1.0, 100, 9.0)], "wall": 1.0,
+        ...             "actor_share": 0.5, "actor_time": 0.5, "learner_time": 0.5,
+        ...             "frames": 100, "compression": compression,
+        ...             "final_pipeline": compression, "monitor_events": []}
+        >>> report = run_accerl(run, train_arm, title="AcceRL run")
+        >>> [r["label"] for r in json.loads((run.dir / "report.json").read_text())["runs"]]
+        ['compressed (int8)', 'full-precision actors']
     """
     cfg = run.cfg
     resumed = None
