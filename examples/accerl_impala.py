@@ -53,7 +53,6 @@ from torchrl_seer.trainers.helpers.accerl import (
     AcceRLArm,
     RunLog,
     check_accerl_config,
-    make_actor_collector,
     run_accerl,
     ship_weights,
 )
@@ -181,12 +180,11 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
              "run_log": run_log}  # fmt: skip
     start = arm.restore(state=state, policy=policy, scheme=scheme, monitor=monitor)
 
-    for segment in arm.segments(total_frames, start=start):
-        collector = make_actor_collector(
-            make_env, policy, scheme, workers=workers,
-            frames_per_batch=cfg.collector.frames_per_batch,
-            total_frames=segment.stop - segment.start, seed=segment.seed,
-        )  # fmt: skip
+    collectors = arm.collectors(
+        make_env, start=start, total_frames=total_frames, workers=workers,
+        frames_per_batch=cfg.collector.frames_per_batch,
+    )  # fmt: skip
+    for _, collector in collectors:
         for batch in collector:
             monitor.record_actor(batch.numel(), run_log.collected(batch))
             batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
@@ -213,8 +211,6 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
                     print(f"[{arm.label}] monitor: {monitor.events[-1]}")
             run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
             arm.report_due(run_log, monitor=monitor)
-        collector.shutdown()
-        arm.save(run_log.frames)
     return run_log.summary(compression=why, monitor=monitor)
 
 

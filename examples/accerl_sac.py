@@ -43,7 +43,6 @@ from torchrl_seer.trainers.helpers.accerl import (
     AcceRLArm,
     RunLog,
     check_accerl_config,
-    make_actor_collector,
     run_accerl,
     ship_weights,
 )
@@ -141,12 +140,11 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
         monitor=monitor,
     )  # fmt: skip
 
-    for segment in arm.segments(total_frames, start=start):
-        collector = make_actor_collector(
-            make_env, policy, scheme, workers=workers,
-            frames_per_batch=cfg.collector.frames_per_batch,
-            total_frames=segment.stop - segment.start, seed=segment.seed,
-        )  # fmt: skip
+    collectors = arm.collectors(
+        make_env, start=start, total_frames=total_frames, workers=workers,
+        frames_per_batch=cfg.collector.frames_per_batch,
+    )  # fmt: skip
+    for segment, collector in collectors:
         for batch in collector:
             monitor.record_actor(batch.numel(), run_log.collected(batch))
             # each interval's collector numbers its trajectories from 0: keep them apart
@@ -177,8 +175,6 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
             run_log.learned(time.perf_counter() - t0)
             run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
             arm.report_due(run_log, monitor=monitor)
-        collector.shutdown()
-        arm.save(run_log.frames)
     return run_log.summary(compression=why, monitor=monitor)
 
 

@@ -31,6 +31,36 @@ def run_recipe(name: str, *overrides: str, config_name: str | None = None):
     return load_recipe(name).train(recipe_config(name, *overrides, config_name=config_name))
 
 
+class StopAfterCheckpoint(Exception):
+    """Stands for a run killed right after one of its checkpoints."""
+
+
+def run_stopped_after_checkpoint(monkeypatch, stop_after: int, name: str, *overrides: str):
+    """Runs a recipe until its ``stop_after``-th checkpoint is written, then stops it.
+
+    ``RecipeRun.save`` stays patched for the rest of the test, counting checkpoints.
+
+    Returns:
+        The collector frames of every checkpoint written from now on (a list that grows).
+    """
+    from torchrl_seer.trainers.helpers import RecipeRun
+
+    save, saves = RecipeRun.save, []
+
+    def save_then_stop(self, frames, **kwargs):
+        save(self, frames, **kwargs)
+        saves.append(frames)
+        if len(saves) == stop_after:
+            raise StopAfterCheckpoint
+
+    monkeypatch.setattr(RecipeRun, "save", save_then_stop)
+    try:
+        run_recipe(name, *overrides)
+    except StopAfterCheckpoint:
+        return saves
+    raise AssertionError(f"{name} ended before its checkpoint {stop_after}.")
+
+
 def assert_same_checkpoints(dir_a: Path, dir_b: Path, make_buffer=None) -> None:
     """Model/optimizer/hook state and replay buffers of two checkpoints are identical.
 

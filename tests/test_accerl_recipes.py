@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from _recipes import assert_same_checkpoints, run_recipe
+from _recipes import assert_same_checkpoints, run_recipe, run_stopped_after_checkpoint
 
 from torchrl_seer.trainers.helpers.accerl import time_to_threshold, write_accerl_report
 
@@ -97,29 +97,15 @@ def test_accerl_recipes_refuse_before_creating_anything(tmp_path, override, mess
     assert not any(tmp_path.iterdir())
 
 
-class _Stop(Exception):
-    """Stands for the run being killed right after a checkpoint."""
-
-
 def _stopped_then_resumed(recipe, common, tmp_path, monkeypatch, stop_after):
     """Runs ``recipe`` stopped after its ``stop_after``-th checkpoint, then resumes it.
 
     Returns the report of the resumed run, the frames of every checkpoint taken and the
     report that the stopped run had written.
     """
-    from torchrl_seer.trainers.helpers import RecipeRun
-
-    save, saves = RecipeRun.save, []
-
-    def save_then_stop(self, frames, **kwargs):
-        save(self, frames, **kwargs)
-        saves.append(frames)
-        if len(saves) == stop_after:
-            raise _Stop
-
-    monkeypatch.setattr(RecipeRun, "save", save_then_stop)
-    with pytest.raises(_Stop):
-        run_recipe(recipe, *common, f"logger.output_dir={tmp_path / 'cut'}")
+    saves = run_stopped_after_checkpoint(
+        monkeypatch, stop_after, recipe, *common, f"logger.output_dir={tmp_path / 'cut'}"
+    )
     (run_dir,) = (tmp_path / "cut").iterdir()
     written = json.loads((run_dir / "report.json").read_text())
     resumed = run_recipe(

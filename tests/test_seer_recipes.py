@@ -4,7 +4,12 @@ import re
 from pathlib import Path
 
 import pytest
-from _recipes import assert_same_checkpoints, recipe_config, run_recipe
+from _recipes import (
+    assert_same_checkpoints,
+    recipe_config,
+    run_recipe,
+    run_stopped_after_checkpoint,
+)
 
 ATARI_TINY = (
     "collector.total_frames=240", "seer.freeze_at=96", "optim.learn_start=48",
@@ -108,10 +113,6 @@ TRANSFER_TINY = (
 )  # fmt: skip
 
 
-class _Stop(Exception):
-    """Stands for the run being killed right after a checkpoint."""
-
-
 @pytest.mark.parametrize("stop_after", [1, 3], ids=["in-source", "in-target"])
 def test_transfer_recipe_resumed_midway_equals_an_uninterrupted_run(
     tmp_path, monkeypatch, stop_after
@@ -120,19 +121,10 @@ def test_transfer_recipe_resumed_midway_equals_an_uninterrupted_run(
     full_source, full_target = run_recipe(
         "seer_transfer", *TRANSFER_TINY, f"logger.output_dir={tmp_path / 'full'}"
     )
-    from torchrl_seer.trainers.helpers import RecipeRun
-
-    save, saves = RecipeRun.save, []
-
-    def save_then_stop(self, frames, **kwargs):
-        save(self, frames, **kwargs)
-        saves.append(frames)
-        if len(saves) == stop_after:
-            raise _Stop
-
-    monkeypatch.setattr(RecipeRun, "save", save_then_stop)
-    with pytest.raises(_Stop):
-        run_recipe("seer_transfer", *TRANSFER_TINY, f"logger.output_dir={tmp_path / 'cut'}")
+    saves = run_stopped_after_checkpoint(
+        monkeypatch, stop_after, "seer_transfer", *TRANSFER_TINY,
+        f"logger.output_dir={tmp_path / 'cut'}",
+    )  # fmt: skip
     (transfer_dir,) = (tmp_path / "cut").iterdir()
     source, target = run_recipe(
         "seer_transfer", *TRANSFER_TINY, f"resume={transfer_dir}",

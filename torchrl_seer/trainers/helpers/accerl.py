@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -351,8 +351,9 @@ class AcceRLArm:
 
     The recipe's ``train_arm(arm, compression)`` builds its networks, then asks the arm for the
     starting compressor (:meth:`starting_compressor`), restores a resumed arm
-    (:meth:`restore`), collects :meth:`segments` with one fresh collector each, calls
-    :meth:`report_due` after every batch and :meth:`save` after every segment.
+    (:meth:`restore`), trains on the batches of the :meth:`collectors` (one fresh collector
+    per checkpoint interval, the arm saved after each) and calls :meth:`report_due` after
+    every batch.
 
     A checkpoint holds the ``state`` objects (networks and loss, optimizer, Monitor, run log),
     the replay buffers, the actors' weight packet and the weight-sync version, the starting
@@ -438,9 +439,36 @@ class AcceRLArm:
             self._next_report = (frames // self.report_every + 1) * self.report_every
         return frames
 
-    def segments(self, total_frames: int, *, start: int) -> list[FrameSegment]:
-        """The checkpoint intervals still to collect (see ``RecipeRun.segments``)."""
-        return self.run.segments(total_frames, start=start)
+    def collectors(
+        self, make_env, *, start: int, total_frames: int, frames_per_batch: int, workers: int
+    ) -> Iterator[tuple[FrameSegment, Any]]:
+        """Yields a fresh actors' collector per checkpoint interval still to collect.
+
+        Each collector (:func:`make_actor_collector`) collects one interval with its workers
+        seeded from the interval's seed; once the caller has consumed it, it is shut down and
+        the arm checkpointed (:meth:`save`). Call :meth:`restore` first.
+
+        Args:
+            make_env: ``make_env(seed)`` builds one worker's environment.
+
+        Keyword Args:
+            start (int): frames already collected (what :meth:`restore` returned).
+            total_frames (int): frames of the arm.
+            frames_per_batch (int): frames per batch handed to the learner.
+            workers (int): worker processes; ``0`` acts in the learner's process.
+
+        Yields:
+            ``(segment, collector)``: the interval (``FrameSegment``) and its collector.
+        """
+        policy, scheme = self._parts["policy"], self._parts["scheme"]
+        for segment in self.run.segments(total_frames, start=start):
+            collector = make_actor_collector(
+                make_env, policy, scheme, workers=workers, frames_per_batch=frames_per_batch,
+                total_frames=segment.stop - segment.start, seed=segment.seed,
+            )  # fmt: skip
+            yield segment, collector
+            collector.shutdown()
+            self.save(segment.stop)
 
     def report_due(self, run_log: RunLog, *, monitor) -> None:
         """Writes the report (finished arms and this one so far) every ``logger.report_every``."""
