@@ -202,7 +202,7 @@ def run_delta(args: argparse.Namespace) -> dict[str, Any]:
     index = storage._indices["pixels"]
     parts = {
         "payload": index.pool.payload_bytes(),
-        "index_table": index.table.numel() * index.table.element_size(),
+        "index_table": index.table.nbytes(),
         "raw_keys": _tensor_bytes(storage._storage),
         "codec_contexts": storage.codec.memory_bytes(),
         "decoded_cache": index.pool.cached_bytes(),
@@ -228,6 +228,7 @@ def run_delta(args: argparse.Namespace) -> dict[str, Any]:
         "fill_wall_s": fill_wall,
         "held_bytes": held,
         "held_parts": parts,
+        "index_exception_rows": index.table.num_exceptions(),
         "frames": storage.num_frames(),
         "rss_growth": rss_growth,
         "growth": growth,

@@ -179,7 +179,8 @@ def test_matches_lazy_tensor_storage(
     for frame_index in delta._indices.values():
         live = frame_index.pool.num_chunks()
         tails = [s.tail_ids.long() for s in frame_index._streams if s.tail_ids is not None]
-        frame_ids = torch.cat([frame_index.table[frame_index.table >= 0].long(), *tails])
+        ids = frame_index.table.all_rows()
+        frame_ids = torch.cat([ids[ids >= 0], *tails])
         referenced = torch.unique(frame_ids // chunk_len)
         assert live <= referenced.numel() + max_streams
 

@@ -282,7 +282,7 @@ def test_slice_sampler_decodes_only_the_chunks_its_slices_touch(sampler):
     original = pool._decode
     pool._decode = lambda slot, *rest: (decoded.append(slot), original(slot, *rest))[1]
     _, info = rb.sample(return_info=True)
-    touched = rb.storage._indices["pixels"].table[info["index"]] // pool.chunk_len
+    touched = rb.storage._indices["pixels"].table.rows(info["index"]) // pool.chunk_len
     assert decoded and set(decoded) <= set(touched.flatten().tolist())
     assert len(set(decoded)) < pool.num_chunks() / 2
 
@@ -306,7 +306,9 @@ def corrupt(state, path):
         ("other", "next", "reward"),
         ("other", "next", "done"),
         ("other", "collector", "traj_ids"),
-        ("pixels", 0, "index", "table"),
+        ("pixels", 0, "index", "table", "newest"),
+        ("pixels", 0, "index", "table", "padding"),
+        ("pixels", 0, "index", "table", "exceptions"),
         ("pixels", 0, "index", "pool", "payload"),
         ("pixels", 0, "index", "pool", "lengths"),
         ("len",),

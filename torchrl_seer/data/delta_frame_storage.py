@@ -27,7 +27,10 @@ from torchrl_seer.data.replay_rewiring import relocate_tensor_rows, rewind_faile
 __all__ = ["DeltaFrameStorage"]
 
 # 2: every tensor and value of a checkpoint is checksummed
-_FORMAT_VERSION = 2
+# 3: frame ids stored as newest id + padding counts, with verbatim exception rows
+_FORMAT_VERSION = 3
+# older formats this version restores (their index tables are converted)
+_READABLE_FORMAT_VERSIONS = (2, 3)
 
 
 class DeltaFrameStorage(LazyTensorStorage):
@@ -40,12 +43,14 @@ class DeltaFrameStorage(LazyTensorStorage):
     fraction of the memory.
 
     For each pixel key, the ``2 * frame_stack`` frames of a transition's observation and
-    next observation are replaced by ``int32`` frame ids. A frame shared with the previous
-    stack, the stack padding at an episode start, or the next observation is stored only
-    once -- and only when the storage has *proven* it equal, byte for byte; the true final
-    next observation of terminated and truncated steps is kept. Distinct frames go, in
-    trajectory order, to chunks of ``chunk_len`` frames compressed by ``codec``. Chunks are
-    reference counted: overwriting the oldest transitions frees the chunks nobody uses.
+    next observation are replaced by frame ids, kept as the newest frame id plus padding
+    counts (6 bytes) when the frames are consecutive frames of one trajectory, verbatim
+    (``int32`` ids) otherwise. A frame shared with the previous stack, the stack padding at
+    an episode start, or the next observation is stored only once -- and only when the
+    storage has *proven* it equal, byte for byte; the true final next observation of
+    terminated and truncated steps is kept. Distinct frames go, in trajectory order, to
+    chunks of ``chunk_len`` frames compressed by ``codec``. Chunks are reference counted:
+    overwriting the oldest transitions frees the chunks nobody uses.
     Reads decode each chunk a batch touches once, on a thread pool, through a bounded LRU
     cache. All other keys (actions, rewards, done flags, trajectory ids, ...) are kept raw in
     a ``LazyTensorStorage`` layout, so samplers that read them decode nothing.
@@ -75,9 +80,10 @@ class DeltaFrameStorage(LazyTensorStorage):
           keys, through any view of ``storage[:]``, as with ``LazyTensorStorage``).
         * Checkpoints load only into a ``DeltaFrameStorage`` of the same configuration;
           TorchRL's save and load hooks and other checkpointers are refused
-          (``NotImplementedError`` / ``TypeError``), and a checkpoint of format version 1
-          (before checksums) raises ``ValueError`` naming its version. Loaded into one of
-          TorchRL's storages instead, a checkpoint fails inside TorchRL's checkpointer
+          (``NotImplementedError`` / ``TypeError``). Checkpoints of format version 2 (ids
+          stored verbatim) are restored and converted; format version 1 (before checksums)
+          raises ``ValueError`` naming its version. Loaded into one of TorchRL's storages
+          instead, a checkpoint fails inside TorchRL's checkpointer
           (``KeyError: 'is_pytree'``): TorchRL does not check which storage wrote it.
         * Overlapping slice copies (``rb[2:6] = rb[0:4]``), which ``LazyTensorStorage``
           refuses, are accepted: the source is copied first.
@@ -658,14 +664,15 @@ class DeltaFrameStorage(LazyTensorStorage):
                 f"{sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict)})"
             )
         version = config["format_version"]
-        if version != _FORMAT_VERSION:
+        if version not in _READABLE_FORMAT_VERSIONS:
             raise ValueError(
                 f"DeltaFrameStorage checkpoint format version {version} is not supported: this "
-                f"version of torchrl_seer reads format version {_FORMAT_VERSION} only (format "
-                "1 carried no checksums for raw keys and index tables); re-create the buffer"
+                f"version of torchrl_seer reads format versions {_READABLE_FORMAT_VERSIONS} "
+                "(format 1 carried no checksums for raw keys and index tables); re-create the "
+                "buffer"
             )
         verify_state(state_dict, what="DeltaFrameStorage checkpoint")
-        if config != self._config():
+        if {**config, "format_version": _FORMAT_VERSION} != self._config():
             raise ValueError(
                 f"checkpoint configuration {config} does not match this storage {self._config()}"
             )

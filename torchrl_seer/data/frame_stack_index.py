@@ -2,8 +2,10 @@
 
 A transition holds an observation stack ``o_0 .. o_{F-1}`` and a next-observation stack
 ``n_0 .. n_{F-1}`` (``F`` = frame stack). :class:`FrameStackIndex` keeps, per storage slot,
-the ``2F`` frame ids of those frames (``int32``) in a table, and the frames themselves once
-each in a :class:`~torchrl_seer.data.chunked_frame_pool.ChunkedFramePool`.
+the ``2F`` frame ids of those frames in a
+:class:`~torchrl_seer.data.frame_id_table.FrameIdTable` (the newest id and padding counts
+when the frames are consecutive in their stream, the ids verbatim otherwise), and the frames
+themselves once each in a :class:`~torchrl_seer.data.chunked_frame_pool.ChunkedFramePool`.
 
 A frame reuses the id of another only when both are proven bit-identical:
 
@@ -35,6 +37,7 @@ import torch
 
 from torchrl_seer.data.chunked_frame_pool import ChunkedFramePool
 from torchrl_seer.data.frame_codecs import FrameCodec
+from torchrl_seer.data.frame_id_table import FrameIdTable
 
 __all__ = ["FrameStackIndex"]
 
@@ -159,7 +162,7 @@ class FrameStackIndex:
             cache_bytes=cache_bytes,
             num_threads=num_threads,
         )
-        self.table = torch.full((self.max_size, 2 * self.frame_stack), -1, dtype=torch.int32)
+        self.table = FrameIdTable(self.max_size, frame_stack=self.frame_stack)
         self._streams: list[_Stream] = []
         self._tick = 0
 
@@ -352,7 +355,7 @@ class FrameStackIndex:
             )
         target = slots[keep]
         new_refs = [ids[keep].reshape(-1)]
-        old_refs = [self.table[target].to(torch.int64).reshape(-1)]
+        old_refs = [self.table.rows(target).reshape(-1)]
         last_row = {id(s): row for row, s in enumerate(row_streams)}
         for stream in {id(s): s for s in row_streams}.values():
             row = last_row[id(stream)]
@@ -365,7 +368,7 @@ class FrameStackIndex:
                 stream.tail_words = next_words[row].clone()
                 stream.tail_fingerprint = _fingerprint(stream.tail_words[-1].numpy())
                 new_refs.append(stream.tail_ids)
-        self.table[target] = ids[keep].to(torch.int32)
+        self.table.assign(target, ids[keep])
         self.pool.incref(torch.cat(new_refs))
         self.pool.decref(torch.cat(old_refs))
         for slot in to_seal:
@@ -406,12 +409,7 @@ class FrameStackIndex:
             slots: distinct ``int64`` slots, in the order they take.
             capacity: the new number of slots.
         """
-        table = torch.full((int(capacity), 2 * self.frame_stack), -1, dtype=torch.int32)
-        table[: slots.numel()] = self.table[slots]
-        dropped = torch.ones(self.max_size, dtype=torch.bool)
-        dropped[slots] = False
-        self.pool.decref(self.table[dropped].to(torch.int64).reshape(-1))
-        self.table = table
+        self.pool.decref(self.table.relocate(slots, capacity))
         self.max_size = int(capacity)
 
     # ------------------------------------------------------------------ reading
@@ -424,7 +422,7 @@ class FrameStackIndex:
         Returns:
             Two ``uint8`` tensors ``[n, F, *frame_shape]``.
         """
-        ids = self.table[slots].to(torch.int64)
+        ids = self.table.rows(slots)
         if bool((ids < 0).any()):
             raise IndexError("reading a storage slot that was never written")
         obs, next_obs = self.pool.gather([ids[:, : self.frame_stack], ids[:, self.frame_stack :]])
@@ -432,8 +430,8 @@ class FrameStackIndex:
 
     def num_frames(self) -> int:
         """Number of distinct frame ids referenced by the table."""
-        ids = self.table[self.table >= 0]
-        return int(torch.unique(ids).numel())
+        ids = self.table.all_rows()
+        return int(torch.unique(ids[ids >= 0]).numel())
 
     def nbytes(self) -> int:
         """Bytes held: table, frame pool (payloads, open chunks, cache) and stream tails."""
@@ -442,29 +440,32 @@ class FrameStackIndex:
             for s in self._streams
             if s.tail_ids is not None and s.tail_words is not None
         )
-        return self.table.numel() * self.table.element_size() + self.pool.nbytes() + tails
+        return self.table.nbytes() + self.pool.nbytes() + tails
 
     def clear(self) -> None:
         """Forgets every frame."""
         self._streams = []
-        self.table.fill_(-1)
+        self.table.clear()
         self.pool.clear()
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
-        """Returns the table and the encoded chunks."""
-        state = {"table": self.table.clone(), "pool": self.pool.state_dict()}
+        """Returns the frame-id table and the encoded chunks."""
+        state = {"table": self.table.state_dict(), "pool": self.pool.state_dict()}
         self.pool.release_encoder()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict`; streams restart empty."""
-        table = state_dict["table"]
-        if table.shape != self.table.shape or table.dtype != self.table.dtype:
-            raise ValueError(
-                f"checkpoint index table {tuple(table.shape)} {table.dtype} does not match "
-                f"{tuple(self.table.shape)} {self.table.dtype}"
-            )
+        """Restores :meth:`state_dict`; streams restart empty.
+
+        A ``"table"`` given as one ``[max_size, 2F]`` ``int32`` tensor of ids (the layout of
+        checkpoint format 2) is converted.
+        """
+        table = FrameIdTable(self.max_size, frame_stack=self.frame_stack)
+        if isinstance(state_dict["table"], torch.Tensor):
+            table.load_verbatim(state_dict["table"])
+        else:
+            table.load_state_dict(state_dict["table"])
         self._streams = []
-        self.pool.load_state_dict(state_dict["pool"], references=table.to(torch.int64))
-        self.table = table.clone()
+        self.pool.load_state_dict(state_dict["pool"], references=table.all_rows())
+        self.table = table
