@@ -219,6 +219,19 @@ def run_delta(args: argparse.Namespace) -> dict[str, Any]:
         storage._indices["pixels"].pool.num_threads = pool_threads
         pooled = _sample_timings({f"delta_{pool_threads}_threads": pool_rb}, batch, args.repeats)
         timings[batch] = {**one, **pooled}
+    recompressed = None
+    if args.recompress_level:
+        start = time.perf_counter()
+        saved = storage.recompress(args.recompress_level)
+        recompressed = {
+            "level": args.recompress_level,
+            "seconds": time.perf_counter() - start,
+            "saved_bytes": saved,
+            "held_bytes": storage.bytes(),
+            "payload": index.pool.payload_bytes(),
+            "chunks": index.pool.num_chunks(),
+        }
+        logging.info("recompressed: %s", recompressed)
     checkpoint, restored = _checkpoint(rb, make)
     checked = _verify(restored, num_shards, args.verify)
     return {
@@ -229,6 +242,7 @@ def run_delta(args: argparse.Namespace) -> dict[str, Any]:
         "held_bytes": held,
         "held_parts": parts,
         "index_exception_rows": index.table.num_exceptions(),
+        "recompressed": recompressed,
         "frames": storage.num_frames(),
         "rss_growth": rss_growth,
         "growth": growth,
@@ -347,9 +361,11 @@ def run_peers(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _load(name: str) -> dict[str, Any] | None:
-    path = RESULTS_DIR / f"delta_1m_{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def _load(name: str, folder: Path | None = None) -> dict[str, Any] | None:
+    path = (folder or RESULTS_DIR) / f"delta_1m_{name}.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
 
 
 def _save(name: str, record: dict[str, Any]) -> None:
@@ -360,6 +376,69 @@ def _save(name: str, record: dict[str, Any]) -> None:
 
 def _mb(value: float) -> str:
     return f"{value / 1e6:,.1f} MB"
+
+
+def _marginal(delta: dict[str, Any]) -> tuple[float, float, float] | None:
+    """Payload and bookkeeping growth, preallocated row bytes and their sum, per transition.
+
+    The growth is measured over the second half of the fill; the index row and raw-keys row
+    are the preallocated tables (and the index's exception rows) divided by the capacity.
+    """
+    growth, parts, n = delta["growth"], delta["held_parts"], delta["transitions"]
+    if len(growth) < 2:
+        return None
+    first, last = growth[len(growth) // 2], growth[-1]
+    payload = (last["bytes"] - first["bytes"]) / (last["transitions"] - first["transitions"])
+    rows = parts["index_table"] / n + parts["raw_keys"] / n
+    return payload, rows, payload + rows
+
+
+def _comparison_rows(
+    folder: Path, delta: dict[str, Any], small: dict[str, Any] | None, lazy_per: float
+) -> list[list[Any]]:
+    """Headline figures of an earlier run (raw results in ``folder``) beside this run's."""
+    previous = _load("delta", folder)
+    if previous is None:
+        raise SystemExit(f"no delta part results in {folder}")
+    earlier_small = _load("small", folder)
+    rows: list[list[Any]] = []
+    for label, part in (("bytes held", None), ("index table", "index_table")):
+        before = previous["held_bytes"] if part is None else previous["held_parts"][part]
+        after = delta["held_bytes"] if part is None else delta["held_parts"][part]
+        rows.append([label, _mb(before), _mb(after)])
+    before_m, after_m = _marginal(previous), _marginal(delta)
+    if before_m is not None and after_m is not None:
+        rows.append(["marginal bytes / transition", round(before_m[2], 1), round(after_m[2], 1)])
+        rows.append(
+            ["Lazy / marginal", f"{lazy_per / before_m[2]:.0f}x", f"{lazy_per / after_m[2]:.0f}x"]
+        )
+    rows.append(
+        [
+            "extend transitions/s",
+            f"{previous['extend_transitions_per_s']:,.0f}",
+            f"{delta['extend_transitions_per_s']:,.0f}",
+        ]
+    )
+    for batch in BATCHES:
+        rows.append(
+            [
+                f"batch-{batch} sample ms (1 thread)",
+                f"{previous['sample'][str(batch)]['delta_1_thread']['median_s'] * 1e3:.2f}",
+                f"{delta['sample'][str(batch)]['delta_1_thread']['median_s'] * 1e3:.2f}",
+            ]
+        )
+    if small and earlier_small:
+        rows.append(
+            [
+                "small buffer, Lazy / held after samples (median)",
+                f"{statistics.median(r['ratio_after_reads'] for r in earlier_small['rows']):.0f}x",
+                f"{statistics.median(r['ratio_after_reads'] for r in small['rows']):.0f}x",
+            ]
+        )
+    rows.append(
+        ["checkpoint size", _mb(previous["checkpoint"]["bytes"]), _mb(delta["checkpoint"]["bytes"])]
+    )
+    return rows
 
 
 def write_report(args: argparse.Namespace) -> Path:
@@ -465,6 +544,12 @@ def write_report(args: argparse.Namespace) -> Path:
         ],
         rows,
     )
+    if args.previous is not None:
+        report.add_table(
+            "DeltaFrameStorage: an earlier run beside this one",
+            ["figure", args.previous_label, "this run"],
+            _comparison_rows(args.previous, delta, small, lazy_per),
+        )
     parts = delta["held_parts"]
     report.add_table(
         "DeltaFrameStorage bytes held, by part",
@@ -474,12 +559,9 @@ def write_report(args: argparse.Namespace) -> Path:
     )
     growth = delta["growth"]
     marginal = None
-    if len(growth) >= 2:
-        first, last = growth[len(growth) // 2], growth[-1]
-        added = last["transitions"] - first["transitions"]
-        payload_marginal = (last["bytes"] - first["bytes"]) / added
-        row_bytes = parts["index_table"] / n + parts["raw_keys"] / n
-        marginal = payload_marginal + row_bytes
+    figures = _marginal(delta)
+    if figures is not None:
+        payload_marginal, row_bytes, marginal = figures
         report.add_table(
             "Marginal bytes per added transition",
             ["figure", "value"],
@@ -695,6 +777,21 @@ def main(argv: list[str] | None = None) -> None:
         help="delta: wait for shards that a running capture part writes",
     )
     parser.add_argument("--verify", type=int, default=2_000, help="delta: slots checked")
+    parser.add_argument(
+        "--recompress-level",
+        type=int,
+        default=9,
+        help="delta: zstd level of DeltaFrameStorage.recompress after the fill (0: skip)",
+    )
+    parser.add_argument(
+        "--previous",
+        type=Path,
+        default=None,
+        help="report: a folder of earlier raw results, shown beside this run's figures",
+    )
+    parser.add_argument(
+        "--previous-label", default="earlier run", help="report: the earlier run's column title"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("torchrl").setLevel(logging.WARNING)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_delta_frame_storage import assert_same, fill_both, make_transitions
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
@@ -200,3 +202,39 @@ def test_unknown_codec_and_bad_arguments():
         DeltaFrameStorage(10, frame_stack=0)
     with pytest.raises(ValueError, match="stack_dim"):
         DeltaFrameStorage(10, stack_dim=0)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    level=st.sampled_from([1, 9, 19]),
+    chunk_len=st.integers(2, 16),
+    seed=st.integers(0, 2**16),
+)
+def test_recompressed_chunks_read_back_exactly(level, chunk_len, seed):
+    data = make_transitions(
+        num_envs=2, steps=50, frame_stack=4, channels=1, seed=seed, levels=4, size=16
+    )
+    delta = DeltaFrameStorage(64, frame_stack=4, chunk_len=chunk_len, num_threads=0)
+    rb_delta, rb_lazy = fill_both(
+        data[:80], delta, LazyTensorStorage(64), [7, 5], check_every=False
+    )
+    pool = delta._indices["pixels"].pool
+    payload = pool.payload_bytes()
+    saved = delta.recompress(level)
+    assert saved >= 0 and pool.payload_bytes() == payload - saved
+    assert delta.recompress(level) == 0  # every sealed chunk was re-encoded once
+    assert_same(delta[:], rb_lazy.storage[:])
+    restored = DeltaFrameStorage(64, frame_stack=4, chunk_len=chunk_len, num_threads=0)
+    restored.load_state_dict(delta.state_dict())
+    assert_same(restored[:], rb_lazy.storage[:])
+    for rb in (rb_delta, rb_lazy):  # writes after recompression (wrapping around)
+        rb.extend(data[80:])
+    assert_same(delta[:], rb_lazy.storage[:])
+
+
+def test_recompress_refuses_codecs_other_than_zstd():
+    data = make_transitions(num_envs=1, steps=8, frame_stack=2, channels=1, seed=1)
+    delta = DeltaFrameStorage(8, frame_stack=2, codec="none")
+    ReplayBuffer(storage=delta).extend(data)
+    with pytest.raises(ValueError, match="recompress re-encodes zstd chunks"):
+        delta.recompress(9)

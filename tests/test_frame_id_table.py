@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_delta_frame_storage import assert_same, fill_both, make_transitions
 from torchrl.data import LazyTensorStorage
 
-from tests.test_delta_frame_storage import assert_same, fill_both, make_transitions
 from torchrl_seer.data import DeltaFrameStorage
 from torchrl_seer.data.checkpoint_checksums import seal_state
 from torchrl_seer.data.frame_id_table import FrameIdTable

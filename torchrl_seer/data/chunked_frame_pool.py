@@ -87,6 +87,7 @@ class ChunkedFramePool:
         self._open: dict[int, torch.Tensor] = {}
         self._refcount = torch.zeros(0, dtype=torch.int64)
         self._free_slots: list[int] = []
+        self._recompressed: set[int] = set()  # sealed chunks already re-encoded
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached_bytes = 0
         self._lock = threading.Lock()
@@ -144,6 +145,36 @@ class ChunkedFramePool:
         else:
             self._release(slot)
 
+    def recompress(self, codec: FrameCodec) -> int:
+        """Re-encodes every sealed chunk with ``codec``; keeps a payload only if smaller.
+
+        The frames do not change: a read at any moment decodes either payload of a chunk.
+        The pool keeps decoding with its own codec, so ``codec`` must write payloads that
+        codec reads (zstd at another level, with the same frame filter). Chunks sealed later
+        are encoded by the pool's codec again; a chunk is re-encoded once.
+
+        Args:
+            codec: the codec that re-encodes.
+
+        Returns:
+            The bytes saved.
+        """
+        saved = 0
+        for slot, payload in enumerate(self._payloads):
+            if payload is None or slot in self._recompressed:
+                continue
+            frames = self.codec.decode(payload, self._lengths[slot], self.frame_shape)
+            smaller = codec.encode(torch.from_numpy(np.array(frames)))
+            self._recompressed.add(slot)
+            if len(smaller) < len(payload):
+                with self._lock:
+                    self._payloads[slot] = smaller
+                    self._checksums[slot] = zlib.crc32(smaller)
+                    self._payload_total += len(smaller) - len(payload)
+                saved += len(payload) - len(smaller)
+        codec.release_encoder()
+        return saved
+
     def release_encoder(self) -> None:
         """Frees the codec's encoding memory until the next seal."""
         self.codec.release_encoder()
@@ -177,6 +208,7 @@ class ChunkedFramePool:
         self._payloads[slot] = None
         self._lengths[slot] = 0
         self._checksums[slot] = 0
+        self._recompressed.discard(slot)
         cached = self._cache.pop(slot, None)
         if cached is not None:
             self._cached_bytes -= cached.nbytes
@@ -302,6 +334,7 @@ class ChunkedFramePool:
         self._open = {}
         self._refcount = torch.zeros(0, dtype=torch.int64)
         self._free_slots = []
+        self._recompressed = set()
         self.clear_cache()
 
     def clear_cache(self) -> None:
@@ -392,6 +425,7 @@ class ChunkedFramePool:
             payloads[slot], lengths[slot], checksums[slot] = payload, length, checksum
         self._payloads, self._lengths, self._checksums = payloads, lengths, checksums
         self._open = {}
+        self._recompressed = set()
         self.clear_cache()
         self._refcount = torch.zeros(max(64, num_slots), dtype=torch.int64)
         self.incref(references)

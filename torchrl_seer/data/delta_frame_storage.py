@@ -19,7 +19,7 @@ from torchrl.data.replay_buffers.storages import Storage
 from torchrl_seer.data.checkpoint_checksums import seal_state, verify_state
 from torchrl_seer.data.chunked_frame_pool import ChunkedFramePool
 from torchrl_seer.data.delta_checkpointer import DeltaFrameStorageCheckpointer
-from torchrl_seer.data.frame_codecs import FrameCodec, make_frame_codec
+from torchrl_seer.data.frame_codecs import FrameCodec, ZstdChunkCodec, make_frame_codec
 from torchrl_seer.data.frame_stack_index import FrameStackIndex
 from torchrl_seer.data.latent_replay_checkpointer import LatentReplayCheckpointer
 from torchrl_seer.data.replay_rewiring import relocate_tensor_rows, rewind_failed_write
@@ -593,6 +593,31 @@ class DeltaFrameStorage(LazyTensorStorage):
         """Seals every open chunk (compressing it); later writes open new chunks."""
         for index in self._indices.values():
             index.flush()
+
+    def recompress(self, level: int) -> int:
+        """Re-encodes the sealed chunks at zstd ``level``: same frames, smaller payloads.
+
+        Meant for off the write path (between collection phases, before a checkpoint): a
+        higher level costs far more CPU per chunk than the default level 3 (on Atari chunks
+        about 10 ms at level 9, 0.2-0.6 s at level 19, against 0.6 ms). Chunks sealed later
+        are encoded at ``compression_level`` again; each chunk is re-encoded once, and kept
+        only if smaller. Reads stay exact throughout.
+
+        Args:
+            level: zstd compression level (1-22).
+
+        Returns:
+            The bytes saved.
+
+        Raises:
+            ValueError: the storage's codec is not zstd.
+        """
+        if not isinstance(self.codec, ZstdChunkCodec):
+            raise ValueError(
+                f"recompress re-encodes zstd chunks; this storage uses {self.codec.config()}"
+            )
+        codec = ZstdChunkCodec(level=level, frame_delta=self.codec.frame_delta)
+        return sum(index.pool.recompress(codec) for index in self._indices.values())
 
     def clear_cache(self) -> None:
         """Drops the decoded chunks of the LRU cache."""
