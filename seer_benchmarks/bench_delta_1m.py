@@ -620,6 +620,17 @@ def write_report(args: argparse.Namespace) -> Path:
             "yes" if held <= TARGET_HELD_BYTES else f"no, by {_mb(held - TARGET_HELD_BYTES)}",
         ]
     ]
+    recompressed = delta.get("recompressed")
+    if recompressed:
+        after = recompressed["held_bytes"]
+        targets.append(
+            [
+                f"bytes held after recompress({recompressed['level']})",
+                _mb(after),
+                "<= 150 MB",
+                "yes" if after <= TARGET_HELD_BYTES else f"no, by {_mb(after - TARGET_HELD_BYTES)}",
+            ]
+        )
     if marginal is not None:
         ratio = lazy_per / marginal
         targets.append(
@@ -657,22 +668,30 @@ def write_report(args: argparse.Namespace) -> Path:
             )
     report.add_table("Targets", ["figure", "measured", "target", "met"], targets)
     directions = _load("directions")
-    missing = held - TARGET_HELD_BYTES
-    if missing > 0:
-        text = (
-            f"Why the size targets are missed. Of the {_mb(held)} held, the frame payload is "
-            f"{_mb(parts['payload'])} ({parts['payload'] / n:.0f} B per transition; these "
-            "ten games average about 115 B per frame at zstd-3, Enduro and Asteroids near "
-            f"200), the index table {_mb(parts['index_table'])} (2 x 4 int32 frame ids per "
-            f"row) and the raw keys {_mb(parts['raw_keys'])} (int64 action, float reward, "
-            "three bool flags, as LazyTensorStorage holds them). Not implemented yet, "
-            "and together enough for the missing "
-            f"{_mb(missing)}: an index row of the newest frame id plus a padding count instead "
-            "of 8 ids (saves up to ~28 MB); recompressing sealed chunks at zstd-19 off the "
-            "write path (about -20% payload in the zstd variants table, ~27 MB, at 1-5 s of "
-            "CPU per chunk); the previous chunk as a zstd prefix (about -9%)."
+    text = (
+        f"Where the bytes go. Of the {_mb(held)} held after the fill, the frame payload is "
+        f"{_mb(parts['payload'])} ({parts['payload'] / n:.0f} B per transition; these ten "
+        "games average about 115 B per frame at zstd-3, Enduro and Asteroids near 200), the "
+        f"frame-id index {_mb(parts['index_table'])} (6 B per row: the newest frame id, the "
+        "step to the newest next frame and both padding counts; "
+        f"{delta['index_exception_rows']:,} rows, "
+        f"{100 * delta['index_exception_rows'] / n:.1f}%, keep their 8 ids verbatim in the "
+        "exception table, nearly all of them stacks that straddle two chunks whose slots are "
+        f"not adjacent) and the raw keys {_mb(parts['raw_keys'])} (int64 action, float "
+        "reward, three bool flags, as LazyTensorStorage holds them)."
+    )
+    if recompressed:
+        text += (
+            f" After the fill and the sample timings, recompress({recompressed['level']}) "
+            f"re-encoded the sealed chunks in {recompressed['seconds']:.0f} s of one core and "
+            f"saved {_mb(recompressed['saved_bytes'])} "
+            f"({100 * recompressed['saved_bytes'] / parts['payload']:.1f}% of the payload), "
+            f"leaving {_mb(recompressed['held_bytes'])} held; the checkpoint was written after "
+            "it. Level 19 would save about 20% (zstd variants table below) but costs 0.2-0.6 s "
+            "per 64-frame chunk here (level 3: 0.6 ms, level 9: about 10 ms), hours of CPU for "
+            "a million transitions. Not done: the previous chunk as a zstd prefix (about -9%)."
         )
-        report.add_note(text)
+    report.add_note(text)
     if peers is not None:
         lazy_256 = peers["lazy"]["sample"]["256"]["lazy"]["median_s"]
         one_256 = delta_sample["256"]["delta_1_thread"]["median_s"]
@@ -732,9 +751,9 @@ def write_report(args: argparse.Namespace) -> Path:
         "Sample time is ReplayBuffer.sample with the default RandomSampler (uniform over the "
         f"whole buffer), median of {args.repeats} repeats. DeltaFrameStorage (1M) and the "
         "peers (subset) ran in separate processes at different times, so their ratio is not an "
-        "interleaved measurement: DeltaFrameStorage and LazyTensorStorage were measured minutes "
-        "apart on a quiet machine, CompressedListStorage earlier under heavy load (its times "
-        "are inflated). Checkpoints use each "
+        "interleaved measurement (the raw results record when and at which commit each part "
+        "ran); CompressedListStorage was measured under heavy load (its times are inflated). "
+        "Checkpoints use each "
         "storage's own checkpointer (ReplayBuffer.dumps/loads); subset checkpoint figures are "
         "scaled linearly. "
         f"{delta['verified_slots']:,} random slots of the restored DeltaFrameStorage were "
@@ -746,6 +765,8 @@ def write_report(args: argparse.Namespace) -> Path:
         "transitions was not run: DMC renders about 20 frames/s here, so 100k frames take "
         "over an hour of one core."
     )
+    if args.note:
+        report.add_note(args.note)
     report.raw.update({"delta": delta, "peers": peers, "small": small, "lazy_other": lazy_other})
     return report.write()
 
@@ -789,6 +810,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="report: a folder of earlier raw results, shown beside this run's figures",
     )
+    parser.add_argument("--note", default="", help="report: a note on the measuring conditions")
     parser.add_argument(
         "--previous-label", default="earlier run", help="report: the earlier run's column title"
     )
