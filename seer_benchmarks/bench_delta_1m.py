@@ -406,6 +406,9 @@ def _comparison_rows(
         before = previous["held_bytes"] if part is None else previous["held_parts"][part]
         after = delta["held_bytes"] if part is None else delta["held_parts"][part]
         rows.append([label, _mb(before), _mb(after)])
+    if delta.get("recompressed"):
+        level, after = delta["recompressed"]["level"], delta["recompressed"]["held_bytes"]
+        rows.append([f"bytes held after recompress({level})", "-", _mb(after)])
     before_m, after_m = _marginal(previous), _marginal(delta)
     if before_m is not None and after_m is not None:
         rows.append(["marginal bytes / transition", round(before_m[2], 1), round(after_m[2], 1)])
@@ -641,6 +644,21 @@ def write_report(args: argparse.Namespace) -> Path:
                 "yes"
                 if ratio >= 450
                 else f"no ({marginal:.0f} B; 450x needs {lazy_per / 450:.0f} B)",
+            ]
+        )
+    if marginal is not None and recompressed:
+        # the fill's payload growth scaled by what recompression kept of the payload
+        kept = recompressed["payload"] / parts["payload"]
+        estimate = payload_marginal * kept + row_bytes
+        targets.append(
+            [
+                f"Lazy / marginal bytes per transition after recompress({recompressed['level']}) "
+                "(estimated: payload growth x recompressed / original payload)",
+                f"{lazy_per / estimate:.0f}x",
+                ">= 450x",
+                "yes"
+                if lazy_per / estimate >= 450
+                else f"no ({estimate:.0f} B; 450x needs {lazy_per / 450:.0f} B)",
             ]
         )
     if small:
