@@ -701,13 +701,16 @@ def write_report(args: argparse.Namespace) -> Path:
     if recompressed:
         text += (
             f" After the fill and the sample timings, recompress({recompressed['level']}) "
-            f"re-encoded the sealed chunks in {recompressed['seconds']:.0f} s of one core and "
+            f"re-encoded the {recompressed['chunks']:,} sealed chunks in "
+            f"{recompressed['seconds']:.0f} s of one core "
+            f"({1e3 * recompressed['seconds'] / recompressed['chunks']:.1f} ms per chunk) and "
             f"saved {_mb(recompressed['saved_bytes'])} "
             f"({100 * recompressed['saved_bytes'] / parts['payload']:.1f}% of the payload), "
             f"leaving {_mb(recompressed['held_bytes'])} held; the checkpoint was written after "
-            "it. Level 19 would save about 20% (zstd variants table below) but costs 0.2-0.6 s "
-            "per 64-frame chunk here (level 3: 0.6 ms, level 9: about 10 ms), hours of CPU for "
-            "a million transitions. Not done: the previous chunk as a zstd prefix (about -9%)."
+            "it. Level 19 would save about 20% (zstd variants table below) but cost 0.2-0.6 s "
+            "per 64-frame chunk in a spot check of 12 chunks (level 3: 0.6 ms), hours of CPU "
+            "for a million transitions. Not done: the previous chunk as a zstd prefix (about "
+            "-9%)."
         )
     report.add_note(text)
     if peers is not None:
