@@ -63,12 +63,8 @@ def check(cfg: DictConfig) -> None:
     check_accerl_config(cfg)
     check_config(
         cfg,
-        positive=[
-            "collector.total_frames", "collector.frames_per_batch", "env.envs_per_worker",
-            "optim.lr", "optim.max_grad_norm", "network.width", "accerl.ship_every",
-            "accerl.monitor_every", "accerl.kl_bound", "logger.report_every",
-        ],
-        non_negative=["collector.workers", "loss.entropy_coef"],
+        positive=["env.envs_per_worker", "optim.max_grad_norm", "accerl.monitor_every"],
+        non_negative=["loss.entropy_coef"],
     )  # fmt: skip
     if cfg.env.atari:
         check_atari_game(cfg.env.name)

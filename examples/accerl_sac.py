@@ -53,12 +53,8 @@ def check(cfg: DictConfig) -> None:
     check_accerl_config(cfg)
     check_config(
         cfg,
-        positive=[
-            "collector.total_frames", "collector.frames_per_batch", "optim.lr",
-            "optim.batch_size", "optim.updates_per_batch", "loss.sequence", "network.width",
-            "accerl.ship_every", "accerl.kl_bound", "logger.report_every",
-        ],
-        non_negative=["collector.workers", "optim.learn_start", "loss.lmbda", "loss.tau"],
+        positive=["optim.batch_size", "optim.updates_per_batch", "loss.sequence"],
+        non_negative=["optim.learn_start", "loss.lmbda", "loss.tau"],
     )  # fmt: skip
     if cfg.replay_buffer.size is not None:
         check_config(cfg, positive=["replay_buffer.size"])

@@ -25,6 +25,7 @@ from torchrl_seer.collectors import (
     select_compression,
 )
 from torchrl_seer.trainers.helpers.checkpoint import FrameSegment
+from torchrl_seer.trainers.helpers.config import check_config
 from torchrl_seer.trainers.helpers.report import ReportPlot, ReportTable, write_report
 from torchrl_seer.trainers.helpers.run import RecipeRun
 
@@ -42,9 +43,11 @@ __all__ = [
 
 
 def check_accerl_config(cfg: Any) -> None:
-    """What the AcceRL recipes refuse: a device other than the CPU.
+    """What every AcceRL recipe refuses: a device other than the CPU, and bad shared settings.
 
-    The compressed actors run CPU kernels (int8 dynamic quantization).
+    The compressed actors run CPU kernels (int8 dynamic quantization). The settings both AcceRL
+    recipes share (frames, learning rate, network width, weight shipping, divergence bound,
+    report interval, workers) are checked here; each recipe checks its own on top.
 
     Args:
         cfg (DictConfig): the recipe's configuration.
@@ -54,6 +57,14 @@ def check_accerl_config(cfg: Any) -> None:
     """
     if str(cfg.device) not in ("cpu", "auto"):
         raise ValueError(f"device={cfg.device!r}: the AcceRL recipes run on the CPU only.")
+    check_config(
+        cfg,
+        positive=[
+            "collector.total_frames", "collector.frames_per_batch", "optim.lr", "network.width",
+            "accerl.ship_every", "accerl.kl_bound", "logger.report_every",
+        ],
+        non_negative=["collector.workers"],
+    )  # fmt: skip
 
 
 def choose_compressor(compression: str, policy, example, *, kl_bound: float):
