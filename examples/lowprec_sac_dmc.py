@@ -201,7 +201,7 @@ def train_precision(
             result = extra["current"]
     result = result or {
         "precision": precision, "diverged_at": None, "skipped_steps": 0, "updates": 0,
-        "curve": [], "seconds": 0.0, "steps": 0,
+        "curve": [], "seconds": 0.0, "eval_seconds": 0.0, "steps": 0,
     }  # fmt: skip
 
     def report() -> Path:
@@ -242,11 +242,14 @@ def train_precision(
                     tqdm.write(f"{precision}: failed at step {steps} ({reason})")
                     break
             if steps % cfg.logger.eval_every < cfg.collector.frames_per_batch:
+                eval_start = time.perf_counter()
                 episode_return = evaluate(eval_env, policy, cfg.logger.eval_episodes)
+                result["eval_seconds"] += time.perf_counter() - eval_start
                 result["curve"].append((steps, episode_return))
                 run.log_scalar(f"{precision}/eval_return", episode_return, step=frames)
                 pbar.set_postfix(eval_return=f"{episode_return:.1f}")
                 result["seconds"] = time.perf_counter() - start
+                result["steps"] = steps
                 report()
         collector.shutdown()
         result["seconds"] = time.perf_counter() - start
@@ -270,9 +273,11 @@ def write_lowprec_report(results: list[dict], cfg: DictConfig, run: RecipeRun) -
             f"{max(returns):.1f}" if returns else "n/a",
             res["diverged_at"] if res["diverged_at"] is not None else "no",
             res["skipped_steps"], res["updates"], f"{res['seconds']:.0f}",
+            f"{_training_ms_per_step(res):.2f}",
         ])  # fmt: skip
     header = ["precision", "last eval return", "best eval return", "failed at step",
-              "skipped optimizer steps", "updates", "wall time (s)"]  # fmt: skip
+              "skipped optimizer steps", "updates", "wall time (s)",
+              "training ms per env step (evaluation excluded)"]  # fmt: skip
     diverged = {f"{r['precision']} failed": r["diverged_at"] for r in results if r["diverged_at"]}
     return write_report(
         run.dir,
@@ -300,6 +305,11 @@ def write_lowprec_report(results: list[dict], cfg: DictConfig, run: RecipeRun) -
         },
         data={"runs": results},
     )
+
+
+def _training_ms_per_step(result: dict) -> float:
+    """Wall time per environment step without the evaluations (collection + updates)."""
+    return 1000 * (result["seconds"] - result["eval_seconds"]) / max(1, result["steps"])
 
 
 def train(cfg: DictConfig) -> Path:

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -392,3 +394,16 @@ def test_bf16_without_update_compensation_learns_far_less():
 def test_fp16_lean_training_survives_injected_overflow():
     finite, skipped = _train("fp16-lean")
     assert finite and skipped >= 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_warns_when_the_cpu_has_no_native_16_bit_kernels(monkeypatch, native):
+    import torchrl_seer.objectives.low_precision_sac as module
+
+    monkeypatch.setattr(module, "_cpu_has_native_kernels", lambda dtype: native)
+    actor, qvalue, _ = _networks()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        LowPrecisionSACLoss(actor, qvalue, **PRECISION_PRESETS["bf16"])
+    slow = [w for w in caught if "no native torch.bfloat16 matrix kernels" in str(w.message)]
+    assert len(slow) == (0 if native else 1)

@@ -1,0 +1,201 @@
+r"""Low-precision SAC at full budget, side by side with TorchRL's own SAC example.
+
+This is a long experiment, not part of ``make bench``. Per seed, run our recipe and TorchRL's
+``sota-implementations/sac/sac.py`` (its script and config unchanged; the overrides below set the
+environment, the frame counts, the logger and the CPU) at the same time, one torch thread each,
+so that both see the same machine load::
+
+    export OMP_NUM_THREADS=1 MUJOCO_GL=egl
+    python examples/lowprec_sac_dmc.py seed=0 collector.total_frames=100000 \
+        "loss.precisions=[fp32]" logger.eval_every=10000 logger.eval_episodes=5 \
+        checkpoint.interval=10000 logger.output_dir=runs/lowprec_full/ours_s0 &
+    (mkdir -p runs/lowprec_full/torchrl_s0 && cd runs/lowprec_full/torchrl_s0 && \
+     /usr/bin/time -v python <torchrl repo>/sota-implementations/sac/sac.py \
+        env.name=cartpole env.task=swingup env.library=dm_control env.seed=0 \
+        collector.total_frames=100000 collector.init_random_frames=1000 \
+        collector.env_per_collector=1 collector.device=cpu network.device=cpu \
+        logger.backend=csv logger.eval_iter=10000 > run.log 2> time.log) &
+    wait
+    python -m seer_benchmarks.lowprec_sac_vs_torchrl runs/lowprec_full
+
+The page ``docs/benchmarks/lowprec_sac_vs_torchrl.md`` reports, per seed and arm, the evaluation
+return curve, the return at the last evaluation, and the training wall time per environment step
+with the evaluations left out: for our recipe its run report's wall time minus its evaluation
+time; for TorchRL's example the sum of the per-iteration ``collect``, ``rb - extend`` and ``train``
+timings it logs. A run still going (or stopped) is reported at the step it reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from seer_benchmarks.curves import Curve, read_scalar_csv
+from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport
+
+NAME = "lowprec_sac_vs_torchrl"
+
+
+def read_ours(run_root: Path) -> list[dict[str, Any]]:
+    """Every precision of every recipe run under ``run_root`` (from the runs' report.json)."""
+    arms = []
+    for report in sorted(run_root.glob("lowprec_sac_*/report.json")):
+        for result in json.loads(report.read_text())["runs"]:
+            train_seconds = result["seconds"] - result.get("eval_seconds", 0.0)
+            arms.append(
+                {
+                    "arm": f"ours, {result['precision']}",
+                    "curve": [(int(step), float(value)) for step, value in result["curve"]],
+                    "steps": result["steps"],
+                    "updates": result["updates"],
+                    "train_seconds": train_seconds,
+                }
+            )
+    return arms
+
+
+def read_torchrl(run_root: Path) -> list[dict[str, Any]]:
+    """The TorchRL example's run under ``run_root`` (hydra output folder, CSV logger)."""
+    arms = []
+    for scalars in sorted(run_root.glob("outputs/*/*/sac_logging/*/scalars")):
+        eval_csv = scalars / "eval" / "reward.csv"
+        per_iteration = [
+            read_scalar_csv(scalars / "time" / f"{phase}.csv")
+            for phase in ("collect", "rb - extend", "train")
+            if (scalars / "time" / f"{phase}.csv").exists()
+        ]
+        steps = max((step for curve in per_iteration for step, _ in curve), default=0)
+        arms.append(
+            {
+                "arm": "TorchRL sac.py, fp32",
+                "curve": read_scalar_csv(eval_csv) if eval_csv.exists() else [],
+                "steps": steps,
+                "updates": None,
+                "train_seconds": sum(value for curve in per_iteration for _, value in curve),
+            }
+        )
+    return arms
+
+
+def ms_per_step(arm: dict[str, Any]) -> float:
+    return 1000 * arm["train_seconds"] / max(1, arm["steps"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "root", type=Path, help="folder with ours_s<seed>/ and torchrl_s<seed>/ run folders"
+    )
+    args = parser.parse_args(argv)
+    seeds = sorted({int(p.name.split("_s")[-1]) for p in args.root.glob("*_s[0-9]*") if p.is_dir()})
+    runs: dict[int, list[dict[str, Any]]] = {}
+    for seed in seeds:
+        runs[seed] = read_ours(args.root / f"ours_s{seed}") + read_torchrl(
+            args.root / f"torchrl_s{seed}"
+        )
+    if not any(runs.values()):
+        raise SystemExit(f"no runs under {args.root}")
+
+    report = BenchmarkReport(
+        NAME,
+        "Low-precision SAC at full budget beside TorchRL's SAC example (DMC cartpole_swingup, CPU)",
+        description=(
+            "SAC from states on DMC cartpole_swingup, 100k environment steps, one update per "
+            "environment step (update-to-data ratio 1), batch 256, 2x256 ReLU MLPs, lr 3e-4, "
+            "1,000 random steps first, one torch thread per run. Our recipe "
+            "(`examples/lowprec_sac_dmc.py`): tanh-Gaussian actor with log-std in [-5, 2], "
+            "alpha 0.1 at the start, target update tau 0.005 every 2 updates, 10 environment "
+            "steps per collected batch, evaluation every 10k steps over 5 episodes. TorchRL's "
+            "`sota-implementations/sac/sac.py` with its own config except env "
+            "(`env.library=dm_control env.name=cartpole env.task=swingup`, one environment: "
+            "`collector.env_per_collector=1`), frames (`collector.total_frames=100000 "
+            "collector.init_random_frames=1000`), logger (`logger.backend=csv "
+            "logger.eval_iter=10000`) and the CPU device: alpha 1.0 at the start, target "
+            "polyak 0.995 every update, 1,000 environment steps and 1,000 updates per batch, "
+            "evaluation over 1 episode. Both runs of a seed ran at the same time on the same "
+            "machine, so they saw the same load."
+        ),
+        command=f"python -m seer_benchmarks.{NAME} <runs folder>` after the runs listed in that "
+        "module's docstring (a long experiment, not part of `make bench",
+    )
+    rows, ratios = [], []
+    for seed, arms in runs.items():
+        by_arm = {arm["arm"]: arm for arm in arms}
+        reference = by_arm.get("TorchRL sac.py, fp32")
+        for arm in arms:
+            last = arm["curve"][-1] if arm["curve"] else None
+            ratio = (
+                ms_per_step(arm) / ms_per_step(reference)
+                if reference is not None and reference["steps"] and arm is not reference
+                else None
+            )
+            if ratio is not None:
+                ratios.append((arm["arm"], ratio))
+            rows.append(
+                [
+                    seed,
+                    arm["arm"],
+                    arm["steps"],
+                    last[0] if last else "-",
+                    round(last[1], 1) if last else "-",
+                    round(max(v for _, v in arm["curve"]), 1) if arm["curve"] else "-",
+                    round(ms_per_step(arm), 2),
+                    round(ratio, 2) if ratio is not None else "-",
+                ]
+            )
+    report.add_table(
+        "Every run",
+        [
+            "seed",
+            "arm",
+            "environment steps reached",
+            "last evaluation at step",
+            "return there",
+            "best evaluation return",
+            "training ms per environment step (evaluation excluded)",
+            "÷ TorchRL's, same seed",
+        ],
+        rows,
+    )
+    for arm_name in sorted({name for name, _ in ratios}):
+        values = [ratio for name, ratio in ratios if name == arm_name]
+        report.add_note(
+            f"{arm_name}: training wall time per environment step ÷ TorchRL's example, median "
+            f"over {len(values)} seed(s): {statistics.median(values):.2f} (target ≤ 1.1)."
+        )
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    styles = {"TorchRL sac.py, fp32": "--"}
+    for seed, arms in runs.items():
+        for arm in arms:
+            curve: Curve = arm["curve"]
+            if curve:
+                ax.plot(
+                    [s for s, _ in curve],
+                    [v for _, v in curve],
+                    styles.get(arm["arm"], "-"),
+                    marker="o",
+                    label=f"{arm['arm']} (seed {seed})",
+                )
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("evaluation return")
+    ax.set_title("SAC on cartpole_swingup")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    figure = DOCS_DIR / f"{NAME}.png"
+    fig.savefig(figure, dpi=90)
+    report.add_figure(figure, "evaluation return of each run")
+    report.raw["runs"] = {str(seed): arms for seed, arms in runs.items()}
+    print(report.write())
+
+
+if __name__ == "__main__":
+    main()
