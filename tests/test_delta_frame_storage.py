@@ -131,6 +131,7 @@ def fill_both(data, delta_storage, lazy_storage, batch_sizes, *, check_every=Tru
     chunk_len=st.integers(1, 9),
     max_streams=st.integers(1, 5),
     levels=st.sampled_from([2, 256]),
+    device_cache_bytes=st.sampled_from([0, 400, 2**20]),  # off, a few chunks, all chunks
     seed=st.integers(0, 2**16),
 )
 def test_matches_lazy_tensor_storage(
@@ -145,6 +146,7 @@ def test_matches_lazy_tensor_storage(
     chunk_len,
     max_streams,
     levels,
+    device_cache_bytes,
     seed,
 ):
     data = make_transitions(
@@ -165,8 +167,10 @@ def test_matches_lazy_tensor_storage(
         max_streams=max_streams,
         cache_bytes=2_000,
         num_threads=int(seed % 2) * 2,
+        device="cpu",
+        device_cache_bytes=device_cache_bytes,
     )
-    lazy = LazyTensorStorage(max_size)
+    lazy = LazyTensorStorage(max_size, device="cpu")
     # LazyTensorStorage is nondeterministic for batches larger than itself (duplicate slots)
     fill_both(data, delta, lazy, [min(size, max_size) for size in batch_sizes])
     gen = torch.Generator().manual_seed(seed)
@@ -280,13 +284,21 @@ BUFFER_SAMPLERS = [(kind, sampler) for kind in ("rb", "tdrb") for sampler in sor
 BUFFER_SAMPLERS.append(("tdprb", "prioritized"))
 
 
+# device cache off, smaller than a batch's chunks (3 of 512 bytes), holding every chunk
+DEVICE_CACHES = [0, 1536, 2**20]
+
+
+@pytest.mark.parametrize("device_cache_bytes", DEVICE_CACHES)
 @pytest.mark.parametrize("kind,sampler", BUFFER_SAMPLERS)
-def test_samplers_and_buffers(kind, sampler):
+def test_samplers_and_buffers(kind, sampler, device_cache_bytes):
     data = make_transitions(
         num_envs=2, steps=40, frame_stack=4, channels=1, seed=2, order="env-major"
     )
-    rb_delta = make_buffer(kind, sampler, DeltaFrameStorage(64, frame_stack=4, chunk_len=8))
-    rb_lazy = make_buffer(kind, sampler, LazyTensorStorage(64))
+    delta = DeltaFrameStorage(
+        64, frame_stack=4, chunk_len=8, device="cpu", device_cache_bytes=device_cache_bytes
+    )
+    rb_delta = make_buffer(kind, sampler, delta)
+    rb_lazy = make_buffer(kind, sampler, LazyTensorStorage(64, device="cpu"))
     for start in range(0, 80, 20):
         rb_delta.extend(data[start : start + 20].clone())
         rb_lazy.extend(data[start : start + 20].clone())
@@ -307,9 +319,10 @@ def test_samplers_and_buffers(kind, sampler):
             rb_delta.update_tensordict_priority(sample)
 
 
-def test_prefetch():
+@pytest.mark.parametrize("device_cache_bytes", DEVICE_CACHES)
+def test_prefetch(device_cache_bytes):
     data = make_transitions(num_envs=1, steps=60, frame_stack=2, channels=3, seed=4)
-    delta = DeltaFrameStorage(64, frame_stack=2, chunk_len=8)
+    delta = DeltaFrameStorage(64, frame_stack=2, chunk_len=8, device_cache_bytes=device_cache_bytes)
     rb = TensorDictReplayBuffer(storage=delta, batch_size=8, prefetch=3)
     rb.extend(data)
     lazy = LazyTensorStorage(64)

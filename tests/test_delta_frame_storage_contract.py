@@ -464,12 +464,16 @@ OPERATIONS = st.one_of(
 @given(
     operations=st.lists(OPERATIONS, min_size=1, max_size=8),
     chunk_len=st.integers(1, 5),
+    device_cache_bytes=st.sampled_from([0, 2_000, 2**20]),  # off, a few chunks, all chunks
     seed=st.integers(0, 1000),
 )
-def test_any_write_sequence_matches_lazy_tensor_storage(operations, chunk_len, seed):
+def test_any_write_sequence_matches_lazy_tensor_storage(
+    operations, chunk_len, device_cache_bytes, seed
+):
     max_size = 12
     data = frames(40, seed=seed)  # two interleaved environments
     position = 0
+    options = {"chunk_len": chunk_len, "device": "cpu", "device_cache_bytes": device_cache_bytes}
 
     def take(n):
         nonlocal position
@@ -477,8 +481,8 @@ def test_any_write_sequence_matches_lazy_tensor_storage(operations, chunk_len, s
         position += n
         return data[rows]
 
-    rb = ReplayBuffer(storage=delta_storage(max_size, chunk_len=chunk_len, max_streams=2))
-    rb_lazy = ReplayBuffer(storage=LazyTensorStorage(max_size))
+    rb = ReplayBuffer(storage=delta_storage(max_size, max_streams=2, **options))
+    rb_lazy = ReplayBuffer(storage=LazyTensorStorage(max_size, device="cpu"))
     for operation in operations:
         kind = operation[0]
         if kind == "extend":
@@ -516,7 +520,7 @@ def test_any_write_sequence_matches_lazy_tensor_storage(operations, chunk_len, s
                 rb.storage[torch.arange(3)] = bad
             assert fingerprint(rb.storage) == before
         elif kind == "state_dict":
-            restored = delta_storage(max_size, chunk_len=chunk_len, max_streams=2)
+            restored = delta_storage(max_size, max_streams=2, **options)
             restored.load_state_dict(rb.storage.state_dict())
             if len(rb.storage):
                 assert_same(restored[:], rb.storage[:])
@@ -524,7 +528,7 @@ def test_any_write_sequence_matches_lazy_tensor_storage(operations, chunk_len, s
         else:
             with tempfile.TemporaryDirectory() as path:
                 rb.dumps(path)
-                rb = ReplayBuffer(storage=delta_storage(max_size, chunk_len=chunk_len))
+                rb = ReplayBuffer(storage=delta_storage(max_size, **options))
                 rb.loads(path)
         assert len(rb.storage) == len(rb_lazy.storage)
         if len(rb_lazy.storage):

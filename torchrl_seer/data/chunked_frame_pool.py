@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from torchrl_seer.data.device_chunk_cache import DeviceChunkCache
 from torchrl_seer.data.frame_codecs import FrameCodec, make_frame_codec
 
 __all__ = ["ChunkedFramePool"]
@@ -50,6 +51,9 @@ class ChunkedFramePool:
         cache_bytes: bound on the decoded chunks kept in the LRU cache; the cache also
             holds at most as many bytes as the encoded payloads (at least one chunk).
         num_threads: decoding threads (``0``: decode on the calling thread).
+        device: where reads return frames. Defaults to ``"cpu"``.
+        device_cache_bytes: bound on the decoded chunks kept on ``device`` (whole chunks;
+            ``0`` keeps none). Defaults to ``0``.
 
     Examples:
         >>> import torch
@@ -71,6 +75,8 @@ class ChunkedFramePool:
         chunk_len: int = 64,
         cache_bytes: int = 4 * 2**20,
         num_threads: int = 0,
+        device: torch.device | str = "cpu",
+        device_cache_bytes: int = 0,
     ) -> None:
         if chunk_len < 1:
             raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
@@ -92,6 +98,11 @@ class ChunkedFramePool:
         self._cached_bytes = 0
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
+        self.device = torch.device(device)
+        self._device_cache = DeviceChunkCache(
+            self.chunk_len, self.frame_numel, device=self.device, capacity_bytes=device_cache_bytes
+        )
+        self._device_lock = threading.Lock()
 
     # ------------------------------------------------------------------ writing
     def open_chunk(self) -> int:
@@ -212,6 +223,8 @@ class ChunkedFramePool:
         cached = self._cache.pop(slot, None)
         if cached is not None:
             self._cached_bytes -= cached.nbytes
+        with self._device_lock:
+            self._device_cache.discard(slot)
         self._free_slots.append(slot)
 
     # ------------------------------------------------------------------ reading
@@ -222,10 +235,11 @@ class ChunkedFramePool:
         frames = self.codec.decode_prefix(payload, self._lengths[slot], self.frame_shape, count)
         return frames.reshape(-1, self.frame_numel)
 
-    def _source(self, slot: int, count: int) -> np.ndarray:
+    def _source(self, slot: int, count: int, *, remember: bool = True) -> np.ndarray:
         """At least the first ``count`` frames of one chunk, as ``[n, frame_numel]``.
 
-        From the open buffer, from the cache when it holds that many, or decoded.
+        From the open buffer, from the cache when it holds that many, or decoded (and kept
+        in the cache if ``remember``).
         """
         raw = self._open.get(slot)
         if raw is not None:
@@ -236,8 +250,9 @@ class ChunkedFramePool:
                 self._cache.move_to_end(slot)
                 return cached
         frames = self._decode(slot, count)
-        with self._lock:
-            self._remember(slot, frames)
+        if remember:
+            with self._lock:
+                self._remember(slot, frames)
         return frames
 
     def cache_limit(self) -> int:
@@ -262,61 +277,135 @@ class ChunkedFramePool:
             _, evicted = self._cache.popitem(last=False)
             self._cached_bytes -= evicted.nbytes
 
-    def _copy_chunks(
-        self, out: np.ndarray, tasks: list[tuple[int, np.ndarray, np.ndarray]]
+    def _copy_frames(
+        self, out: np.ndarray, slot: int, rows: np.ndarray, offsets: np.ndarray
     ) -> None:
-        for slot, rows, offsets in tasks:
-            out[rows] = self._source(slot, int(offsets.max()) + 1)[offsets]
+        """Copies frames ``offsets`` of chunk ``slot`` to rows ``rows`` of ``out``."""
+        out[rows] = self._source(slot, int(offsets.max()) + 1)[offsets]
+
+    def _copy_prefix(self, out: np.ndarray, slot: int, count: int) -> None:
+        """Copies the first ``count`` frames of chunk ``slot`` to ``out[:count]``."""
+        out[:count] = self._source(slot, count, remember=False)[:count]
+
+    def _run(self, tasks: list[functools.partial[None]]) -> None:
+        """Runs decoding tasks, split among the decoding threads."""
+        workers = min(self.num_threads, len(tasks))
+        if workers <= 1:
+            for task in tasks:
+                task()
+            return
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                self.num_threads, thread_name_prefix="delta-frame-decode"
+            )
+        shares = [tasks[w::workers] for w in range(workers)]
+        list(self._executor.map(lambda share: [task() for task in share], shares))
 
     def gather(self, ids: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Reads frames by id; each chunk involved is decoded at most once.
+        """Reads frames by id, on the pool's device; each chunk involved is decoded at most once.
 
         The chunks are split among the decoding threads; each thread decodes its chunks
-        and copies the requested frames straight into the output.
+        and copies the requested frames straight into the output (or, for the chunks kept
+        on the device, the decoded chunk into a buffer copied there).
 
         Args:
             ids: tensors of frame ids (any shape, all ids valid and referenced).
 
         Returns:
-            For each id tensor, the frames, of shape ``[*ids.shape, *frame_shape]``.
+            For each id tensor, the frames on ``device``, of shape
+            ``[*ids.shape, *frame_shape]``.
         """
-        flat = torch.cat([i.reshape(-1) for i in ids]).to(torch.int64)
+        flat = torch.cat([i.reshape(-1).cpu() for i in ids]).to(torch.int64)
         chunk = torch.div(flat, self.chunk_len, rounding_mode="floor")
         offset = flat - chunk * self.chunk_len
-        slots, inverse, counts = torch.unique(chunk, return_inverse=True, return_counts=True)
-        order = torch.argsort(inverse, stable=True)
-        rows, offsets = order.numpy(), offset[order].numpy()
-        tasks, start = [], 0
-        for slot, stop in zip(slots.tolist(), torch.cumsum(counts, 0).tolist(), strict=True):
-            tasks.append((slot, rows[start:stop], offsets[start:stop]))
-            start = stop
-        out = torch.empty((flat.numel(), self.frame_numel), dtype=torch.uint8)
-        out_np = out.numpy()
-        workers = min(self.num_threads, len(tasks))
-        if workers > 1:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    self.num_threads, thread_name_prefix="delta-frame-decode"
-                )
-            shares = [tasks[w::workers] for w in range(workers)]
-            list(self._executor.map(functools.partial(self._copy_chunks, out_np), shares))
+        slots, inverse = torch.unique(chunk, return_inverse=True)
+        if self._device_cache.max_rows > 0:
+            with self._device_lock:
+                out = self._gather_through_device_cache(slots, inverse, offset)
         else:
-            self._copy_chunks(out_np, tasks)
+            out = self._gather_on_cpu(slots, inverse, offset).to(self.device)
         results, start = [], 0
         for i in ids:
             results.append(out[start : start + i.numel()].view(*i.shape, *self.frame_shape))
             start += i.numel()
         return results
 
+    def _gather_on_cpu(
+        self, slots: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor
+    ) -> torch.Tensor:
+        """``[n, frame_numel]`` frames of chunks ``slots[inverse]`` at ``offset``, on the CPU."""
+        order = torch.argsort(inverse, stable=True)
+        rows, offsets = order.numpy(), offset[order].numpy()
+        counts = torch.bincount(inverse, minlength=slots.numel())
+        out = torch.empty((offset.numel(), self.frame_numel), dtype=torch.uint8)
+        out_np = out.numpy()
+        tasks, start = [], 0
+        for slot, stop in zip(slots.tolist(), torch.cumsum(counts, 0).tolist(), strict=True):
+            task = functools.partial(
+                self._copy_frames, out_np, slot, rows[start:stop], offsets[start:stop]
+            )
+            tasks.append(task)
+            start = stop
+        self._run(tasks)
+        return out
+
+    def _gather_through_device_cache(
+        self, slots: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`gather` with the device cache: chunks are kept on the device and indexed there.
+
+        Chunks found in the cache with enough frames are read there; the others are decoded
+        (up to the last frame needed), copied to the device in one transfer and kept, as many
+        as fit beside the chunks found; the rest are gathered on the CPU.
+        """
+        cache = self._device_cache
+        needed = torch.zeros(slots.numel(), dtype=torch.int64)
+        needed.scatter_reduce_(0, inverse, offset + 1, reduce="amax")
+        slot_list, needed_list = slots.tolist(), needed.tolist()
+        rows = cache.lookup(slot_list, needed_list)
+        missing = [k for k, row in enumerate(rows) if row < 0]
+        room = cache.max_rows - (len(rows) - len(missing))
+        stored, overflow = missing[:room], missing[room:]
+        tasks = []
+        if stored:
+            width = max(needed_list[k] for k in stored)
+            decoded = torch.empty((len(stored), width, self.frame_numel), dtype=torch.uint8)
+            decoded_np = decoded.numpy()
+            tasks += [
+                functools.partial(self._copy_prefix, decoded_np[n], slot_list[k], needed_list[k])
+                for n, k in enumerate(stored)
+            ]
+        self._run(tasks)
+        if stored:
+            new_rows = cache.store(
+                [slot_list[k] for k in stored], [needed_list[k] for k in stored], decoded
+            )
+            for k, row in zip(stored, new_rows, strict=True):
+                rows[k] = row
+        positions = torch.tensor(rows, dtype=torch.int64)[inverse] * self.chunk_len + offset
+        if not overflow:
+            return cache.gather(positions)
+        on_cpu = torch.zeros(slots.numel(), dtype=torch.bool)
+        on_cpu[overflow] = True
+        cpu_rows = on_cpu[inverse]
+        cpu_slots, cpu_inverse = torch.unique(inverse[cpu_rows], return_inverse=True)
+        cpu_frames = self._gather_on_cpu(slots[cpu_slots], cpu_inverse, offset[cpu_rows])
+        out = torch.empty((offset.numel(), self.frame_numel), dtype=torch.uint8, device=self.device)
+        cached_rows = torch.nonzero(~cpu_rows).flatten()
+        out[cached_rows.to(self.device)] = cache.gather(positions[cached_rows])
+        out[torch.nonzero(cpu_rows).flatten().to(self.device)] = cpu_frames.to(self.device)
+        return out
+
     # --------------------------------------------------------------- accounting
     def nbytes(self) -> int:
-        """Bytes held: payloads, open chunks, decoded cache and bookkeeping.
+        """Bytes held: payloads, open chunks, decoded caches (LRU and device) and bookkeeping.
 
         An open chunk counts the frames written to it: its buffer is allocated for
         ``chunk_len`` frames but its pages are only touched as frames arrive.
         """
         bookkeeping = self._refcount.numel() * 8 + len(self._payloads) * 3 * 8
-        return self.payload_bytes() + self._cached_bytes + bookkeeping
+        cached = self._cached_bytes + self._device_cache.nbytes()
+        return self.payload_bytes() + cached + bookkeeping
 
     def payload_bytes(self) -> int:
         """Bytes of encoded payloads and of the frames in open chunks."""
@@ -326,6 +415,10 @@ class ChunkedFramePool:
     def cached_bytes(self) -> int:
         """Bytes of decoded chunks held by the LRU cache."""
         return self._cached_bytes
+
+    def device_cached_bytes(self) -> int:
+        """Bytes allocated on the device for decoded chunks (the device cache)."""
+        return self._device_cache.nbytes()
 
     def clear(self) -> None:
         """Frees every chunk, open or sealed."""
@@ -338,9 +431,11 @@ class ChunkedFramePool:
         self.clear_cache()
 
     def clear_cache(self) -> None:
-        """Drops every decoded chunk from the cache."""
+        """Drops every decoded chunk, from the LRU cache and from the device cache."""
         self._cache.clear()
         self._cached_bytes = 0
+        with self._device_lock:
+            self._device_cache.clear()
 
     def num_chunks(self) -> int:
         """Number of live (open or sealed) chunks."""
@@ -443,11 +538,13 @@ class ChunkedFramePool:
         state = dict(self.__dict__)
         state["_executor"] = None
         state.pop("_lock")
+        state.pop("_device_lock")
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._device_lock = threading.Lock()
 
     def shutdown(self) -> None:
         """Stops the decoding threads."""

@@ -105,7 +105,8 @@ class DeltaFrameStorageCheckpointer(StorageCheckpointerBase):
             raise FileNotFoundError(f"no DeltaFrameStorage checkpoint at {state_file}{found}")
         verify_checksum_manifest(path)
         try:
-            state = torch.load(state_file, weights_only=True)
+            # restored onto the loading storage's device, whatever device wrote it
+            state = torch.load(state_file, weights_only=True, map_location="cpu")
         except Exception as error:  # checksums passed: the file was written by another version
             raise CheckpointCorruptedError(f"cannot read {state_file}: {error}") from error
         storage.load_state_dict(state)

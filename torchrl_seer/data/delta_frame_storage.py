@@ -55,6 +55,14 @@ class DeltaFrameStorage(LazyTensorStorage):
     cache. All other keys (actions, rewards, done flags, trajectory ids, ...) are kept raw in
     a ``LazyTensorStorage`` layout, so samplers that read them decode nothing.
 
+    Reads return every tensor on ``device``, as ``LazyTensorStorage(device=...)`` does: the
+    raw keys live there, the compressed chunks stay in CPU memory, and the frames a read
+    needs are moved there. With ``device_cache_bytes``, decoded chunks are copied to the
+    device once and kept there in a bounded LRU cache, and the frame stacks are gathered
+    on the device by index (chunks beyond the cache's capacity are gathered on the CPU and
+    moved in one copy). The device cache is counted by :meth:`nbytes_held` and is not
+    checkpointed. Writes accept tensors on any device (pixels are encoded on the CPU).
+
     The storage follows :class:`~torchrl.data.LazyTensorStorage`'s contract: writes at
     integer, slice, tensor or negative cursors, lists of transitions and tensorclasses are
     stored and returned as ``LazyTensorStorage`` stores and returns them, with the same casts
@@ -78,6 +86,9 @@ class DeltaFrameStorage(LazyTensorStorage):
         * In-place edits of a TensorDict read from the storage reach the storage only through
           ``ReplayBuffer.set_at_`` / ``set_`` / ``update_`` / ``update_if_present`` (for raw
           keys, through any view of ``storage[:]``, as with ``LazyTensorStorage``).
+        * ``device="auto"`` (the device of the first write) is refused: pass the device.
+          A checkpoint or state dict loads onto the device of the storage that loads it,
+          whatever device wrote it.
         * Checkpoints load only into a ``DeltaFrameStorage`` of the same configuration;
           TorchRL's save and load hooks and other checkpointers are refused
           (``NotImplementedError`` / ``TypeError``). Checkpoints of format version 2 (ids
@@ -117,6 +128,14 @@ class DeltaFrameStorage(LazyTensorStorage):
             uniform sampling from a large buffer rarely hits it. Defaults to 4 MiB.
         num_threads: decoding threads; ``0`` decodes on the calling thread. Defaults to
             ``min(4, cpu_count)``.
+        device: where the raw keys live and where reads return every tensor (a CUDA
+            device for a GPU learner). The compressed chunks stay on the CPU. Defaults to
+            ``"cpu"``.
+        device_cache_bytes: bound on the decoded chunks kept on ``device``, per pixel key
+            (whole chunks: below one chunk nothing is kept); counted by :meth:`bytes`. It
+            pays off when reads revisit chunks (slices, small buffers, repeated sampling of
+            a recent window); ``0`` keeps none, and every read is gathered on the CPU and
+            moved to ``device`` in one copy. Defaults to ``0``.
 
     Examples:
         >>> import torch
@@ -135,6 +154,20 @@ class DeltaFrameStorage(LazyTensorStorage):
         True
         >>> rb.storage.num_frames()  # 6 distinct frames for 5 transitions of 2x2 frames
         6
+
+        Frames gathered on the learner's device, through a device cache of decoded chunks:
+
+        >>> device = "cuda" if torch.cuda.is_available() else "cpu"
+        >>> storage = DeltaFrameStorage(
+        ...     100, frame_stack=2, device=device, device_cache_bytes=2**20
+        ... )
+        >>> rb = ReplayBuffer(storage=storage, batch_size=3)
+        >>> _ = rb.extend(data)
+        >>> batch = rb.sample()
+        >>> batch["pixels"].device == batch["next", "done"].device == storage.device
+        True
+        >>> storage.device_cached_bytes() > 0
+        True
     """
 
     _default_checkpointer = DeltaFrameStorageCheckpointer
@@ -157,12 +190,21 @@ class DeltaFrameStorage(LazyTensorStorage):
         max_streams: int = 64,
         cache_bytes: int = 4 * 2**20,
         num_threads: int | None = None,
+        device: torch.device | str = "cpu",
+        device_cache_bytes: int = 0,
     ) -> None:
         if int(max_size) < 1:
             raise ValueError(f"max_size must be >= 1 transition, got {max_size}")
+        if device == "auto":
+            raise ValueError(
+                "DeltaFrameStorage needs its device when it is created (its frame chunks are "
+                "read there): pass device='cpu', 'cuda', ... rather than 'auto'"
+            )
+        if int(device_cache_bytes) < 0:
+            raise ValueError(f"device_cache_bytes must be >= 0, got {device_cache_bytes}")
         # (thread, rows, TensorDict) of a full read that ReplayBuffer.set_at_ & co edit
         self._pending_edit: tuple[int, torch.Tensor, TensorDictBase] | None = None
-        super().__init__(max_size, device="cpu")
+        super().__init__(max_size, device=device)
         if isinstance(pixel_keys, str):
             pixel_keys = [pixel_keys]
         self.pixel_keys = [unravel_key(k) for k in pixel_keys]
@@ -186,6 +228,7 @@ class DeltaFrameStorage(LazyTensorStorage):
         self.chunk_len = int(chunk_len)
         self.max_streams = int(max_streams)
         self.cache_bytes = int(cache_bytes)
+        self.device_cache_bytes = int(device_cache_bytes)
         self.num_threads = (
             ChunkedFramePool.default_num_threads() if num_threads is None else int(num_threads)
         )
@@ -293,7 +336,7 @@ class DeltaFrameStorage(LazyTensorStorage):
         rows = value.shape[0] if value.ndim else 1
         converted = torch.empty((rows, *shape), dtype=torch.uint8)
         try:
-            converted[trial_index] = value
+            converted[trial_index] = value.cpu()
         except RuntimeError as error:
             kind = ValueError if value.dtype == torch.uint8 else TypeError
             raise kind(
@@ -317,9 +360,14 @@ class DeltaFrameStorage(LazyTensorStorage):
             stored = self._storage.get(key, None)
             if not isinstance(stored, torch.Tensor) or not isinstance(value, torch.Tensor):
                 continue
-            scratch = torch.empty((rows, *stored.shape[1:]), dtype=stored.dtype)
+            scratch = torch.empty(
+                (rows, *stored.shape[1:]), dtype=stored.dtype, device=stored.device
+            )
+            index = trial_index
+            if isinstance(index, torch.Tensor):
+                index = index.to(stored.device)
             try:
-                scratch[trial_index] = value if device is None else value.to(device)
+                scratch[index] = value if device is None else value.to(device)
             except RuntimeError as error:
                 raise ValueError(
                     f"expected {key!r} of dtype {stored.dtype} and shape "
@@ -343,7 +391,7 @@ class DeltaFrameStorage(LazyTensorStorage):
         """
         if isinstance(cursor, range):
             cursor = list(cursor)
-        slots = torch.arange(self.max_size)[cursor]
+        slots = torch.arange(self.max_size)[_on_cpu(cursor)]
         single = slots.ndim == 0
         slots = slots.reshape(-1)
         if isinstance(cursor, slice):
@@ -449,6 +497,8 @@ class DeltaFrameStorage(LazyTensorStorage):
             max_streams=self.max_streams,
             cache_bytes=self.cache_bytes,
             num_threads=self.num_threads,
+            device=self.device,
+            device_cache_bytes=self.device_cache_bytes,
         )
 
     # ------------------------------------------------------------------ reading
@@ -473,7 +523,7 @@ class DeltaFrameStorage(LazyTensorStorage):
             return out
         if isinstance(index, range):
             index = list(index)
-        positions = torch.arange(self._len_along_dim0)[index]
+        positions = torch.arange(self._len_along_dim0)[_on_cpu(index)]
         flat = positions.reshape(-1)
         for key, frame_index in self._indices.items():
             obs, nxt = frame_index.read(flat)
@@ -525,7 +575,7 @@ class DeltaFrameStorage(LazyTensorStorage):
             obs, nxt = frame_index.read(positions)
             for stored, full_key in ((obs, key), (nxt, unravel_key(("next", key)))):
                 value = self._to_frames(edited.get(full_key))
-                changed |= (value != stored).reshape(positions.numel(), -1).any(-1)
+                changed |= (value != stored).reshape(positions.numel(), -1).any(-1).cpu()
         if bool(changed.any()):
             self.set(positions[changed], edited[changed], set_cursor=False)
 
@@ -535,7 +585,7 @@ class DeltaFrameStorage(LazyTensorStorage):
             return super()._conditional_patch_leaf(key)
         # dtype, shape and device of the pixel entry, without decoding anything
         shape = self._pixel_shapes[pixel_key]
-        return torch.zeros((), dtype=torch.uint8).expand(self.max_size, *shape)
+        return torch.zeros((), dtype=torch.uint8, device=self.device).expand(self.max_size, *shape)
 
     def _apply_conditional_patch(
         self, index: torch.Tensor, patch: dict[NestedKey, torch.Tensor]
@@ -567,6 +617,10 @@ class DeltaFrameStorage(LazyTensorStorage):
     # ---------------------------------------------------------------- accounting
     def nbytes_held(self) -> int:
         """Bytes held: payloads, open chunks, caches, codec contexts, index tables, raw keys.
+
+        The caches are the decoded-chunk LRU cache and the device cache
+        (``device_cache_bytes``, counted as allocated on the device); the raw keys are
+        counted on ``device``.
 
         Returns:
             The byte count.
@@ -619,8 +673,12 @@ class DeltaFrameStorage(LazyTensorStorage):
         codec = ZstdChunkCodec(level=level, frame_delta=self.codec.frame_delta)
         return sum(index.pool.recompress(codec) for index in self._indices.values())
 
+    def device_cached_bytes(self) -> int:
+        """Bytes allocated on ``device`` for decoded chunks (the device cache), over pixel keys."""
+        return sum(index.pool.device_cached_bytes() for index in self._indices.values())
+
     def clear_cache(self) -> None:
-        """Drops the decoded chunks of the LRU cache."""
+        """Drops the decoded chunks of the LRU cache and of the device cache."""
         for index in self._indices.values():
             index.pool.clear_cache()
 
@@ -712,7 +770,9 @@ class DeltaFrameStorage(LazyTensorStorage):
             index.load_state_dict(entry["index"])
             indices[key], shapes[key] = index, shape
         if state_dict["other"] is not None:
-            other: Any = TensorDict(state_dict["other"], batch_size=[self.max_size])
+            other: Any = TensorDict(
+                state_dict["other"], batch_size=[self.max_size], device=self.device
+            )
             if self.initialized and not isinstance(self._storage, TensorDict):
                 other = type(self._storage).from_tensordict(other)  # a tensorclass
             self._storage = other
@@ -777,6 +837,15 @@ class DeltaFrameStorage(LazyTensorStorage):
                 "save the raw keys without the pixels"
             )
         self._checkpointer = value
+
+
+def _on_cpu(index: Any) -> Any:
+    """``index`` with its tensors on the CPU (samplers of a device storage index on the device)."""
+    if isinstance(index, torch.Tensor):
+        return index.cpu()
+    if isinstance(index, tuple):
+        return tuple(_on_cpu(i) for i in index)
+    return index
 
 
 def _cloned(value: Any) -> Any:

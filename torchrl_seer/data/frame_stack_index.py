@@ -122,6 +122,8 @@ class FrameStackIndex:
         max_streams: bound on open streams; the least recently used beyond it are sealed.
         cache_bytes: bound on the decoded-chunk cache.
         num_threads: decoding threads.
+        device: where :meth:`read` returns frames.
+        device_cache_bytes: bound on the decoded chunks kept on ``device``.
 
     Examples:
         >>> import torch
@@ -151,6 +153,8 @@ class FrameStackIndex:
         max_streams: int = 64,
         cache_bytes: int = 4 * 2**20,
         num_threads: int = 0,
+        device: torch.device | str = "cpu",
+        device_cache_bytes: int = 0,
     ) -> None:
         self.max_size = int(max_size)
         self.frame_stack = int(frame_stack)
@@ -161,6 +165,8 @@ class FrameStackIndex:
             chunk_len=chunk_len,
             cache_bytes=cache_bytes,
             num_threads=num_threads,
+            device=device,
+            device_cache_bytes=device_cache_bytes,
         )
         self.table = FrameIdTable(self.max_size, frame_stack=self.frame_stack)
         self._streams: list[_Stream] = []
@@ -420,7 +426,7 @@ class FrameStackIndex:
             slots: ``int64`` slots ``[n]``, all written.
 
         Returns:
-            Two ``uint8`` tensors ``[n, F, *frame_shape]``.
+            Two ``uint8`` tensors ``[n, F, *frame_shape]``, on the pool's device.
         """
         ids = self.table.rows(slots)
         if bool((ids < 0).any()):
