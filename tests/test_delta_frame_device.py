@@ -105,6 +105,20 @@ def test_reads_touching_more_chunks_than_the_cache_holds_are_exact(chunks):
     assert_same(delta[:], lazy[:])
 
 
+def test_reads_larger_than_the_cache_evict_nothing():
+    delta, lazy = filled(device_cache_bytes=3 * CHUNK_BYTES, cache_bytes=0)
+    delta.flush()
+    decodes = count_decodes(delta)
+    recent = torch.tensor([38, 39])  # the newest rows: a few chunks
+    assert_same(delta[recent], lazy[recent])
+    first = len(decodes)
+    assert_same(delta[:], lazy[:])  # touches more chunks than the cache holds
+    after_full_read = len(decodes)
+    assert_same(delta[recent], lazy[recent])
+    assert len(decodes) == after_full_read  # the chunks of the recent rows are still cached
+    assert 0 < first < after_full_read
+
+
 def test_device_cache_is_counted_and_not_checkpointed():
     delta, _ = filled(device_cache_bytes=2**20, cache_bytes=0)
     delta[:]  # creates the decompression context, which bytes() counts too

@@ -13,6 +13,13 @@ frames are copied out with one vectorized index. A chunk is decoded only up to t
 frame a read needs (codecs that can stop early, such as zstd, skip the rest), which halves
 the decoding of uniformly sampled frames on average.
 
+Reads return frames on the pool's ``device``. With a device cache
+(:class:`~torchrl_seer.data.device_chunk_cache.DeviceChunkCache`, ``device_cache_bytes``),
+decoded chunks are copied to the device once and kept there, and the frames a read asks for
+are gathered on the device by index. A read touching more chunks than the device cache holds,
+or any read without a device cache, is gathered on the CPU and moved to the device in one
+copy, and leaves the device cache as it was (evicting chunks for it would only churn).
+
 Fixed costs stay proportional to what is stored: the decoded-chunk cache never holds more
 than the encoded payloads (or one chunk, whichever is larger) up to its ``cache_bytes``
 bound, and the codec's compression context is released after each write
@@ -319,10 +326,10 @@ class ChunkedFramePool:
         chunk = torch.div(flat, self.chunk_len, rounding_mode="floor")
         offset = flat - chunk * self.chunk_len
         slots, inverse = torch.unique(chunk, return_inverse=True)
-        if self._device_cache.max_rows > 0:
+        if 0 < slots.numel() <= self._device_cache.max_rows:
             with self._device_lock:
                 out = self._gather_through_device_cache(slots, inverse, offset)
-        else:
+        else:  # no device cache, or more chunks than it holds: keep what it holds
             out = self._gather_on_cpu(slots, inverse, offset).to(self.device)
         results, start = [], 0
         for i in ids:
@@ -352,11 +359,12 @@ class ChunkedFramePool:
     def _gather_through_device_cache(
         self, slots: torch.Tensor, inverse: torch.Tensor, offset: torch.Tensor
     ) -> torch.Tensor:
-        """:meth:`gather` with the device cache: chunks are kept on the device and indexed there.
+        """:meth:`gather` through the device cache, for reads whose chunks it can hold.
 
         Chunks found in the cache with enough frames are read there; the others are decoded
-        (up to the last frame needed), copied to the device in one transfer and kept, as many
-        as fit beside the chunks found; the rest are gathered on the CPU.
+        (up to the last frame needed), copied to the device in one transfer and kept,
+        evicting the least recently used chunks; then one gather on the device reads every
+        frame.
         """
         cache = self._device_cache
         needed = torch.zeros(slots.numel(), dtype=torch.int64)
@@ -364,37 +372,25 @@ class ChunkedFramePool:
         slot_list, needed_list = slots.tolist(), needed.tolist()
         rows = cache.lookup(slot_list, needed_list)
         missing = [k for k, row in enumerate(rows) if row < 0]
-        room = cache.max_rows - (len(rows) - len(missing))
-        stored, overflow = missing[:room], missing[room:]
-        tasks = []
-        if stored:
-            width = max(needed_list[k] for k in stored)
-            decoded = torch.empty((len(stored), width, self.frame_numel), dtype=torch.uint8)
+        if missing:
+            width = max(needed_list[k] for k in missing)
+            decoded = torch.empty((len(missing), width, self.frame_numel), dtype=torch.uint8)
             decoded_np = decoded.numpy()
-            tasks += [
-                functools.partial(self._copy_prefix, decoded_np[n], slot_list[k], needed_list[k])
-                for n, k in enumerate(stored)
-            ]
-        self._run(tasks)
-        if stored:
-            new_rows = cache.store(
-                [slot_list[k] for k in stored], [needed_list[k] for k in stored], decoded
+            self._run(
+                [
+                    functools.partial(
+                        self._copy_prefix, decoded_np[n], slot_list[k], needed_list[k]
+                    )
+                    for n, k in enumerate(missing)
+                ]
             )
-            for k, row in zip(stored, new_rows, strict=True):
+            new_rows = cache.store(
+                [slot_list[k] for k in missing], [needed_list[k] for k in missing], decoded
+            )
+            for k, row in zip(missing, new_rows, strict=True):
                 rows[k] = row
         positions = torch.tensor(rows, dtype=torch.int64)[inverse] * self.chunk_len + offset
-        if not overflow:
-            return cache.gather(positions)
-        on_cpu = torch.zeros(slots.numel(), dtype=torch.bool)
-        on_cpu[overflow] = True
-        cpu_rows = on_cpu[inverse]
-        cpu_slots, cpu_inverse = torch.unique(inverse[cpu_rows], return_inverse=True)
-        cpu_frames = self._gather_on_cpu(slots[cpu_slots], cpu_inverse, offset[cpu_rows])
-        out = torch.empty((offset.numel(), self.frame_numel), dtype=torch.uint8, device=self.device)
-        cached_rows = torch.nonzero(~cpu_rows).flatten()
-        out[cached_rows.to(self.device)] = cache.gather(positions[cached_rows])
-        out[torch.nonzero(cpu_rows).flatten().to(self.device)] = cpu_frames.to(self.device)
-        return out
+        return cache.gather(positions)
 
     # --------------------------------------------------------------- accounting
     def nbytes(self) -> int:

@@ -59,9 +59,10 @@ class DeltaFrameStorage(LazyTensorStorage):
     raw keys live there, the compressed chunks stay in CPU memory, and the frames a read
     needs are moved there. With ``device_cache_bytes``, decoded chunks are copied to the
     device once and kept there in a bounded LRU cache, and the frame stacks are gathered
-    on the device by index (chunks beyond the cache's capacity are gathered on the CPU and
-    moved in one copy). The device cache is counted by :meth:`nbytes_held` and is not
-    checkpointed. Writes accept tensors on any device (pixels are encoded on the CPU).
+    on the device by index; a read touching more chunks than the cache holds is gathered on
+    the CPU and moved in one copy, and leaves the cache as it was. The device cache is
+    counted by :meth:`nbytes_held` and is not checkpointed. Writes accept tensors on any
+    device (pixels are encoded on the CPU).
 
     The storage follows :class:`~torchrl.data.LazyTensorStorage`'s contract: writes at
     integer, slice, tensor or negative cursors, lists of transitions and tensorclasses are
@@ -133,9 +134,10 @@ class DeltaFrameStorage(LazyTensorStorage):
             ``"cpu"``.
         device_cache_bytes: bound on the decoded chunks kept on ``device``, per pixel key
             (whole chunks: below one chunk nothing is kept); counted by :meth:`bytes`. It
-            pays off when reads revisit chunks (slices, small buffers, repeated sampling of
-            a recent window); ``0`` keeps none, and every read is gathered on the CPU and
-            moved to ``device`` in one copy. Defaults to ``0``.
+            pays off when it holds every chunk of the buffer, or when reads revisit a few
+            chunks (slices, a recent window); reads touching more chunks than it holds
+            bypass it. ``0`` keeps none: every read is gathered on the CPU and moved to
+            ``device`` in one copy. Defaults to ``0``.
 
     Examples:
         >>> import torch

@@ -99,12 +99,11 @@ class DeviceChunkCache:
                 self._rows[slot] = (row, int(count))
                 self._rows.move_to_end(slot)
             rows.append(row)
-        kept = [k for k, row in enumerate(rows) if row >= 0]
-        if kept:
-            target = torch.tensor([rows[k] for k in kept], dtype=torch.int64)
-            source = frames[kept] if len(kept) < len(rows) else frames
-            width = source.shape[1]
-            self._slab[target.to(self.device), :width] = source.to(self.device)
+        if any(row >= 0 for row in rows):
+            source = frames.to(self.device)  # one transfer, then copies on the device
+            for k, (row, count) in enumerate(zip(rows, counts, strict=True)):
+                if row >= 0:
+                    self._slab[row, :count].copy_(source[k, :count])
         return rows
 
     def _row_for(self, slot: int) -> int:
