@@ -184,6 +184,7 @@ def train(cfg: DictConfig) -> Path:
         codec=cfg.replay_buffer.codec,
         chunk_len=cfg.replay_buffer.chunk_len,
         cache_bytes=0,  # uniform sampling rarely revisits a decoded chunk: no cache
+        device=device,  # sampled batches arrive on the learner's device
     )
     rb = TensorDictReplayBuffer(storage=storage, batch_size=cfg.optim.batch_size)
 
@@ -229,7 +230,7 @@ def train(cfg: DictConfig) -> Path:
             if len(rb) < cfg.optim.learn_start:
                 continue
             for _ in range(cfg.optim.updates_per_batch):
-                batch = rb.sample().to(device)
+                batch = rb.sample()
                 losses = loss(batch)
                 optimizer.zero_grad()
                 losses["loss"].backward()
