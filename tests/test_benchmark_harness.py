@@ -72,3 +72,29 @@ def test_seer_parity_reads_atari_and_dmc_configs():
     dmc = {"domain": "cartpole", "task": "swingup", "action_repeat": None}
     assert task_name(dmc) == "cartpole_swingup" and frames_per_step(dmc) == 8  # PlaNet's
     assert frames_per_step({**dmc, "action_repeat": 2}) == 2
+
+
+def test_lowprec_vs_torchrl_reads_both_kinds_of_run(tmp_path):
+    from seer_benchmarks.lowprec_sac_vs_torchrl import ms_per_step, read_ours, read_torchrl
+
+    ours_run = tmp_path / "ours_s0" / "lowprec_sac_cartpole_swingup_x"
+    ours_run.mkdir(parents=True)
+    result = {"precision": "fp32", "curve": [[10, 5.0], [20, 9.0]], "steps": 20,
+              "updates": 10, "seconds": 3.0, "eval_seconds": 1.0}  # fmt: skip
+    (ours_run / "report.json").write_text(json.dumps({"runs": [result]}))
+    scalars = tmp_path / "torchrl_s0" / "outputs" / "d" / "t" / "sac_logging" / "e" / "scalars"
+    for name, text in {
+        "eval/reward.csv": "10,4.0\n20,8.0\n",
+        "time/collect.csv": "10,0.5\n20,0.5\n",
+        "time/rb - extend.csv": "10,0.1\n20,0.1\n",
+        "time/train.csv": "20,0.8\n",
+    }.items():
+        (scalars / name).parent.mkdir(parents=True, exist_ok=True)
+        (scalars / name).write_text(text)
+
+    [ours] = read_ours(tmp_path / "ours_s0")
+    [theirs] = read_torchrl(tmp_path / "torchrl_s0")
+    assert ours["arm"] == "ours, fp32" and ours["curve"] == [(10, 5.0), (20, 9.0)]
+    assert ms_per_step(ours) == 100.0  # (3 s - 1 s of evaluation) over 20 steps
+    assert theirs["curve"] == [(10, 4.0), (20, 8.0)] and theirs["steps"] == 20
+    assert abs(ms_per_step(theirs) - 100.0) < 1e-9  # (0.5 + 0.5 + 0.1 + 0.1 + 0.8) s over 20
