@@ -1,28 +1,36 @@
-"""What is specific to composing the parts: actors, the Trainer's hooks, latent replay, report.
+"""What is specific to composing the parts: placement, actors, the Trainer's hooks, report.
 
-Config checks, seeds, the run folder, the logger and the report writer come from the recipe
-toolkit :mod:`torchrl_seer.trainers.helpers`; this module holds what the two composed recipes
-add to it:
+Config checks, seeds, the run folder, checkpoints, the logger and the report writer come from
+the recipe toolkit :mod:`torchrl_seer.trainers.helpers`; this module holds what the two
+composed recipes add to it:
 
 * :func:`check_composed_config`: the settings both recipes share (checked before anything is
   created);
-* :func:`make_actors`: the actors' policy (compressed or not) on a collector whose workers act
-  while the learner learns (a TorchRL ``MultiAsyncCollector``), compressed weights shipped by
-  :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme`;
-* :func:`int8_latent_replay`: the SEER migration's options (int8 latents, capacity from bytes);
+* :class:`Placement` and :func:`composed_placement`: which device each part runs on (the
+  learner on the run's device, the actors and the frame codec on the CPU);
+* :class:`Actors`: the actors' policy (compressed or not, always on the CPU), one fresh
+  collector per checkpoint interval (TorchRL's ``MultiAsyncCollector`` whose workers act while
+  the learner learns, or a ``Collector`` in the learner's process with ``collector.workers=0``)
+  and the learner's weights shipped to them (compressed packets through
+  :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme`); checkpointed;
+* :func:`int8_latent_replay` and :func:`latent_transform`: the SEER migration's options (int8
+  latents, capacity from bytes, on the learner's device);
+* :class:`TrajectoryIds`: trajectory ids kept unique across checkpoint intervals;
 * :class:`RunRecord`: a TorchRL trainer hook that logs returns, losses, replay bytes and the
   freeze at environment frames, times the learner's updates before and after the freeze, and
   rewrites the report (the toolkit's ``write_report``) every ``logger.report_every`` agent
-  steps and at the end;
-* :func:`make_trainer`: the TorchRL ``Trainer`` and its hooks, in their order.
+  steps and at the end; checkpointed;
+* :func:`make_trainer`: the TorchRL ``Trainer`` of one checkpoint interval and its hooks, in
+  their order.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,19 +38,25 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tensordict import TensorDictBase
-from torchrl.collectors import MultiAsyncCollector
+from tensordict import NestedKey, TensorDictBase
+from torch import nn
+from torchrl.collectors import Collector, MultiAsyncCollector
 from torchrl.data import ReplayBuffer
 from torchrl.trainers import (
     ReplayBufferTrainer,
     SelectKeys,
     Trainer,
     TrainerHookBase,
-    UpdateWeights,
 )
 
 from torchrl_seer.collectors import CompressedPolicy, CompressedWeightSyncScheme
-from torchrl_seer.data import LatentReplayOptions, QuantizedStorage, storage_nbytes
+from torchrl_seer.data import (
+    LatentEncodeTransform,
+    LatentReplayOptions,
+    QuantizedStorage,
+    storage_nbytes,
+)
+from torchrl_seer.modules import SplitEncoder
 from torchrl_seer.trainers.helpers import (
     EpisodeReturns,
     RecipeRun,
@@ -52,19 +66,26 @@ from torchrl_seer.trainers.helpers import (
     write_report,
 )
 from torchrl_seer.trainers.helpers.accerl import choose_compressor
+from torchrl_seer.trainers.helpers.checkpoint import FrameSegment
 
 __all__ = [
     "LATENT_KEYS",
+    "Actors",
     "ComposedRun",
+    "Placement",
     "RunRecord",
+    "ToDevice",
+    "TrajectoryIds",
     "check_composed_config",
+    "composed_placement",
     "int8_latent_replay",
-    "make_actors",
+    "latent_transform",
     "make_trainer",
 ]
 
 LATENT_KEYS = ["latent", ("next", "latent")]
-WORKER_SEED_STRIDE = 1000  # worker i's environment is seeded with seed + 1000 * i
+WORKER_SEED_STRIDE = 1000  # worker i's environment is seeded with the interval's seed + 1000 * i
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -87,9 +108,9 @@ class ComposedRun:
 def check_composed_config(cfg: DictConfig, *, positive: list[str]) -> None:
     """Refuses a bad configuration of a composed recipe before anything is created.
 
-    The composed recipes run on the CPU (the compressed actors' int8 kernels and
-    ``DeltaFrameStorage``'s codec are CPU code) and do not checkpoint: their actors are worker
-    processes acting while the learner learns, whose state a checkpoint cannot capture.
+    ``device`` must be ``cpu``, ``auto`` or a CUDA device (see :func:`composed_placement`);
+    ``checkpoint.interval`` a multiple of ``collector.frames_per_batch``; ``collector.workers``
+    ``>= 0`` (``0``: the actors act in the learner's process, which makes a resumed run exact).
 
     Args:
         cfg (DictConfig): the recipe's configuration.
@@ -100,42 +121,129 @@ def check_composed_config(cfg: DictConfig, *, positive: list[str]) -> None:
     Raises:
         ValueError: naming the setting.
     """
-    settings = f"device={cfg.device!r}, checkpoint.interval={cfg.checkpoint.interval}"
-    settings += f", resume={cfg.resume!r}"
-    if str(cfg.device) not in ("cpu", "auto") or cfg.checkpoint.interval or cfg.resume:
+    device = str(cfg.device)
+    if device not in ("cpu", "auto") and torch.device(device).type != "cuda":
         raise ValueError(
-            "the composed recipes run on the CPU only and do not checkpoint (their actors act "
-            "while the learner learns, in worker processes): keep device=cpu, "
-            f"checkpoint.interval=0 and resume=null; got {settings}."
+            f"device={cfg.device!r}: the composed recipes run their learner on cpu or cuda "
+            "(device=cpu, cuda, cuda:<index> or auto); their actors and frame codec are CPU code."
         )
     check_config(
         cfg,
         positive=[
-            "collector.total_frames", "collector.frames_per_batch", "collector.workers",
-            "replay_buffer.size", "replay_buffer.chunk_len", "optim.lr", "optim.batch_size",
-            "optim.updates_per_batch", "accerl.kl_bound", "accerl.ship_every",
-            "logger.report_every", *positive,
+            "collector.total_frames", "collector.frames_per_batch", "replay_buffer.size",
+            "replay_buffer.chunk_len", "optim.lr", "optim.batch_size", "optim.updates_per_batch",
+            "accerl.kl_bound", "accerl.ship_every", "logger.report_every", *positive,
         ],
-        non_negative=["collector.init_random_frames", "seer.freeze_at"],
+        non_negative=["collector.workers", "collector.init_random_frames", "seer.freeze_at"],
         choices={"seer.latent_dtype": ["int8", "bf16", "fp16"]},
     )  # fmt: skip
     if cfg.seer.max_capacity is not None:
         check_config(cfg, positive=["seer.max_capacity"])
 
 
-def int8_latent_replay(cfg: DictConfig) -> LatentReplayOptions:
+@dataclass(frozen=True)
+class Placement:
+    """The device of every part of a composed recipe.
+
+    Attributes:
+        learner: networks, losses, optimizers and the learner's batches.
+        actors: the actors' policy (compressed or not) and their environments.
+        pixel_replay: the pixel replay storage (``DeltaFrameStorage`` or ``LazyTensorStorage``).
+        latent_replay: the latent storage the SEER freeze moves the buffer to.
+    """
+
+    learner: torch.device
+    actors: torch.device
+    pixel_replay: torch.device
+    latent_replay: torch.device
+
+
+def composed_placement(learner: torch.device, *, delta_frames: bool) -> Placement:
+    """Where a composed recipe puts each part, given its learner's device.
+
+    The actors always act on the CPU: the compressed actors' int8 kernels are CPU code, and the
+    learner's weights travel to them as packets (learner -> CPU actors). ``DeltaFrameStorage``
+    stays on the CPU too (its frame codec is CPU code): its samples are moved to the learner's
+    device. TorchRL's ``LazyTensorStorage`` (``parts.delta_frames=false``) and the latent
+    storage after the SEER freeze live on the learner's device, where the learner reads them.
+
+    Args:
+        learner (torch.device): the learner's device (``resolve_device(cfg.device)``).
+
+    Keyword Args:
+        delta_frames (bool): whether the pixel storage is a ``DeltaFrameStorage``.
+
+    Returns:
+        The :class:`Placement`.
+
+    Examples:
+        >>> import torch
+        >>> place = composed_placement(torch.device("cuda"), delta_frames=True)
+        >>> place.actors.type, place.pixel_replay.type, place.latent_replay.type
+        ('cpu', 'cpu', 'cuda')
+        >>> composed_placement(torch.device("cuda"), delta_frames=False).pixel_replay.type
+        'cuda'
+    """
+    return Placement(
+        learner=learner,
+        actors=CPU,
+        pixel_replay=CPU if delta_frames else learner,
+        latent_replay=learner,
+    )
+
+
+class ToDevice(nn.Module):
+    """Moves its input to ``device`` (pixels read from a CPU storage for a CUDA encoder).
+
+    Args:
+        device (torch.device): where the input goes.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns ``x`` on ``device``."""
+        return x.to(self.device)
+
+
+def int8_latent_replay(cfg: DictConfig, place: Placement) -> LatentReplayOptions:
     """The SEER migration's options: quantized latents in a ``QuantizedStorage``, sized by bytes.
 
     The capacity comes from the bytes the pixel storage holds at the freeze (capped by
-    ``cfg.seer.max_capacity``).
+    ``cfg.seer.max_capacity``); the latent storage lives on ``place.latent_replay``.
     """
     return LatentReplayOptions(
         max_capacity=cfg.seer.max_capacity,
         storage_factory=functools.partial(
-            QuantizedStorage, keys=LATENT_KEYS, dtype=cfg.seer.latent_dtype
+            QuantizedStorage,
+            keys=LATENT_KEYS,
+            dtype=cfg.seer.latent_dtype,
+            device=place.latent_replay,
         ),
         progress=False,
     )
+
+
+def latent_transform(
+    encoder: SplitEncoder, place: Placement, **kwargs: Any
+) -> LatentEncodeTransform:
+    """The SEER encode-on-write transform, reading pixels from the pixel storage's device.
+
+    When the pixel storage and the learner are on different devices (``DeltaFrameStorage`` on
+    the CPU, the encoder on CUDA), the pixels are moved to the encoder first (after any
+    augmentation).
+
+    Args:
+        encoder (SplitEncoder): the online encoder (its ``frozen_part`` encodes).
+        place (Placement): the run's placement.
+        **kwargs: ``num_copies``, ``augmentation`` of ``LatentEncodeTransform``.
+    """
+    if place.pixel_replay == place.learner:
+        return LatentEncodeTransform(encoder, **kwargs)
+    frozen = nn.Sequential(ToDevice(place.learner), encoder.frozen_part)
+    return LatentEncodeTransform(frozen, latent_shape=encoder.latent_shape, **kwargs)
 
 
 @torch.no_grad()
@@ -149,59 +257,201 @@ def actor_step_ms(policy: torch.nn.Module, example: TensorDictBase, *, repeats: 
     return 1e3 * statistics.median(times)
 
 
-def make_actors(
-    cfg: DictConfig,
-    make_env: Callable[[int], Any],
-    policy: torch.nn.Module,
-    example: TensorDictBase,
-    *,
-    compressed: bool,
-    compression_view: torch.nn.Module | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """The actors: ``cfg.collector.workers`` processes acting while the learner learns.
+class Actors(TrainerHookBase):
+    """The actors: a CPU copy of the learner's policy (compressed or not), a collector per interval.
 
-    Worker ``i``'s environment is built with the seed ``cfg.seed + 1000 * i``.
+    With ``cfg.collector.workers > 0`` each checkpoint interval gets a TorchRL
+    ``MultiAsyncCollector`` whose workers act while the learner learns (worker ``i``'s
+    environment seeded with the interval's seed ``+ 1000 * i``); with ``0`` a TorchRL
+    ``Collector`` acts in the learner's process (seeded with the interval's seed), which makes a
+    run and its resumption from a checkpoint identical. Registered on a Trainer, the hook ships
+    the learner's policy to the actors every ``accerl.ship_every`` batches: the learner's
+    weights are copied into the actors' CPU copy (the learner may be on CUDA), then compressed
+    into a weight packet (:class:`~torchrl_seer.collectors.CompressedWeightSyncScheme`) or
+    synchronised by TorchRL's weight update (uncompressed actors).
+
+    The hook is checkpointed (:meth:`state_dict`): batches counted, the packet the actors run
+    and its version, and what :attr:`record` says of the actors (the compression chosen,
+    why, the actor step time). A resumed run reuses the saved compression: ``auto`` is measured
+    once per run. The worker processes' own generators are not saved: only ``workers=0`` runs
+    resume exactly.
 
     Args:
-        cfg: the recipe's configuration (``collector.*`` and ``accerl.*`` are read).
-        make_env: ``make_env(seed=...)`` builds one worker's environment.
-        policy: the learner's acting policy.
-        example: an observation at the actors' batch shape (auto compression is timed on it).
+        run (RecipeRun): the recipe's run (``collector.*``, ``accerl.*`` and ``seed`` are read;
+            a resumed run's saved actors are reused).
+        make_env (callable): ``make_env(seed=...)`` builds one actor's environment.
+        policy (nn.Module): the learner's acting policy (on any device).
+        example (TensorDictBase): an observation at the actors' batch shape, on the CPU (auto
+            compression and the step time are measured on it).
 
     Keyword Args:
-        compressed: act with a :class:`~torchrl_seer.collectors.CompressedPolicy` whose weights
-            travel as compressed packets, or with ``policy`` itself.
-        compression_view: the probabilistic policy ``select_compression`` compares (defaults
-            to ``policy``).
+        compressed (bool): act with a :class:`~torchrl_seer.collectors.CompressedPolicy`, or
+            with a copy of ``policy`` itself.
+        compression_view (callable, optional): ``compression_view(cpu_policy)`` returns the
+            probabilistic policy ``select_compression`` compares (defaults to the policy).
 
-    Returns:
-        A TorchRL ``MultiAsyncCollector`` and a record of the actors (compression, why, and the
-        median policy step time at batch 1).
+    Attributes:
+        record (dict): ``batch``, ``compression``, ``reason`` (when compressed), ``step_ms``.
+        policy (nn.Module): what the collectors act with (on the CPU).
     """
-    actors: dict[str, Any] = {"batch": 1, "compression": "fp32 (uncompressed)"}
-    weight_sync = None
-    actor_policy = policy
-    if compressed:
-        view = compression_view if compression_view is not None else policy
-        compressor, actors["reason"] = choose_compressor(
-            cfg.accerl.compression, view, example, kl_bound=cfg.accerl.kl_bound
+
+    def __init__(
+        self,
+        run: RecipeRun,
+        make_env: Callable[..., Any],
+        policy: nn.Module,
+        example: TensorDictBase,
+        *,
+        compressed: bool,
+        compression_view: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
+        cfg = run.cfg
+        self.make_env = make_env
+        self.learner_policy = policy
+        on_cpu = all(p.device == CPU for p in policy.parameters())
+        self.cpu_policy = policy if on_cpu else copy.deepcopy(policy).to(CPU)
+        self.workers = cfg.collector.workers
+        self.frames_per_batch = cfg.collector.frames_per_batch
+        self.init_random_frames = cfg.collector.init_random_frames
+        self.ship_every = cfg.accerl.ship_every
+        self.batches = 0
+        self.collector: Any = None
+        saved = _saved_state(run, "actors")
+        self.record: dict[str, Any] = {"batch": 1, "compression": "fp32 (uncompressed)"}
+        self.scheme: CompressedWeightSyncScheme | None = None
+        self.policy: nn.Module = self.cpu_policy
+        if compressed:
+            if saved is not None:  # the resumed run's choice: auto is measured once per run
+                compressor = saved["packet"]["pipeline"]
+            else:
+                view = (
+                    self.cpu_policy
+                    if compression_view is None
+                    else compression_view(self.cpu_policy)
+                )
+                compressor, self.record["reason"] = choose_compressor(
+                    cfg.accerl.compression, view, example, kl_bound=cfg.accerl.kl_bound
+                )
+            self.record["compression"] = compressor.spec()
+            self.policy = CompressedPolicy(self.cpu_policy, compressor)
+            self.scheme = CompressedWeightSyncScheme(compressor)
+        if saved is None:
+            self.record["step_ms"] = actor_step_ms(self.policy, example)
+
+    def collector_for(self, segment: FrameSegment) -> Any:
+        """A fresh collector for the checkpoint interval ``segment`` (seeded from its seed).
+
+        It acts at random for what is left of ``collector.init_random_frames``.
+        """
+        frames = segment.stop - segment.start
+        random_frames = max(0, self.init_random_frames - segment.start)
+        common = {
+            "policy": self.policy,
+            "frames_per_batch": self.frames_per_batch,
+            "total_frames": frames,
+            "init_random_frames": random_frames,
+        }
+        if self.workers == 0:
+            self.collector = Collector(self.make_env(seed=segment.seed), **common)
+            return self.collector
+        scheme = None
+        if self.scheme is not None:  # a weight-sync scheme connects to one collector only
+            scheme = CompressedWeightSyncScheme(self.scheme.compressor)
+        self.collector = MultiAsyncCollector(
+            [
+                functools.partial(self.make_env, seed=segment.seed + WORKER_SEED_STRIDE * worker)
+                for worker in range(self.workers)
+            ],
+            weight_sync_schemes={"policy": scheme} if scheme is not None else None,
+            **common,
         )
-        actors["compression"] = compressor.spec()
-        actor_policy = CompressedPolicy(policy, compressor)
-        weight_sync = CompressedWeightSyncScheme(compressor)
-    actors["step_ms"] = actor_step_ms(actor_policy, example)
-    collector = MultiAsyncCollector(
-        [
-            functools.partial(make_env, seed=cfg.seed + WORKER_SEED_STRIDE * worker)
-            for worker in range(cfg.collector.workers)
-        ],
-        policy=actor_policy,
-        frames_per_batch=cfg.collector.frames_per_batch,
-        total_frames=cfg.collector.total_frames,
-        init_random_frames=cfg.collector.init_random_frames,
-        weight_sync_schemes={"policy": weight_sync} if weight_sync is not None else None,
-    )
-    return collector, actors
+        return self.collector
+
+    def ship(self) -> None:
+        """Counts a batch; every ``accerl.ship_every`` batches, ships the learner's policy."""
+        self.batches += 1
+        if self.batches % self.ship_every:
+            return
+        if self.cpu_policy is not self.learner_policy:  # learner -> the actors' CPU copy
+            self.cpu_policy.load_state_dict(self.learner_policy.state_dict())
+        if self.scheme is not None:
+            assert isinstance(self.policy, CompressedPolicy)
+            packet = self.scheme.pack_next(self.cpu_policy)
+            self.policy.load_packet(packet)  # a later interval's collector starts from it
+            if self.workers > 0:
+                self.collector.update_policy_weights_(packet)  # a ready packet, shipped as is
+        else:
+            self.collector.update_policy_weights_(self.cpu_policy)
+
+    def register(self, trainer: Trainer, name: str = "actors") -> None:
+        """Ships the learner's weights after every batch's hooks (``post_steps``)."""
+        trainer.register_op("post_steps", self.ship)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Batches counted, the actors' packet and version, and :attr:`record`."""
+        state: dict[str, Any] = {"batches": self.batches, "record": dict(self.record)}
+        if self.cpu_policy is not self.learner_policy:
+            state["cpu_policy"] = self.cpu_policy.state_dict()
+        if self.scheme is not None:
+            assert isinstance(self.policy, CompressedPolicy)
+            state["packet"] = self.policy.packet
+            state["version"] = self.scheme.version
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores what :meth:`state_dict` returned."""
+        self.batches = int(state_dict["batches"])
+        self.record.update(state_dict["record"])
+        if "cpu_policy" in state_dict:
+            self.cpu_policy.load_state_dict(state_dict["cpu_policy"])
+        if self.scheme is not None:
+            assert isinstance(self.policy, CompressedPolicy)
+            self.policy.load_packet(state_dict["packet"])
+            self.scheme.version = int(state_dict["version"])
+
+
+def _saved_state(run: RecipeRun, name: str) -> Any:
+    """The state saved under ``name`` by the checkpoint a resumed run continues, or ``None``."""
+    if run.cfg.resume is None or not run.checkpointer.exists():
+        return None
+    return run.checkpointer.read()["state"].get(name)
+
+
+class TrajectoryIds(TrainerHookBase):
+    """Keeps the collectors' trajectory ids unique across checkpoint intervals.
+
+    Every interval has a fresh collector, whose trajectory ids start at ``0`` again; registered
+    on an interval's Trainer, the hook shifts them past every id written so far, so that a
+    ``SliceSampler`` never joins two trajectories. Checkpointed (the next free id).
+
+    Args:
+        key (NestedKey): the trajectory-id key (``("collector", "traj_ids")``).
+    """
+
+    def __init__(self, key: NestedKey) -> None:
+        self.key = key
+        self.next_id = 0
+        self.offset = 0
+
+    def shift(self, batch: TensorDictBase) -> TensorDictBase:
+        """Adds the interval's offset to the batch's trajectory ids."""
+        ids = batch.get(self.key) + self.offset
+        batch.set(self.key, ids)
+        self.next_id = max(self.next_id, int(ids.max()) + 1)
+        return batch
+
+    def register(self, trainer: Trainer, name: str = "trajectory_ids") -> None:
+        """Starts a new interval: its ids begin after every id written so far."""
+        self.offset = self.next_id
+        trainer.register_op("batch_process", self.shift)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The next free trajectory id."""
+        return {"next_id": self.next_id}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores the next free trajectory id."""
+        self.next_id = int(state_dict["next_id"])
 
 
 class RunRecord(TrainerHookBase):
@@ -247,7 +497,10 @@ class RunRecord(TrainerHookBase):
         self.report_every = run.cfg.logger.report_every
         self.title = title
         self.actors = actors
-        self.seeds = {**seeds, "environment": f"{run.cfg.seed} + 1000 x actor worker"}
+        self.seeds = {
+            **seeds,
+            "environment": f"{run.cfg.seed} + 10000 x checkpoint interval + 1000 x actor worker",
+        }
         self.steps = 0
         self.batch_steps = 0
         self.episodes = EpisodeReturns(run.log_scalar)
@@ -335,17 +588,25 @@ class RunRecord(TrainerHookBase):
         return {
             "steps": self.steps,
             "episodes": self.episodes.state_dict(),
-            "replay": list(self.replay),
+            "replay": [(frames, length, frozen) for frames, _, length, frozen in self.replay],
+            "replay_bytes": [nbytes for _, nbytes, _, _ in self.replay],  # caches included
             "update_seconds": list(self.update_seconds),
             "wall_seconds": self.wall_seconds,
+            "freeze_logged": self.freeze_logged,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores the records of :meth:`state_dict`."""
         self.steps = state_dict["steps"]
         self.episodes.load_state_dict(state_dict["episodes"])
-        self.replay = [tuple(r) for r in state_dict["replay"]]
+        self.replay = [
+            (frames, nbytes, length, frozen)
+            for (frames, length, frozen), nbytes in zip(
+                state_dict["replay"], state_dict["replay_bytes"], strict=True
+            )
+        ]
         self.update_seconds = [tuple(u) for u in state_dict["update_seconds"]]
+        self.freeze_logged = state_dict["freeze_logged"]
         self.start = time.perf_counter() - state_dict["wall_seconds"]
 
     def register(self, trainer: Trainer, name: str = "run_record") -> None:
@@ -357,27 +618,31 @@ class RunRecord(TrainerHookBase):
 
 def make_trainer(
     cfg: DictConfig,
-    collector: Any,
+    segment: FrameSegment,
+    actors: Actors,
     loss: torch.nn.Module,
     stepper: Any,
     *,
     record: RunRecord,
     stored_keys: list,
-    policy: torch.nn.Module,
+    device: torch.device,
+    hooks: Sequence[TrainerHookBase] = (),
     batch_ops: tuple[Callable[[TensorDictBase], TensorDictBase], ...] = (),
 ) -> Trainer:
-    """TorchRL's ``Trainer`` counting agent steps, with the hooks both recipes use, in order.
+    """TorchRL's ``Trainer`` of one checkpoint interval, counting agent steps, with its hooks.
 
-    The hooks: the run record first (it reads episode returns before keys are dropped), then
-    ``batch_ops``, TorchRL's ``SelectKeys`` (``stored_keys``), the record's freeze hook
-    (restored before the replay buffer it re-shapes), TorchRL's ``ReplayBufferTrainer`` on the
-    record's replay buffer and ``UpdateWeights`` (shipping the learner's ``policy`` to the
-    actors every ``accerl.ship_every`` batches). The Trainer logs nothing itself: the record
-    logs every scalar at environment frames through the run's logger.
+    The Trainer collects the interval ``segment`` with a fresh collector of ``actors``. The
+    hooks, in order: the run record first (it reads episode returns before keys are dropped),
+    then ``hooks`` and ``batch_ops``, TorchRL's ``SelectKeys`` (``stored_keys``), the record's
+    freeze hook stepped at the run's agent steps, TorchRL's ``ReplayBufferTrainer`` on the
+    record's replay buffer (samples moved to the learner's ``device``) and the actors' weight
+    shipping (every ``accerl.ship_every`` batches). The Trainer logs and checkpoints nothing
+    itself: the record logs every scalar at environment frames through the run's logger, and
+    the recipe checkpoints the run at the end of the interval.
     """
     trainer = Trainer(
-        collector=collector,
-        total_frames=cfg.collector.total_frames,
+        collector=actors.collector_for(segment),
+        total_frames=segment.stop - segment.start,
         frame_skip=1,  # the Trainer counts agent steps
         optim_steps_per_batch=cfg.optim.updates_per_batch,
         loss_module=loss,
@@ -387,14 +652,18 @@ def make_trainer(
         save_trainer_interval=10**12,
     )
     record.register(trainer)
+    for hook in hooks:
+        hook.register(trainer)
     for op in batch_ops:
         trainer.register_op("batch_process", op)
     SelectKeys(stored_keys).register(trainer)
-    if record.freeze_hook is not None:
-        record.freeze_hook.register(trainer)
-    ReplayBufferTrainer(record.replay_buffer, flatten_tensordicts=False).register(trainer)
-    ship_every = cfg.accerl.ship_every
-    UpdateWeights(collector, ship_every, policy_weights_getter=lambda: policy).register(trainer)
+    freeze_hook = record.freeze_hook
+    if freeze_hook is not None:  # at the run's agent steps, not the interval's
+        trainer.register_op("post_steps", lambda: freeze_hook.step(record.steps))
+    ReplayBufferTrainer(record.replay_buffer, device=device, flatten_tensordicts=False).register(
+        trainer
+    )
+    actors.register(trainer)
     return trainer
 
 

@@ -43,11 +43,14 @@ import torch
 
 # the recipes' own module: `python examples/<recipe>.py` puts examples/ first on the path
 from composed_common import (
+    Actors,
     ComposedRun,
     RunRecord,
+    TrajectoryIds,
     check_composed_config,
+    composed_placement,
     int8_latent_replay,
-    make_actors,
+    latent_transform,
     make_trainer,
 )
 from omegaconf import DictConfig
@@ -161,13 +164,15 @@ def check(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> ComposedRun:
     """Trains the composed (or plain) DQN pipeline and writes its report."""
     check(cfg)
+    learner = resolve_device(cfg.device)  # CUDA asked for on a machine without: refused here
     run = RecipeRun(cfg, "composed_dqn_atari", tag=cfg.env.name)
+    cfg = run.cfg
     parts = cfg.parts
-    device = resolve_device(cfg.device)
+    place = composed_placement(learner, delta_frames=parts["delta_frames"])
     torch.set_num_threads(cfg.threads)
     seeds = seed_everything(cfg.seed)
 
-    # 1. environment (each actor worker builds its own, seeded)
+    # 1. environment (each actor builds its own, seeded per checkpoint interval)
     make_env = functools.partial(
         make_atari_env, cfg.env.name, max_episode_steps=cfg.env.max_episode_steps
     )
@@ -184,34 +189,34 @@ def train(cfg: DictConfig) -> ComposedRun:
     )
     qnet = TensorDictSequential(
         LatentOrPixelFeatures(encoder), head, QValueModule(spec=action_spec)
-    )
+    ).to(place.learner)
     explore_cls = EGreedyLogProbModule if parts["retrace"] else EGreedyModule
     explore = explore_cls(
         action_spec,
         eps_init=1.0,
         eps_end=cfg.exploration.eps_end,
         annealing_num_steps=cfg.exploration.eps_decay_frames,
-    )
+    ).to(place.learner)
     policy = TensorDictSequential(qnet, explore)
 
-    # 3. actors: a compressed copy of the policy, or the policy itself
+    # 3. actors on the CPU: a compressed copy of the policy, or a copy of the policy itself
     example = probe_env.reset().unsqueeze(0)  # the actors act at batch 1
     probe_env.close()
-    collector, actors = make_actors(
-        cfg,
+    actors = Actors(
+        run,
         make_env,
         policy,
         example,
         compressed=parts["compressed_actors"],
-        compression_view=softmax_q_policy(qnet),
+        compression_view=lambda cpu_policy: softmax_q_policy(cpu_policy[0]),
     )
 
-    # 4. replay: each frame once (DeltaFrameStorage) or TorchRL's LazyTensorStorage
+    # 4. replay: each frame once (DeltaFrameStorage, CPU) or TorchRL's LazyTensorStorage
     capacity = cfg.replay_buffer.size
     if parts["delta_frames"]:
         storage = DeltaFrameStorage(capacity, frame_stack=4, chunk_len=cfg.replay_buffer.chunk_len)
     else:
-        storage = LazyTensorStorage(capacity)
+        storage = LazyTensorStorage(capacity, device=place.pixel_replay)
     sampler = (  # Retrace learns from sequences of consecutive transitions
         SliceSampler(slice_len=cfg.loss.sequence, traj_key=TRAJ_KEY)
         if parts["retrace"]
@@ -245,44 +250,60 @@ def train(cfg: DictConfig) -> ComposedRun:
             modules=[loss],
             optimizers=[optimizer],
             replay_buffer=replay_buffer,
+            latent_transform=latent_transform(encoder, place),
             target_sync="encoder",  # target CNN = online CNN; the head keeps its hard copies
-            replay_options=int8_latent_replay(cfg),
+            replay_options=int8_latent_replay(cfg, place),
         )
 
-    # 7-8. the Trainer and its hooks (the report every logger.report_every agent steps)
+    # 7. the run record, the learner's update, and the run's checkpointed state
     record = RunRecord(
         run,
         replay_buffer,
         freeze_hook=freeze_hook,
         frames_per_step=FRAME_SKIP,
         title=f"Composed DQN on {cfg.env.name}",
-        actors=actors,
+        actors=actors.record,
         seeds=seeds,
     )
     stepper = DQNStep(
         loss,
         optimizer,
         precision="bf16" if parts["low_precision"] else "none",
-        device=device,
+        device=place.learner,
         max_grad_norm=cfg.optim.max_grad_norm,
         record=record,
     )
-    trainer = make_trainer(
-        cfg,
-        collector,
-        loss,
-        stepper,
-        record=record,
-        # random acting before init_random_frames: the uniform policy's μ(a|x) = 1/n
-        batch_ops=(functools.partial(record_uniform_mu, num_actions),) if parts["retrace"] else (),
-        stored_keys=stored_keys,
-        policy=policy,
-    )
-    if parts["retrace"]:
-        trainer.register_op("process_optim_batch", lambda b: b.reshape(-1, cfg.loss.sequence))
-    trainer.register_op("post_optim", target_updater.step)
-    trainer.register_op("post_steps", lambda: explore.step(cfg.collector.frames_per_batch))
-    trainer.train()
+    trajectories = TrajectoryIds(TRAJ_KEY)
+    # restore order: the freeze hook first (it edits the optimizer, installs the latent storage)
+    state = {"freeze_hook": freeze_hook} if freeze_hook is not None else {}
+    state.update(policy=policy, loss=loss, optimizer=optimizer, target_updater=target_updater)
+    state.update(actors=actors, trajectories=trajectories, record=record)
+    steps, _ = run.restore(state=state, replay_buffers={"replay": replay_buffer})
+
+    # 8. one TorchRL Trainer per checkpoint interval (the report every logger.report_every
+    # agent steps), the run checkpointed at the end of each
+    for segment in run.segments(cfg.collector.total_frames, start=steps):
+        trainer = make_trainer(
+            cfg,
+            segment,
+            actors,
+            loss,
+            stepper,
+            record=record,
+            stored_keys=stored_keys,
+            device=place.learner,
+            hooks=[trajectories] if parts["retrace"] else [],
+            # random acting before init_random_frames: the uniform policy's μ(a|x) = 1/n
+            batch_ops=(
+                (functools.partial(record_uniform_mu, num_actions),) if parts["retrace"] else ()
+            ),
+        )
+        if parts["retrace"]:
+            trainer.register_op("process_optim_batch", lambda b: b.reshape(-1, cfg.loss.sequence))
+        trainer.register_op("post_optim", target_updater.step)
+        trainer.register_op("post_steps", lambda: explore.step(cfg.collector.frames_per_batch))
+        trainer.train()
+        run.save(segment.stop, state=state, replay_buffers={"replay": replay_buffer})
     return record.finish()
 
 

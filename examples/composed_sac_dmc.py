@@ -43,11 +43,13 @@ import torch
 
 # the recipes' own module: `python examples/<recipe>.py` puts examples/ first on the path
 from composed_common import (
+    Actors,
     ComposedRun,
     RunRecord,
     check_composed_config,
+    composed_placement,
     int8_latent_replay,
-    make_actors,
+    latent_transform,
     make_trainer,
 )
 from omegaconf import DictConfig
@@ -59,7 +61,7 @@ from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
 from torchrl.objectives import SACLoss, SoftUpdate
 from torchrl.trainers import OptimizationStepper, Trainer
 
-from torchrl_seer.data import DeltaFrameStorage, LatentEncodeTransform
+from torchrl_seer.data import DeltaFrameStorage
 from torchrl_seer.envs import make_dmc_env, split_dmc_task
 from torchrl_seer.modules import CenterCrop, CURLPixelEncoder, LatentOrPixelFeatures, RandomCrop
 from torchrl_seer.objectives import PRECISION_PRESETS, CURLLoss, LowPrecisionSACLoss
@@ -207,13 +209,15 @@ def check(cfg: DictConfig) -> tuple[str, str]:
 def train(cfg: DictConfig) -> ComposedRun:
     """Trains the composed (or plain) pixel SAC pipeline and writes its report."""
     domain, task = check(cfg)
+    learner = resolve_device(cfg.device)  # CUDA asked for on a machine without: refused here
     run = RecipeRun(cfg, "composed_sac_dmc", tag=cfg.env.name)
+    cfg = run.cfg
     parts = cfg.parts
-    resolve_device(cfg.device)  # the CPU (checked): learner, actors and storages run there
+    place = composed_placement(learner, delta_frames=parts["delta_frames"])
     torch.set_num_threads(cfg.threads)
     seeds = seed_everything(cfg.seed)
 
-    # 1. environment: 9x100x100 uint8 observations (each actor worker builds its own, seeded)
+    # 1. environment: 9x100x100 uint8 observations (each actor builds its own, seeded per interval)
     make_env = functools.partial(
         make_dmc_env,
         domain,
@@ -227,7 +231,7 @@ def train(cfg: DictConfig) -> ComposedRun:
     action_dim = action_spec.shape[-1]
 
     # 2. encoder stages: random crop for learning, centre crop for acting
-    encoder = CURLPixelEncoder(9)
+    encoder = CURLPixelEncoder(9).to(place.learner)
     target_encoder = copy.deepcopy(encoder).requires_grad_(False)
     features = LatentOrPixelFeatures(encoder, pre_encoder=RandomCrop(84))
     target_features = LatentOrPixelFeatures(target_encoder, pre_encoder=RandomCrop(84))
@@ -252,12 +256,12 @@ def train(cfg: DictConfig) -> ComposedRun:
         in_keys=["loc", "scale"],
         distribution_class=TanhNormal,
         spec=action_spec,
-    )
+    ).to(place.learner)
     qvalue = TensorDictModule(
         MLP(in_features=50 + action_dim, out_features=1, num_cells=hidden),
         in_keys=["features", "action"],
         out_keys=["state_action_value"],
-    )
+    ).to(place.learner)
     sac_kwargs = {"num_qvalue_nets": 2, "action_spec": action_spec}
     sac_kwargs["alpha_init"] = cfg.loss.init_temperature
     if parts["low_precision"]:
@@ -278,7 +282,9 @@ def train(cfg: DictConfig) -> ComposedRun:
         )
         target_updater = SoftUpdate(loss, tau=cfg.loss.critic_tau)
     encoder_optim = torch.optim.Adam(encoder.parameters(), lr=cfg.optim.lr, fused=True)
-    curl_loss = CURLLoss(encoder, key_encoder=target_encoder) if parts["curl"] else None
+    curl_loss = (
+        CURLLoss(encoder, key_encoder=target_encoder).to(place.learner) if parts["curl"] else None
+    )
     curl_optim = (
         torch.optim.Adam([curl_loss.bilinear], lr=cfg.optim.lr, fused=True)
         if curl_loss is not None
@@ -292,19 +298,17 @@ def train(cfg: DictConfig) -> ComposedRun:
         selected_out_keys=["action"],
     )
 
-    # 4. actors: a compressed copy of the policy, or the policy itself
+    # 4. actors on the CPU: a compressed copy of the policy, or a copy of the policy itself
     example = probe_env.reset().unsqueeze(0)  # the actors act at batch 1
     probe_env.close()
-    collector, actors = make_actors(
-        cfg, make_env, policy, example, compressed=parts["compressed_actors"]
-    )
+    actors = Actors(run, make_env, policy, example, compressed=parts["compressed_actors"])
 
-    # 5. replay: each frame once (DeltaFrameStorage) or TorchRL's LazyTensorStorage
+    # 5. replay: each frame once (DeltaFrameStorage, CPU) or TorchRL's LazyTensorStorage
     capacity = cfg.replay_buffer.size
     if parts["delta_frames"]:
         storage = DeltaFrameStorage(capacity, frame_stack=3, chunk_len=cfg.replay_buffer.chunk_len)
     else:
-        storage = LazyTensorStorage(capacity)
+        storage = LazyTensorStorage(capacity, device=place.pixel_replay)
     replay_buffer = TensorDictReplayBuffer(storage=storage, batch_size=cfg.optim.batch_size)
 
     # 6. the SEER freeze: K random-crop int8 latents, capacity from the bytes the pixels held
@@ -316,21 +320,21 @@ def train(cfg: DictConfig) -> ComposedRun:
             modules=[target_encoder, loss],
             optimizers=[encoder_optim],
             replay_buffer=replay_buffer,
-            latent_transform=LatentEncodeTransform(
-                encoder, num_copies=cfg.seer.num_copies, augmentation=RandomCrop(84)
+            latent_transform=latent_transform(
+                encoder, place, num_copies=cfg.seer.num_copies, augmentation=RandomCrop(84)
             ),
             target_sync="full",  # the target critic is hard-copied from the online one
-            replay_options=int8_latent_replay(cfg),
+            replay_options=int8_latent_replay(cfg, place),
         )
 
-    # 7. the Trainer and its hooks (the report every logger.report_every agent steps)
+    # 7. the run record, the learner's update, and the run's checkpointed state
     record = RunRecord(
         run,
         replay_buffer,
         freeze_hook=freeze_hook,
         frames_per_step=cfg.env.action_repeat,
         title=f"Composed pixel SAC on {cfg.env.name}",
-        actors=actors,
+        actors=actors.record,
         seeds=seeds,
     )
     stepper = SACStep(
@@ -348,16 +352,31 @@ def train(cfg: DictConfig) -> ComposedRun:
         frozen=record.frozen,
         record=record,
     )
-    trainer = make_trainer(
-        cfg,
-        collector,
-        loss,
-        stepper,
-        record=record,
-        stored_keys=STORED_KEYS,
-        policy=policy,
-    )
-    trainer.train()
+    # restore order: the freeze hook first (it edits the optimizer, installs the latent storage)
+    state = {"freeze_hook": freeze_hook} if freeze_hook is not None else {}
+    state.update(encoder=encoder, target_encoder=target_encoder, policy=policy, loss=loss)
+    state.update(sac_stepper=sac_stepper, target_updater=target_updater)
+    state.update(encoder_optim=encoder_optim)
+    if curl_loss is not None:
+        state.update(curl_loss=curl_loss, curl_optim=curl_optim)
+    state.update(actors=actors, record=record)
+    steps, _ = run.restore(state=state, replay_buffers={"replay": replay_buffer})
+
+    # 8. one TorchRL Trainer per checkpoint interval (the report every logger.report_every
+    # agent steps), the run checkpointed at the end of each
+    for segment in run.segments(cfg.collector.total_frames, start=steps):
+        trainer = make_trainer(
+            cfg,
+            segment,
+            actors,
+            loss,
+            stepper,
+            record=record,
+            stored_keys=STORED_KEYS,
+            device=place.learner,
+        )
+        trainer.train()
+        run.save(segment.stop, state=state, replay_buffers={"replay": replay_buffer})
     return record.finish()
 
 

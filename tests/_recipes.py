@@ -9,8 +9,9 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-from tensordict import TensorDict
+from tensordict import TensorDict, TensorDictBase
 
+from torchrl_seer.collectors import PolicyCompressor
 from torchrl_seer.trainers.helpers import load_recipe_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -102,10 +103,12 @@ def _assert_same_buffer(dir_a: Path, dir_b: Path) -> None:
             assert path.read_bytes() == (dir_b / rel).read_bytes(), rel
 
 
-# wall times, throughputs and memory: they differ between two runs of the same seed
+# wall times, throughputs and memory: they differ between two runs of the same seed (bytes
+# held include caches and codec contexts, which a checkpoint does not hold)
 MEASUREMENTS = ("seconds", "rss_before_bytes", "rss_after_bytes", "actor_seconds",
                 "learner_seconds", "wall_seconds", "curve_seconds", "monitor/actor_steps_per_s",
-                "monitor/learner_updates_per_s")  # fmt: skip
+                "monitor/learner_updates_per_s", "update_seconds", "step_ms", "replay_bytes",
+                "budget_bytes", "pixel_storage_bytes", "pixel_bytes_per_transition")  # fmt: skip
 
 
 def _assert_equal(a, b, where: str) -> None:
@@ -113,6 +116,10 @@ def _assert_equal(a, b, where: str) -> None:
         return
     if isinstance(a, torch.Tensor):
         assert torch.equal(a, b), where
+    elif isinstance(a, TensorDictBase):  # e.g. a weight packet
+        _assert_equal(a.to_dict(), b.to_dict(), where)
+    elif isinstance(a, PolicyCompressor):  # a compression pipeline is what its spec says
+        assert a.spec() == b.spec(), where
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for key in a:

@@ -137,8 +137,6 @@ def test_every_part_off_is_plain_torchrl(recipe, tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("checkpoint.interval=16", "do not checkpoint"),
-        ("device=cuda", "CPU only"),
         ("collector.total_frames=0", "collector.total_frames must be > 0"),
         ("env.name=NotAGame", "not an ALE game"),
         ("optim.batch_size=10", "multiple of loss.sequence"),
