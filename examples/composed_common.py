@@ -277,16 +277,16 @@ class Actors(TrainerHookBase):
     resume exactly.
 
     Args:
-        run (RecipeRun): the recipe's run (``collector.*``, ``accerl.*`` and ``seed`` are read;
-            a resumed run's saved actors are reused).
+        run (RecipeRun): the recipe's run (``collector.*``, ``accerl.*``, ``seed`` and
+            ``parts.compressed_actors`` are read: act with a
+            :class:`~torchrl_seer.collectors.CompressedPolicy`, or with a copy of ``policy``
+            itself; a resumed run's saved actors are reused).
         make_env (callable): ``make_env(seed=...)`` builds one actor's environment.
         policy (nn.Module): the learner's acting policy (on any device).
         example (TensorDictBase): an observation at the actors' batch shape, on the CPU (auto
             compression and the step time are measured on it).
 
     Keyword Args:
-        compressed (bool): act with a :class:`~torchrl_seer.collectors.CompressedPolicy`, or
-            with a copy of ``policy`` itself.
         compression_view (callable, optional): ``compression_view(cpu_policy)`` returns the
             probabilistic policy ``select_compression`` compares (defaults to the policy).
 
@@ -302,7 +302,6 @@ class Actors(TrainerHookBase):
         policy: nn.Module,
         example: TensorDictBase,
         *,
-        compressed: bool,
         compression_view: Callable[[nn.Module], nn.Module] | None = None,
     ) -> None:
         cfg = run.cfg
@@ -320,7 +319,7 @@ class Actors(TrainerHookBase):
         self.record: dict[str, Any] = {"batch": 1, "compression": "fp32 (uncompressed)"}
         self.scheme: CompressedWeightSyncScheme | None = None
         self.policy: nn.Module = self.cpu_policy
-        if compressed:
+        if cfg.parts.compressed_actors:
             if saved is not None:  # the resumed run's choice: auto is measured once per run
                 compressor = saved["packet"]["pipeline"]
             else:
@@ -475,7 +474,7 @@ class RunRecord(TrainerHookBase):
         freeze_hook: the ``FreezeEncoderHook`` (``None`` without SEER).
         frames_per_step: environment frames per agent step (frame skip / action repeat).
         title: the report's heading.
-        actors: what :func:`make_actors` says of the actors.
+        actors: what the actors are (:attr:`Actors.record`).
         seeds: what :func:`~torchrl_seer.trainers.helpers.seed_everything` seeded.
     """
 
@@ -620,7 +619,6 @@ def make_trainer(
     cfg: DictConfig,
     segment: FrameSegment,
     actors: Actors,
-    loss: torch.nn.Module,
     stepper: Any,
     *,
     record: RunRecord,
@@ -631,12 +629,14 @@ def make_trainer(
 ) -> Trainer:
     """TorchRL's ``Trainer`` of one checkpoint interval, counting agent steps, with its hooks.
 
-    The Trainer collects the interval ``segment`` with a fresh collector of ``actors``. The
-    hooks, in order: the run record first (it reads episode returns before keys are dropped),
-    then ``hooks`` and ``batch_ops``, TorchRL's ``SelectKeys`` (``stored_keys``), the record's
-    freeze hook stepped at the run's agent steps, TorchRL's ``ReplayBufferTrainer`` on the
-    record's replay buffer (samples moved to the learner's ``device``) and the actors' weight
-    shipping (every ``accerl.ship_every`` batches). The Trainer logs and checkpoints nothing
+    The Trainer collects the interval ``segment`` with a fresh collector of ``actors`` and
+    optimizes with ``stepper`` (a TorchRL ``OptimizationStepper`` whose ``loss`` is the
+    Trainer's loss module). The hooks, in order: the run record first (it reads episode
+    returns before keys are dropped), then ``hooks`` and ``batch_ops``, TorchRL's
+    ``SelectKeys`` (``stored_keys``), the record's freeze hook stepped at the run's agent
+    steps, TorchRL's ``ReplayBufferTrainer`` on the record's replay buffer (samples moved to
+    the learner's ``device``) and the actors' weight shipping (every ``accerl.ship_every``
+    batches). The Trainer logs and checkpoints nothing
     itself: the record logs every scalar at environment frames through the run's logger, and
     the recipe checkpoints the run at the end of the interval.
     """
@@ -645,7 +645,7 @@ def make_trainer(
         total_frames=segment.stop - segment.start,
         frame_skip=1,  # the Trainer counts agent steps
         optim_steps_per_batch=cfg.optim.updates_per_batch,
-        loss_module=loss,
+        loss_module=stepper.loss,
         optimization_stepper=stepper,
         logger=None,
         progress_bar=True,

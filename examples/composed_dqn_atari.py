@@ -7,7 +7,8 @@ part off this file is TorchRL's plain DQN pipeline):
 2. a Q-network: the data-efficient CNN as a SEER ``SplitEncoder`` + MLP head. Acting reads
    pixels; after the freeze learning reads stored latents (``LatentOrPixelFeatures``);
 3. **actors** (``parts.compressed_actors``): collector workers that act while the learner
-   learns (``MultiAsyncCollector``), with a ``CompressedPolicy`` (compression chosen by
+   learns (``MultiAsyncCollector``; ``collector.workers=0`` acts in the learner's process),
+   always on the CPU, with a ``CompressedPolicy`` (compression chosen by
    ``select_compression``, or named), shipped by ``CompressedWeightSyncScheme``; ε-greedy
    exploration records the behaviour probability μ(a|x) (``EGreedyLogProbModule``);
 4. **replay** (``parts.delta_frames``): ``DeltaFrameStorage`` (each frame once, compressed,
@@ -20,17 +21,26 @@ part off this file is TorchRL's plain DQN pipeline):
    (it grows or shrinks: the report says which), and encodes new transitions on write;
 7. **learner** (``parts.low_precision``): forward passes in bf16 (``torch.autocast``; fp32
    master weights, no loss scaling needed in bf16);
-8. a TorchRL ``Trainer`` runs collect → write → update → ship weights → freeze check; every
-   scalar is logged at environment frames, and the report (markdown + PNG: returns, replay
-   bytes, learner time before/after the freeze) is rewritten in the run folder every
-   ``logger.report_every`` agent steps and at the end.
+8. a TorchRL ``Trainer`` per checkpoint interval runs collect → write → update → ship weights
+   → freeze check with a fresh collector; every scalar is logged at environment frames, and
+   the report (markdown + PNG: returns, replay bytes, learner time before/after the freeze) is
+   rewritten in the run folder every ``logger.report_every`` agent steps and at the end.
 
-The recipe runs on the CPU and does not checkpoint (``checkpoint.interval`` and ``resume`` are
-refused). Configuration: ``examples/configs/composed_dqn_atari.yaml``; override any setting on
-the command line::
+Every ``checkpoint.interval`` agent steps the run is saved (networks, optimizer, target
+updater, the freeze hook, the replay buffer in whichever storage it holds, the actors' packet
+and compression, generators, the logger's step); ``resume=<run dir>`` continues it. A resumed
+run equals the uninterrupted one with ``collector.workers=0``; worker processes do not save
+their own generators. ``device=cuda`` (or ``auto`` with CUDA) puts the learner, its losses and
+the latent buffer on CUDA; the actors and ``DeltaFrameStorage`` stay on the CPU
+(``composed_placement``; GPU runs are untested).
+
+Configuration: ``examples/configs/composed_dqn_atari.yaml``; override any setting on the
+command line::
 
     python examples/composed_dqn_atari.py parts.seer=false collector.total_frames=20000
     python examples/composed_dqn_atari.py --config-name composed_dqn_atari_demo   # the demo
+    python examples/composed_dqn_atari.py checkpoint.interval=10000 collector.workers=0
+    python examples/composed_dqn_atari.py resume=runs/composed_dqn_atari_Pong_...  # continue
 """
 
 from __future__ import annotations
@@ -126,16 +136,19 @@ class DQNStep(OptimizationStepper):
         return out
 
 
-def softmax_q_policy(qnet: TensorDictSequential) -> ProbabilisticActor:
-    """The Q-network read as a softmax policy over its action values.
+def softmax_q_policy(policy: TensorDictSequential) -> ProbabilisticActor:
+    """The ε-greedy policy's Q-network read as a softmax policy over its action values.
 
     ``select_compression`` compares probabilistic policies: ``auto`` times and compares this view
     (a compressed network must keep the same preferences); the chosen pipeline then compresses
     the ε-greedy policy.
+
+    Args:
+        policy: the ε-greedy policy (Q-network, then exploration).
     """
     return ProbabilisticActor(
         TensorDictSequential(
-            qnet,
+            policy[0],  # the Q-network
             TensorDictModule(torch.nn.Identity(), in_keys=["action_value"], out_keys=["logits"]),
         ),
         in_keys=["logits"],
@@ -202,14 +215,7 @@ def train(cfg: DictConfig) -> ComposedRun:
     # 3. actors on the CPU: a compressed copy of the policy, or a copy of the policy itself
     example = probe_env.reset().unsqueeze(0)  # the actors act at batch 1
     probe_env.close()
-    actors = Actors(
-        run,
-        make_env,
-        policy,
-        example,
-        compressed=parts["compressed_actors"],
-        compression_view=lambda cpu_policy: softmax_q_policy(cpu_policy[0]),
-    )
+    actors = Actors(run, make_env, policy, example, compression_view=softmax_q_policy)
 
     # 4. replay: each frame once (DeltaFrameStorage, CPU) or TorchRL's LazyTensorStorage
     capacity = cfg.replay_buffer.size
@@ -287,7 +293,6 @@ def train(cfg: DictConfig) -> ComposedRun:
             cfg,
             segment,
             actors,
-            loss,
             stepper,
             record=record,
             stored_keys=stored_keys,

@@ -12,8 +12,9 @@ part off this file is TorchRL's plain pipeline: fp32 actors, ``LazyTensorStorage
    Kahan target updates) instead of TorchRL's fp32 ``SACLoss``; the encoder keeps fp32 weights;
    **CURL** (``parts.curl``): the contrastive loss trains the encoder until the freeze;
 4. **actors** (``parts.compressed_actors``): collector workers that act while the learner
-   learns (``MultiAsyncCollector``) with a ``CompressedPolicy`` chosen by
-   ``select_compression`` (or named), shipped by ``CompressedWeightSyncScheme``;
+   learns (``MultiAsyncCollector``; ``collector.workers=0`` acts in the learner's process),
+   always on the CPU, with a ``CompressedPolicy`` chosen by ``select_compression`` (or
+   named), shipped by ``CompressedWeightSyncScheme``;
 5. **replay** (``parts.delta_frames``): ``DeltaFrameStorage`` (each frame once, compressed,
    lossless) instead of ``LazyTensorStorage``;
 6. **SEER** (``parts.seer``): ``FreezeEncoderHook`` on the Trainer. At T_f the encoder stops
@@ -21,16 +22,26 @@ part off this file is TorchRL's plain pipeline: fp32 actors, ``LazyTensorStorage
    online one, every stored observation becomes K random-crop latents, int8 in a
    ``QuantizedStorage`` whose capacity comes from the bytes the pixel storage really held
    (it grows or shrinks: the report says which); new transitions are encoded on write;
-7. a TorchRL ``Trainer`` runs collect → write → update → ship weights → freeze check; every
-   scalar is logged at environment frames, and the report (markdown + PNG: returns, replay
-   bytes, learner time before/after the freeze) is rewritten in the run folder every
-   ``logger.report_every`` agent steps and at the end.
+7. a TorchRL ``Trainer`` per checkpoint interval runs collect → write → update → ship weights
+   → freeze check with a fresh collector; every scalar is logged at environment frames, and
+   the report (markdown + PNG: returns, replay bytes, learner time before/after the freeze) is
+   rewritten in the run folder every ``logger.report_every`` agent steps and at the end.
 
-The recipe runs on the CPU and does not checkpoint (``checkpoint.interval`` and ``resume`` are
-refused). Rendering DMC on a CPU runs at about 20 frames/s. Configuration:
+Every ``checkpoint.interval`` agent steps the run is saved (encoders, losses, optimizers and
+loss scalers, target updaters, CURL, the freeze hook, the replay buffer in whichever storage it
+holds, the actors' packet and compression, generators, the logger's step);
+``resume=<run dir>`` continues it. A resumed run equals the uninterrupted one with
+``collector.workers=0``; worker processes do not save their own generators. ``device=cuda``
+(or ``auto`` with CUDA) puts the encoder, the SAC networks, their losses and the latent buffer
+on CUDA; the actors and ``DeltaFrameStorage`` stay on the CPU (``composed_placement``; GPU
+runs are untested).
+
+Rendering DMC on a CPU runs at about 20 frames/s. Configuration:
 ``examples/configs/composed_sac_dmc.yaml``; override any setting on the command line::
 
     MUJOCO_GL=egl python examples/composed_sac_dmc.py parts.low_precision=false
+    MUJOCO_GL=egl python examples/composed_sac_dmc.py checkpoint.interval=2000
+    MUJOCO_GL=egl python examples/composed_sac_dmc.py resume=runs/composed_sac_dmc_...
 """
 
 from __future__ import annotations
@@ -317,14 +328,7 @@ def train(cfg: DictConfig) -> ComposedRun:
     # 4. actors on the CPU: a compressed copy of the policy, or a copy of the policy itself
     example = probe_env.reset().unsqueeze(0)  # the actors act at batch 1
     probe_env.close()
-    actors = Actors(
-        run,
-        make_env,
-        policy,
-        example,
-        compressed=parts["compressed_actors"],
-        compression_view=probabilistic_view,
-    )
+    actors = Actors(run, make_env, policy, example, compression_view=probabilistic_view)
 
     # 5. replay: each frame once (DeltaFrameStorage, CPU) or TorchRL's LazyTensorStorage
     capacity = cfg.replay_buffer.size
@@ -389,15 +393,9 @@ def train(cfg: DictConfig) -> ComposedRun:
     # agent steps), the run checkpointed at the end of each
     for segment in run.segments(cfg.collector.total_frames, start=steps):
         trainer = make_trainer(
-            cfg,
-            segment,
-            actors,
-            loss,
-            stepper,
-            record=record,
-            stored_keys=STORED_KEYS,
+            cfg, segment, actors, stepper, record=record, stored_keys=STORED_KEYS,
             device=place.learner,
-        )
+        )  # fmt: skip
         trainer.train()
         run.save(segment.stop, state=state, replay_buffers={"replay": replay_buffer})
     return record.finish()
