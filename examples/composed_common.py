@@ -379,7 +379,7 @@ class Actors(TrainerHookBase):
             self.policy.load_packet(packet)  # a later interval's collector starts from it
             if self.workers > 0:
                 self.collector.update_policy_weights_(packet)  # a ready packet, shipped as is
-        else:
+        elif self.workers > 0:  # in-process actors act with the CPU copy itself
             self.collector.update_policy_weights_(self.cpu_policy)
 
     def register(self, trainer: Trainer, name: str = "actors") -> None:

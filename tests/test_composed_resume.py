@@ -160,27 +160,30 @@ def test_latent_transform_moves_cpu_pixels_to_the_learner():
     assert moved.latent_shape == encoder.latent_shape
 
 
-@pytest.mark.parametrize("recipe", sorted(RESUME))
-def test_the_learner_is_placed_on_the_run_device(recipe, tmp_path, monkeypatch):
-    """Every device decision goes through ``composed_placement``: on CPU, all of it is CPU."""
-    common = load_recipe("composed_common")
+def test_the_learner_is_placed_on_the_run_device(tmp_path, monkeypatch):
+    """Every device decision goes through ``composed_placement``: on CPU, all of it is CPU.
+
+    The actors are uncompressed and act in the learner's process here.
+    """
+    recipe = load_recipe("composed_dqn_atari")
     seen = []
-    place = common.composed_placement
+    place = recipe.composed_placement
 
     def recorded(learner, *, delta_frames):
         seen.append((learner, delta_frames))
         return place(learner, delta_frames=delta_frames)
 
-    monkeypatch.setattr(load_recipe(recipe), "composed_placement", recorded)
-    budget, _, _ = RESUME[recipe]
+    monkeypatch.setattr(recipe, "composed_placement", recorded)
+    budget, _, _ = RESUME["composed_dqn_atari"]
     run = run_recipe(
-        recipe, *budget, "device=auto", *EXACT, "logger.backend=null",
-        f"logger.output_dir={tmp_path}",
+        "composed_dqn_atari", *budget, "device=auto", "parts.compressed_actors=false", *EXACT,
+        "logger.backend=null", f"logger.output_dir={tmp_path}",
     )  # fmt: skip
     expected = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     assert seen == [(expected, True)]
     assert {p.device for p in run.freeze_hook.encoder.parameters()} == {expected}
     assert isinstance(run.replay_buffer.storage, QuantizedStorage)
+    assert run.record.steps == 96 and run.record.update_seconds
 
 
 @pytest.mark.parametrize(
