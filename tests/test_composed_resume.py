@@ -18,8 +18,9 @@ from tests.test_composed_recipes import DQN_TINY, SAC_TINY
 from torchrl_seer.data import QuantizedStorage
 
 # recipe -> (tiny budget with a checkpoint every 2 batches, checkpoint frames, freeze step).
-# The latent capacity is capped below the byte budget: the bytes a DeltaFrameStorage holds
-# include its decoded-chunk cache and codec contexts, which a checkpoint does not restore.
+# The latent capacity is capped below the byte budget: a DeltaFrameStorage restored from a
+# checkpoint holds its frames in sealed chunks and restarts its write streams, so it holds a
+# different byte count than the storage it was saved from (same frames).
 RESUME = {
     "composed_dqn_atari": (
         (*DQN_TINY, "checkpoint.interval=32", "seer.max_capacity=64"),

@@ -238,3 +238,18 @@ def test_recompress_refuses_codecs_other_than_zstd():
     ReplayBuffer(storage=delta).extend(data)
     with pytest.raises(ValueError, match="recompress re-encodes zstd chunks"):
         delta.recompress(9)
+
+
+def test_transient_bytes_are_the_caches_and_codec_contexts_that_reads_create():
+    from torchrl_seer.data.replay_rewiring import storage_nbytes
+
+    data = make_transitions(num_envs=1, steps=200, frame_stack=4, channels=1, seed=5, levels=4)
+    delta = DeltaFrameStorage(256, frame_stack=4, chunk_len=32, cache_bytes=1 << 20)
+    delta.set(torch.arange(200), data)
+    delta.flush()
+    kept = storage_nbytes(delta, transient=False)
+    _ = delta[torch.arange(0, 200, 3)]  # decoding fills the cache and a decompression context
+    assert delta.nbytes_transient() >= delta.codec.memory_bytes() > 0
+    assert delta.nbytes_transient() > delta.codec.memory_bytes()  # the decoded-chunk cache
+    assert storage_nbytes(delta, transient=False) == kept  # reads do not change the rest
+    assert storage_nbytes(delta) == delta.nbytes_held() == kept + delta.nbytes_transient()

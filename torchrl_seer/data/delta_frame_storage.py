@@ -637,6 +637,21 @@ class DeltaFrameStorage(LazyTensorStorage):
             )
         return total
 
+    def nbytes_transient(self) -> int:
+        """The part of :meth:`nbytes_held` in decoded-chunk caches and codec contexts.
+
+        It depends on the recent reads (and on the threads that decoded), and is not saved
+        in a checkpoint.
+
+        Returns:
+            The byte count.
+        """
+        cached = sum(
+            index.pool.cached_bytes() + index.pool.device_cached_bytes()
+            for index in self._indices.values()
+        )
+        return self.codec.memory_bytes() + cached
+
     def bytes(self) -> int:
         """Alias of :meth:`nbytes_held` (the name TorchRL's storages use)."""
         return self.nbytes_held()

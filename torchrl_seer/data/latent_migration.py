@@ -84,7 +84,8 @@ class LatentReplayOptions:
 
     Attributes:
         budget_bytes (int, optional): memory budget of the latent buffer. Defaults to the
-            bytes the pixel storage holds (measured).
+            bytes the pixel storage holds (measured), without its caches and codec working
+            memory (``SizedStorage.nbytes_transient``).
         max_capacity (int, optional): cap on the latent capacity ``c'``.
         capacity (int or callable, optional): an explicit ``c'``, or ``pixel_capacity -> c'``
             (e.g. ``functools.partial(reference_capacity_atari, t_max=500_000)``); overrides the
@@ -161,7 +162,8 @@ class LatentMigrationReport:
         pixel_bytes_per_transition (float): b_pix, allocated pixel bytes / C.
         latent_bytes_per_transition (int): b_lat, allocated latent bytes / c'.
         budget_bytes (int): the memory budget used for c'.
-        pixel_storage_bytes (int): allocated bytes of the released pixel storage.
+        pixel_storage_bytes (int): bytes of the released pixel storage (caches and codec
+            working memory left out).
         latent_storage_bytes (int): allocated bytes of the latent storage.
         rss_before_bytes (int): process RSS right before the migration.
         rss_after_bytes (int): process RSS after the pixel storage was released.
@@ -224,7 +226,8 @@ def migrate_to_latent_replay(
 
     Keyword Args:
         budget_bytes (int, optional): memory budget of the latent buffer. Defaults to the
-            bytes the pixel storage holds (measured).
+            bytes the pixel storage holds (measured), without its caches and codec working
+            memory (``SizedStorage.nbytes_transient``).
         max_capacity (int, optional): cap on ``c'``.
         capacity (int or callable, optional): an explicit ``c'``, or ``pixel_capacity -> c'``
             (e.g. from the reference formulas); overrides the budget rule. An empty pixel
@@ -269,7 +272,9 @@ def migrate_to_latent_replay(
     pixel_capacity = int(old_storage.max_size)
     slots = oldest_first_slots(replay_buffer)
     try:
-        pixel_bytes = storage_nbytes(old_storage)
+        # caches and codec contexts left out: they depend on recent reads, so a resumed run
+        # would size its latent buffer differently from the uninterrupted run
+        pixel_bytes = storage_nbytes(old_storage, transient=False)
     except TypeError:
         if budget_bytes is None and capacity is None:
             raise

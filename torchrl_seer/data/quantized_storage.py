@@ -598,6 +598,10 @@ class QuantizedStorage(LazyTensorStorage):
         rows = sum(t.numel() * t.element_size() for t in self._storage.values(True, True))
         return rows + params
 
+    def nbytes_transient(self) -> int:
+        """Bytes of caches and working memory: none (every byte held is a stored row or range)."""
+        return 0
+
     def _quantization_state(self) -> dict[str, Any]:
         return {
             "format": self.format,

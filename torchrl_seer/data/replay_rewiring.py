@@ -156,7 +156,7 @@ def attached_replay_buffers(storage: Storage) -> list[ReplayBuffer]:
     return [entity for entity in storage._attached_entities if isinstance(entity, ReplayBuffer)]
 
 
-def storage_nbytes(storage: Storage) -> int:
+def storage_nbytes(storage: Storage, *, transient: bool = True) -> int:
     """Bytes a storage holds allocated.
 
     A :class:`SizedStorage` (every storage of this library) reports itself; for a TorchRL
@@ -164,6 +164,11 @@ def storage_nbytes(storage: Storage) -> int:
 
     Args:
         storage (Storage): the storage to measure.
+
+    Keyword Args:
+        transient (bool): count the caches and codec working memory of a
+            :class:`SizedStorage` (:meth:`~SizedStorage.nbytes_transient`), which depend on
+            recent reads. Defaults to ``True``.
 
     Returns:
         The allocated size in bytes (``0`` for a storage not yet initialized).
@@ -181,7 +186,8 @@ def storage_nbytes(storage: Storage) -> int:
         160
     """
     if isinstance(storage, SizedStorage):
-        return int(storage.nbytes_held())
+        held = int(storage.nbytes_held())
+        return held if transient else held - int(storage.nbytes_transient())
     if isinstance(storage, TensorStorage):
         if not storage.initialized:
             return 0

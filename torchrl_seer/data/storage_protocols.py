@@ -16,7 +16,8 @@ class SizedStorage(Protocol):
 
     Every storage of this library implements it
     (:class:`~torchrl_seer.data.DeltaFrameStorage`, :class:`~torchrl_seer.data.QuantizedStorage`)
-    and keeps TorchRL's ``bytes()`` as an alias.
+    and keeps TorchRL's ``bytes()`` as an alias; it also says which of those bytes are
+    transient (caches, codec working memory).
     :func:`~torchrl_seer.data.replay_rewiring.storage_nbytes` measures any storage: this
     protocol first, then the allocated rows of a TorchRL :class:`~torchrl.data.TensorStorage`.
 
@@ -31,6 +32,15 @@ class SizedStorage(Protocol):
 
     def nbytes_held(self) -> int:
         """Bytes the storage holds: rows, side tables, caches, codec state."""
+        ...
+
+    def nbytes_transient(self) -> int:
+        """The part of :meth:`nbytes_held` that reads and writes create and drop.
+
+        Caches of decoded data and codec working memory: they depend on the recent reads and
+        threads, and are not in a checkpoint. ``nbytes_held() - nbytes_transient()`` is the
+        same in a run and in the same run stopped and resumed.
+        """
         ...
 
 
