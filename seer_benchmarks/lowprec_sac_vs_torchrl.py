@@ -16,7 +16,7 @@ so that both see the same machine load::
         collector.env_per_collector=1 collector.device=cpu network.device=cpu \
         logger.backend=csv logger.eval_iter=10000 > run.log 2> time.log) &
     wait
-    python -m seer_benchmarks.lowprec_sac_vs_torchrl runs/lowprec_full
+    python -m seer_benchmarks.lowprec_sac_vs_torchrl runs/lowprec_full --note "..."
 
 The page ``docs/benchmarks/lowprec_sac_vs_torchrl.md`` reports, per seed and arm, the evaluation
 return curve, the return at the last evaluation, and the training wall time per environment step
@@ -93,6 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "root", type=Path, help="folder with ours_s<seed>/ and torchrl_s<seed>/ run folders"
+    )
+    parser.add_argument(
+        "--note",
+        action="append",
+        default=[],
+        help="a paragraph for the page's notes (machine load, runs not made); repeatable",
     )
     args = parser.parse_args(argv)
     seeds = sorted({int(p.name.split("_s")[-1]) for p in args.root.glob("*_s[0-9]*") if p.is_dir()})
@@ -171,6 +177,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{arm_name}: training wall time per environment step ÷ TorchRL's example, median "
             f"over {len(values)} seed(s): {statistics.median(values):.2f} (target ≤ 1.1)."
         )
+
+    for note in args.note:
+        report.add_note(note)
 
     fig, ax = plt.subplots(figsize=(7, 4))
     styles = {"TorchRL sac.py, fp32": "--"}
