@@ -97,19 +97,20 @@ def env_maker(cfg: DictConfig):
 
 
 # ----------------------------------------------------------------------------- networks
-def make_networks(env, width):
+def make_networks(env, width, critic_width=None):
+    """The actor (``width``-wide torso) and the critic (``critic_width``, default ``width``)."""
     n_actions = int(env.action_spec.space.n)
     if "pixels" in env.observation_spec.keys():
         key = "pixels"
 
-        def body(out_features):
+        def body(out_features, width=None):
             return NatureCNN(out_features)
 
     else:
         key = "observation"
         n_obs = env.observation_spec[key].shape[-1]
 
-        def body(out_features):
+        def body(out_features, width=width):
             return MLP(in_features=n_obs, out_features=out_features, num_cells=[width, width])
 
     actor = ProbabilisticActor(
@@ -118,7 +119,7 @@ def make_networks(env, width):
         distribution_class=torch.distributions.Categorical,
         return_log_prob=True,  # the actor's log mu(a|x): recorded by the compressed network
     )
-    critic = ValueOperator(body(1), in_keys=[key])
+    critic = ValueOperator(body(1, critic_width or width), in_keys=[key])
     return actor, critic
 
 
@@ -146,7 +147,7 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
     seed_everything(cfg.seed)
     make_env = env_maker(cfg)
     probe_env = make_env(cfg.seed)
-    actor, critic = make_networks(probe_env, cfg.network.width)
+    actor, critic = make_networks(probe_env, cfg.network.width, cfg.network.critic_width)
     with torch.no_grad():  # materialise shapes
         td = probe_env.reset()
         actor(td.unsqueeze(0))
@@ -178,7 +179,7 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
 
     collectors = arm.collectors(
         make_env, start=start, total_frames=total_frames, workers=workers,
-        frames_per_batch=cfg.collector.frames_per_batch,
+        frames_per_batch=cfg.collector.frames_per_batch, overlap=cfg.collector.overlap,
     )  # fmt: skip
     for _, collector in collectors:
         for batch in collector:

@@ -14,6 +14,7 @@ from torchrl_seer.collectors.divergence import policy_divergence
 from torchrl_seer.collectors.monitor import CompressionMonitor, fallback_ladder
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 from torchrl_seer.collectors.ray_weight_sync import CompressedRayWeightSyncScheme
+from torchrl_seer.collectors.static_graph import StaticGraph
 from torchrl_seer.collectors.weight_sync import (
     CompressedPacketSender,
     CompressedWeightStrategy,
@@ -34,6 +35,7 @@ __all__ = [
     "PolicyCompressor",
     "Prune",
     "Quantize",
+    "StaticGraph",
     "UnsupportedLayerError",
     "fallback_ladder",
     "policy_divergence",
