@@ -36,9 +36,11 @@ from torchrl.modules import MLP, ProbabilisticActor, ValueOperator
 from torchrl.objectives import A2CLoss
 
 from torchrl_seer.collectors import (
+    AsyncDistiller,
     CompressedPolicy,
     CompressedWeightSyncScheme,
     CompressionMonitor,
+    PolicyCompressor,
     fallback_ladder,
 )
 from torchrl_seer.envs import make_atari_env
@@ -68,6 +70,14 @@ def check(cfg: DictConfig) -> None:
     )  # fmt: skip
     if cfg.env.atari:
         check_atari_game(cfg.env.name)
+    if cfg.accerl.distill_width is not None:
+        check_config(cfg, positive=["accerl.distill_width"])
+        if cfg.checkpoint.interval > 0:
+            raise ValueError(
+                "accerl.distill_width cannot be combined with checkpoint.interval > 0: the "
+                "student trains in a background thread at the pace the machine allows, so a "
+                "resumed run could not reproduce it."
+            )
 
 
 # ----------------------------------------------------------------------------- environment
@@ -166,9 +176,19 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
     vtrace.set_keys(sample_log_prob="action_log_prob")
     loss.value_estimator = vtrace  # the Corrector: V-trace with mu = compressed actor
     optim = torch.optim.Adam(loss.parameters(), lr=cfg.optim.lr)
-    monitor = CompressionMonitor(
-        actor, ladder=fallback_ladder(compressor), kl_bound=kl_bound, logger=run.logger
-    )
+    ladder = fallback_ladder(compressor)
+    distiller = None
+    if cfg.accerl.distill_width is not None and compression != "none":
+        # a smaller student, distilled in the background; the Monitor ships it (compressed
+        # like the starting pipeline) once it stays within its recovery bound
+        student, _ = make_networks(probe_env, cfg.accerl.distill_width)
+        with torch.no_grad():
+            student(td.unsqueeze(0))
+        distiller = AsyncDistiller(actor, student, kl_bound=kl_bound, seed=cfg.seed)
+        ladder = [PolicyCompressor([distiller.step, *compressor.steps]), *ladder]
+    monitor = CompressionMonitor(actor, ladder=ladder, kl_bound=kl_bound, logger=run.logger)
+    if distiller is not None:
+        monitor.level = 1  # the actors start with the starting pipeline, not the student
     total_frames = cfg.collector.total_frames
     run_log = RunLog(arm.label, total_frames=total_frames, log_scalar=run.log_scalar)
     # the networks (their parameters are the loss's), not the loss: its V-trace estimator
@@ -181,33 +201,42 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
         make_env, start=start, total_frames=total_frames, workers=workers,
         frames_per_batch=cfg.collector.frames_per_batch, overlap=cfg.collector.overlap,
     )  # fmt: skip
-    for _, collector in collectors:
-        for batch in collector:
-            monitor.record_actor(batch.numel(), run_log.collected(batch))
-            batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
+    if distiller is not None:
+        distiller.start()
+    try:
+        for _, collector in collectors:
+            for batch in collector:
+                monitor.record_actor(batch.numel(), run_log.collected(batch))
+                batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
 
-            # learner: one V-trace-corrected actor-critic update per batch
-            t0 = time.perf_counter()
-            losses = loss(batch)
-            total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-            optim.zero_grad()
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(loss.parameters(), cfg.optim.max_grad_norm)
-            optim.step()
-            if run_log.batches % cfg.accerl.ship_every == 0:
-                ship_weights(collector, actor, policy, scheme, workers=workers)
-            learner_seconds = time.perf_counter() - t0
-            run_log.learned(learner_seconds, updates=1)
-            monitor.record_learner(1, learner_seconds, version=scheme.version)
+                # learner: one V-trace-corrected actor-critic update per batch
+                t0 = time.perf_counter()
+                losses = loss(batch)
+                total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                optim.zero_grad()
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(loss.parameters(), cfg.optim.max_grad_norm)
+                optim.step()
+                if distiller is not None:  # hands over the states and weights; never waits
+                    distiller.observe(batch, actor)
+                if run_log.batches % cfg.accerl.ship_every == 0:
+                    ship_weights(collector, actor, policy, scheme, workers=workers)
+                learner_seconds = time.perf_counter() - t0
+                run_log.learned(learner_seconds, updates=1)
+                monitor.record_learner(1, learner_seconds, version=scheme.version)
 
-            if (run_log.batches - 1) % cfg.accerl.monitor_every == 0:
-                level = monitor.level
-                monitor.check(batch, step=run_log.frames)
-                if monitor.level != level:  # the Monitor moved: ship the new pipeline next time
-                    scheme.compressor = monitor.compressor
-                    print(f"[{arm.label}] monitor: {monitor.events[-1]}")
-            run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
-            arm.report_due(run_log, monitor=monitor)
+                if (run_log.batches - 1) % cfg.accerl.monitor_every == 0:
+                    level = monitor.level
+                    monitor.check(batch, step=run_log.frames)
+                    if monitor.level != level:  # the Monitor moved: ship the new pipeline next time
+                        scheme.compressor = monitor.compressor
+                        print(f"[{arm.label}] monitor: {monitor.events[-1]}")
+                run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
+                arm.report_due(run_log, monitor=monitor)
+    finally:
+        if distiller is not None:
+            distiller.stop()
+            print(f"[{arm.label}] distillation: {distiller.stats()}")
     return run_log.summary(compression=why, monitor=monitor)
 
 

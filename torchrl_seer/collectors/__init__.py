@@ -1,5 +1,6 @@
 """AcceRL compressed actors: compressor, compressed policy, weight sync and monitor."""
 
+from torchrl_seer.collectors.async_distillation import AsyncDistiller
 from torchrl_seer.collectors.auto_compression import AutoCompressionResult, select_compression
 from torchrl_seer.collectors.compressed_policy import CompressedPolicy
 from torchrl_seer.collectors.compression_steps import (
@@ -22,6 +23,7 @@ from torchrl_seer.collectors.weight_sync import (
 )
 
 __all__ = [
+    "AsyncDistiller",
     "AutoCompressionResult",
     "Cast",
     "CompressedPacketSender",
