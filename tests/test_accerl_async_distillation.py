@@ -131,7 +131,7 @@ def test_impala_recipe_distils_a_student_in_the_background(tmp_path, capsys):
 
 
 def test_distillation_refuses_checkpoints(tmp_path):
-    with pytest.raises(ValueError, match="accerl.distill_width cannot be combined"):
+    with pytest.raises(ValueError, match=r"accerl\.distill_width cannot be combined"):
         run_recipe(
             "accerl_impala", "accerl.distill_width=8", "checkpoint.interval=512",
             f"logger.output_dir={tmp_path}",
