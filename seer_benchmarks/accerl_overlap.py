@@ -103,7 +103,7 @@ def _median_ms(policies, data, *, repeats, inner) -> dict[str, float]:
     return {name: 1e3 * t.median / inner for name, t in timings.items()}
 
 
-def static_graph_rows(widths=(1024, 2048), batches=(1, 16)) -> list[list[Any]]:
+def static_graph_rows(widths=(2048,), batches=(1, 16)) -> list[list[Any]]:
     """Per-call time of the CartPole-sized MLP actor per pipeline, and graph build time."""
     torch.set_num_threads(1)
     rows = []
@@ -155,7 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--conditions", default="", help="what else ran on the machine")
     args = parser.parse_args(argv)
     reports = [read_report(p) for p in sorted(args.root.glob("**/accerl_impala_*/report.json"))]
-    reports = [r for r in reports if len(r["runs"]) == 2]
+    total = "collector", "total_frames"
+    reports = [  # both arms finished (a run writes its report along the way)
+        r for r in reports
+        if len(r["runs"]) == 2 and all(a["frames"] == r["config"][total[0]][total[1]]
+                                       for a in r["runs"])
+    ]  # fmt: skip
     if not reports:
         raise SystemExit(f"no finished two-arm AcceRL IMPALA runs under {args.root}")
     reports.sort(key=lambda r: r["settings"]["seed"])
