@@ -49,8 +49,10 @@ from seer_benchmarks.harness import DOCS_DIR, REPO_ROOT, BenchmarkReport, interl
 from torchrl_seer.collectors import CompressedPolicy, PolicyCompressor
 from torchrl_seer.trainers.helpers.accerl import time_to_threshold
 
-#: Pipelines of the static-graph table: fp32 and int8, eager and as static graphs.
-STATIC_GRAPH_PIPELINES = ("fp32", "compile", "trace", "int8", "int8+compile", "int8+trace")
+#: Pipelines of the static-graph table: fp32 and int8, eager and as traced static graphs.
+STATIC_GRAPH_PIPELINES = ("fp32", "trace", "int8", "int8+trace")
+#: Added with ``--with-compile`` (each ``torch.compile`` build costs seconds to minutes of CPU).
+COMPILE_PIPELINES = ("compile", "int8+compile")
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -103,7 +105,7 @@ def _median_ms(policies, data, *, repeats, inner) -> dict[str, float]:
     return {name: 1e3 * t.median / inner for name, t in timings.items()}
 
 
-def static_graph_rows(widths=(2048,), batches=(1, 16)) -> list[list[Any]]:
+def static_graph_rows(pipelines, widths=(2048,), batches=(1, 16)) -> list[list[Any]]:
     """Per-call time of the CartPole-sized MLP actor per pipeline, and graph build time."""
     torch.set_num_threads(1)
     rows = []
@@ -114,7 +116,7 @@ def static_graph_rows(widths=(2048,), batches=(1, 16)) -> list[list[Any]]:
             data = TensorDict(observation=torch.randn(batch, 4), batch_size=[batch])
             policies = {}
             build = {}
-            for spec in STATIC_GRAPH_PIPELINES:
+            for spec in pipelines:
                 policies[spec] = CompressedPolicy(actor, PolicyCompressor.from_spec(spec))
                 start = time.perf_counter()
                 with torch.no_grad(), warnings.catch_warnings():
@@ -122,7 +124,7 @@ def static_graph_rows(widths=(2048,), batches=(1, 16)) -> list[list[Any]]:
                     policies[spec](data.clone(False))  # a static graph is built here
                 build[spec] = time.perf_counter() - start
             ms = _median_ms(policies, data, repeats=9, inner=20)
-            for spec in STATIC_GRAPH_PIPELINES:
+            for spec in pipelines:
                 rows.append([width, batch, spec, round(ms[spec], 3),
                              round(ms[spec] / ms["fp32"], 2), round(build[spec], 2)])  # fmt: skip
     return rows
@@ -153,14 +155,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threshold", type=float, help="return threshold (default: the runs')")
     parser.add_argument("--threshold-why", default="", help="why this threshold, for the page")
     parser.add_argument("--conditions", default="", help="what else ran on the machine")
+    parser.add_argument(
+        "--with-compile", action="store_true", help="also time torch.compile static graphs"
+    )
     args = parser.parse_args(argv)
-    reports = [read_report(p) for p in sorted(args.root.glob("**/accerl_impala_*/report.json"))]
-    total = "collector", "total_frames"
-    reports = [  # both arms finished (a run writes its report along the way)
-        r for r in reports
-        if len(r["runs"]) == 2 and all(a["frames"] == r["config"][total[0]][total[1]]
-                                       for a in r["runs"])
-    ]  # fmt: skip
+    found = [read_report(p) for p in sorted(args.root.glob("**/accerl_impala_*/report.json"))]
+
+    def finished(report):  # both arms finished (a run writes its report along the way)
+        total = report["config"]["collector"]["total_frames"]
+        return len(report["runs"]) == 2 and all(a["frames"] == total for a in report["runs"])
+
+    reports = [r for r in found if finished(r)]
+    stopped = [r for r in found if not finished(r)]
     if not reports:
         raise SystemExit(f"no finished two-arm AcceRL IMPALA runs under {args.root}")
     reports.sort(key=lambda r: r["settings"]["seed"])
@@ -236,6 +242,18 @@ def main(argv: list[str] | None = None) -> None:
         rows,
     )  # fmt: skip
 
+    if stopped:
+        report.add_table(
+            "Runs stopped before both arms finished (not in the ratios)",
+            ["seed", "arm", "frames", f"time to {threshold:g} (s)", "final return", "wall (s)"],
+            [
+                [rep["settings"]["seed"], arm["label"], arm["frames"],
+                 "not reached" if (t := time_to_threshold(arm["curve"], threshold)) is None
+                 else round(t, 1), round(final_return(arm), 1), round(arm["wall"], 1)]
+                for rep in stopped for arm in rep["runs"]
+            ],
+        )  # fmt: skip
+
     timed = recipe_policy_ms(reports[0]["config"], ["fp32", pipeline])
     r = timed[pipeline] / timed["fp32"]
     # overlapped workers act for the whole run: their time per call is the run's wall time
@@ -268,7 +286,9 @@ def main(argv: list[str] | None = None) -> None:
     report.add_table(
         "Static-graph stage: actor inference per call, CartPole-sized MLP (ms, medians)",
         ["width", "batch", "pipeline", "ms / call", "÷ fp32", "first call (s, builds graph)"],
-        static_graph_rows(),
+        static_graph_rows(
+            STATIC_GRAPH_PIPELINES + (COMPILE_PIPELINES if args.with_compile else ())
+        ),
     )
     if ratios:
         median = statistics.median(ratios)
