@@ -105,7 +105,10 @@ class StaticGraph(CompressionStep):
     ``int8+trace`` beside plain ``int8`` and keeps it only where it is faster).
 
     Limits: building a graph costs time at the first step after every weight shipment (a
-    fraction of a second to trace a 1024-wide MLP; seconds to compile). A backend that
+    fraction of a second to trace a 1024-wide MLP; seconds to compile). ``trace`` records the
+    path one call takes through the network's Python code: a network whose ``forward``
+    branches on tensor *values* is not supported (branches on shapes and dtypes are, since a
+    graph is built per input shape and dtype). A backend that
     cannot capture the network (``torch.compile`` without a working C++ toolchain, an
     operation ``torch.jit.trace`` does not support) raises a ``RuntimeWarning`` naming the
     error, and that network runs eagerly.
