@@ -30,9 +30,9 @@ __all__ = ["StaticGraph"]
 _BACKENDS = ("trace", "compile")
 
 
-def _forget_graphs(module: nn.Module, incompatible_keys: Any) -> None:
+def _forget_graphs(module: Any, incompatible_keys: Any) -> None:
     """Load-state-dict hook: graphs built before the load hold the old weights."""
-    module._graphs.clear()  # type: ignore[operator]
+    module._graphs.clear()
 
 
 class _StaticGraphModule(nn.Module):
@@ -42,6 +42,9 @@ class _StaticGraphModule(nn.Module):
     unchanged by the wrapper; the graphs are not submodules and are rebuilt after a
     ``load_state_dict``. A backend that fails on ``inner`` warns once and leaves it eager.
     """
+
+    _graphs: dict[Any, Any]
+    _failed: bool
 
     def __init__(self, inner: nn.Module, backend: str) -> None:
         super().__init__()
