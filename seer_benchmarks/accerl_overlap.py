@@ -35,15 +35,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 from omegaconf import OmegaConf
 from tensordict import TensorDict
 
-from seer_benchmarks.accerl_wall_time import final_return
+from seer_benchmarks.accerl_wall_time import final_return, plot_return_vs_wall
 from seer_benchmarks.bench_accerl import categorical_mlp
 from seer_benchmarks.harness import DOCS_DIR, REPO_ROOT, BenchmarkReport, interleaved_timings
 from torchrl_seer.collectors import CompressedPolicy, PolicyCompressor
@@ -320,20 +316,10 @@ def main(argv: list[str] | None = None) -> None:
         "seed: " + ", ".join(f"{w:.2f}" for w in wall_ratios) + ")."
     )
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for rep in reports:
-        for arm, color in zip(rep["runs"], ("tab:red", "black"), strict=True):
-            if arm["curve"]:
-                t, _, ret = zip(*arm["curve"], strict=True)
-                label = f"{arm['final_pipeline']} actors" if color == "tab:red" else "fp32"
-                ax.plot(t, ret, color=color, alpha=0.7, lw=1,
-                        label=label if rep is reports[0] else None)  # fmt: skip
-    ax.axhline(threshold, color="grey", ls=":", label=f"threshold {threshold:g}")
-    ax.set(xlabel="wall time (s)", ylabel="episode return", title="overlapped acting, all seeds")
-    ax.legend()
-    fig.tight_layout()
-    figure = DOCS_DIR / "accerl_overlap.png"
-    fig.savefig(figure, dpi=90)
+    figure = plot_return_vs_wall(
+        [tuple(rep["runs"]) for rep in reports], threshold,
+        title="overlapped acting, all seeds", path=DOCS_DIR / "accerl_overlap.png",
+    )  # fmt: skip
     report.add_figure(figure, "return vs wall time, compressed and fp32 actors, overlapped")
     report.raw["runs"] = [{k: v for k, v in r.items() if k != "path"} for r in reports]
     report.raw["inference_ms"] = timed
