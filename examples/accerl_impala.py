@@ -36,9 +36,11 @@ from torchrl.modules import MLP, ProbabilisticActor, ValueOperator
 from torchrl.objectives import A2CLoss
 
 from torchrl_seer.collectors import (
+    AsyncDistiller,
     CompressedPolicy,
     CompressedWeightSyncScheme,
     CompressionMonitor,
+    PolicyCompressor,
     fallback_ladder,
 )
 from torchrl_seer.envs import make_atari_env
@@ -68,6 +70,14 @@ def check(cfg: DictConfig) -> None:
     )  # fmt: skip
     if cfg.env.atari:
         check_atari_game(cfg.env.name)
+    if cfg.accerl.distill_width is not None:
+        check_config(cfg, positive=["accerl.distill_width"])
+        if cfg.checkpoint.interval > 0:
+            raise ValueError(
+                "accerl.distill_width cannot be combined with checkpoint.interval > 0: the "
+                "student trains in a background thread at the pace the machine allows, so a "
+                "resumed run could not reproduce it."
+            )
 
 
 # ----------------------------------------------------------------------------- environment
@@ -97,19 +107,20 @@ def env_maker(cfg: DictConfig):
 
 
 # ----------------------------------------------------------------------------- networks
-def make_networks(env, width):
+def make_networks(env, width, critic_width=None):
+    """The actor (``width``-wide torso) and the critic (``critic_width``, default ``width``)."""
     n_actions = int(env.action_spec.space.n)
     if "pixels" in env.observation_spec.keys():
         key = "pixels"
 
-        def body(out_features):
+        def body(out_features, width=None):
             return NatureCNN(out_features)
 
     else:
         key = "observation"
         n_obs = env.observation_spec[key].shape[-1]
 
-        def body(out_features):
+        def body(out_features, width=width):
             return MLP(in_features=n_obs, out_features=out_features, num_cells=[width, width])
 
     actor = ProbabilisticActor(
@@ -118,7 +129,7 @@ def make_networks(env, width):
         distribution_class=torch.distributions.Categorical,
         return_log_prob=True,  # the actor's log mu(a|x): recorded by the compressed network
     )
-    critic = ValueOperator(body(1), in_keys=[key])
+    critic = ValueOperator(body(1, critic_width or width), in_keys=[key])
     return actor, critic
 
 
@@ -146,7 +157,7 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
     seed_everything(cfg.seed)
     make_env = env_maker(cfg)
     probe_env = make_env(cfg.seed)
-    actor, critic = make_networks(probe_env, cfg.network.width)
+    actor, critic = make_networks(probe_env, cfg.network.width, cfg.network.critic_width)
     with torch.no_grad():  # materialise shapes
         td = probe_env.reset()
         actor(td.unsqueeze(0))
@@ -165,9 +176,19 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
     vtrace.set_keys(sample_log_prob="action_log_prob")
     loss.value_estimator = vtrace  # the Corrector: V-trace with mu = compressed actor
     optim = torch.optim.Adam(loss.parameters(), lr=cfg.optim.lr)
-    monitor = CompressionMonitor(
-        actor, ladder=fallback_ladder(compressor), kl_bound=kl_bound, logger=run.logger
-    )
+    ladder = fallback_ladder(compressor)
+    distiller = None
+    if cfg.accerl.distill_width is not None and compression != "none":
+        # a smaller student, distilled in the background; the Monitor ships it (compressed
+        # like the starting pipeline) once it stays within its recovery bound
+        student, _ = make_networks(probe_env, cfg.accerl.distill_width)
+        with torch.no_grad():
+            student(td.unsqueeze(0))
+        distiller = AsyncDistiller(actor, student, kl_bound=kl_bound, seed=cfg.seed)
+        ladder = [PolicyCompressor([distiller.step, *compressor.steps]), *ladder]
+    monitor = CompressionMonitor(actor, ladder=ladder, kl_bound=kl_bound, logger=run.logger)
+    if distiller is not None:
+        monitor.level = 1  # the actors start with the starting pipeline, not the student
     total_frames = cfg.collector.total_frames
     run_log = RunLog(arm.label, total_frames=total_frames, log_scalar=run.log_scalar)
     # the networks (their parameters are the loss's), not the loss: its V-trace estimator
@@ -178,35 +199,44 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
 
     collectors = arm.collectors(
         make_env, start=start, total_frames=total_frames, workers=workers,
-        frames_per_batch=cfg.collector.frames_per_batch,
+        frames_per_batch=cfg.collector.frames_per_batch, overlap=cfg.collector.overlap,
     )  # fmt: skip
-    for _, collector in collectors:
-        for batch in collector:
-            monitor.record_actor(batch.numel(), run_log.collected(batch))
-            batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
+    if distiller is not None:
+        distiller.start()
+    try:
+        for _, collector in collectors:
+            for batch in collector:
+                monitor.record_actor(batch.numel(), run_log.collected(batch))
+                batch = batch.reshape(-1, batch.shape[-1])  # [workers * envs, T]
 
-            # learner: one V-trace-corrected actor-critic update per batch
-            t0 = time.perf_counter()
-            losses = loss(batch)
-            total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
-            optim.zero_grad()
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(loss.parameters(), cfg.optim.max_grad_norm)
-            optim.step()
-            if run_log.batches % cfg.accerl.ship_every == 0:
-                ship_weights(collector, actor, policy, scheme, workers=workers)
-            learner_seconds = time.perf_counter() - t0
-            run_log.learned(learner_seconds, updates=1)
-            monitor.record_learner(1, learner_seconds, version=scheme.version)
+                # learner: one V-trace-corrected actor-critic update per batch
+                t0 = time.perf_counter()
+                losses = loss(batch)
+                total = losses["loss_objective"] + losses["loss_critic"] + losses["loss_entropy"]
+                optim.zero_grad()
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(loss.parameters(), cfg.optim.max_grad_norm)
+                optim.step()
+                if distiller is not None:  # hands over the states and weights; never waits
+                    distiller.observe(batch, actor)
+                if run_log.batches % cfg.accerl.ship_every == 0:
+                    ship_weights(collector, actor, policy, scheme, workers=workers)
+                learner_seconds = time.perf_counter() - t0
+                run_log.learned(learner_seconds, updates=1)
+                monitor.record_learner(1, learner_seconds, version=scheme.version)
 
-            if (run_log.batches - 1) % cfg.accerl.monitor_every == 0:
-                level = monitor.level
-                monitor.check(batch, step=run_log.frames)
-                if monitor.level != level:  # the Monitor moved: ship the new pipeline next time
-                    scheme.compressor = monitor.compressor
-                    print(f"[{arm.label}] monitor: {monitor.events[-1]}")
-            run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
-            arm.report_due(run_log, monitor=monitor)
+                if (run_log.batches - 1) % cfg.accerl.monitor_every == 0:
+                    level = monitor.level
+                    monitor.check(batch, step=run_log.frames)
+                    if monitor.level != level:  # the Monitor moved: ship the new pipeline next time
+                        scheme.compressor = monitor.compressor
+                        print(f"[{arm.label}] monitor: {monitor.events[-1]}")
+                run_log.end_of_batch(batch, pipeline=monitor.compressor.spec())
+                arm.report_due(run_log, monitor=monitor)
+    finally:
+        if distiller is not None:
+            distiller.stop()
+            print(f"[{arm.label}] distillation: {distiller.stats()}")
     return run_log.summary(compression=why, monitor=monitor)
 
 

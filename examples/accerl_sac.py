@@ -138,7 +138,7 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
 
     collectors = arm.collectors(
         make_env, start=start, total_frames=total_frames, workers=workers,
-        frames_per_batch=cfg.collector.frames_per_batch,
+        frames_per_batch=cfg.collector.frames_per_batch, overlap=cfg.collector.overlap,
     )  # fmt: skip
     for segment, collector in collectors:
         for batch in collector:

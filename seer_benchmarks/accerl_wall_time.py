@@ -100,6 +100,25 @@ def inference_ms(config: dict[str, Any], pipeline: str, *, repeats: int = 15, in
     return {name: 1e3 * t.median / inner for name, t in timings.items()}
 
 
+def plot_return_vs_wall(pairs, threshold: float, *, title: str, path: Path) -> Path:
+    """Plots every seed's ``(compressed arm, fp32 arm)`` return curves against wall time."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for index, (compressed, full) in enumerate(pairs):
+        for arm, color in ((compressed, "tab:red"), (full, "black")):
+            if arm["curve"]:
+                t, _, ret = zip(*arm["curve"], strict=True)
+                label = f"{arm['final_pipeline']} actors" if arm is compressed else "fp32"
+                ax.plot(t, ret, color=color, alpha=0.7, lw=1,
+                        label=label if index == 0 else None)  # fmt: skip
+    ax.axhline(threshold, color="grey", ls=":", label=f"threshold {threshold:g}")
+    ax.set(xlabel="wall time (s)", ylabel="episode return", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="folder holding one sub-folder per recipe run")
@@ -196,21 +215,10 @@ def main(argv: list[str] | None = None) -> None:
             + ")."
         )
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for run in runs:
-        for arm, color in (("compressed", "tab:red"), ("full", "black")):
-            curve = run[arm]["curve"]
-            if curve:
-                t, _, ret = zip(*curve, strict=True)
-                label = f"{run[arm]['final_pipeline']} actors" if arm == "compressed" else "fp32"
-                ax.plot(t, ret, color=color, alpha=0.7, lw=1,
-                        label=label if run is runs[0] else None)  # fmt: skip
-    ax.axhline(threshold, color="grey", ls=":", label=f"threshold {threshold:g}")
-    ax.set(xlabel="wall time (s)", ylabel="episode return", title="return vs wall time, all seeds")
-    ax.legend()
-    fig.tight_layout()
-    figure = DOCS_DIR / "accerl_wall_time.png"
-    fig.savefig(figure, dpi=90)
+    figure = plot_return_vs_wall(
+        [(run["compressed"], run["full"]) for run in runs], threshold,
+        title="return vs wall time, all seeds", path=DOCS_DIR / "accerl_wall_time.png",
+    )  # fmt: skip
     report.add_figure(figure, "return vs wall time, compressed and full-precision actors")
     report.raw["runs"] = [{k: v for k, v in run.items() if k != "path"} for run in runs]
     report.raw["inference_ms"] = timed

@@ -26,7 +26,7 @@ from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 
 __all__ = ["AutoCompressionResult", "select_compression"]
 
-DEFAULT_CANDIDATES = ("bf16", "int8", "prune0.25+int8", "prune0.25+bf16")
+DEFAULT_CANDIDATES = ("bf16", "int8", "int8+trace", "prune0.25+int8", "prune0.25+bf16")
 
 
 @dataclass
@@ -103,9 +103,10 @@ def select_compression(
         batch: a representative input (e.g. a reset of the actor's environments).
 
     Keyword Args:
-        candidates: pipelines to try. Defaults to ``bf16``, ``int8``, ``prune0.25+int8`` and
-            ``prune0.25+bf16``, plus static int8 calibrated on ``batch`` when the policy has
-            convolutions.
+        candidates: pipelines to try. Defaults to ``bf16``, ``int8``, ``int8+trace`` (int8
+            run as a static graph, see :class:`~torchrl_seer.collectors.StaticGraph`),
+            ``prune0.25+int8`` and ``prune0.25+bf16``, plus static int8 calibrated on ``batch``
+            when the policy has convolutions.
         kl_bound: divergence bound.
         min_speedup: required speed-up over fp32 (guards against timing noise).
         repeats: timing rounds (median taken).

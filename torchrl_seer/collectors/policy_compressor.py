@@ -35,6 +35,7 @@ from torchrl_seer.collectors.compression_steps import (
     Quantize,
     quiet_torch_ao,
 )
+from torchrl_seer.collectors.static_graph import StaticGraph
 
 __all__ = ["PolicyCompressor"]
 
@@ -138,6 +139,8 @@ class PolicyCompressor:
             raise ValueError("Distill must be the first step (it replaces the policy)")
         if Quantize in kinds and Cast in kinds:
             raise ValueError("combine Quantize('int8') or Cast(...), not both")
+        if StaticGraph in kinds and kinds.index(StaticGraph) != len(kinds) - 1:
+            raise ValueError("StaticGraph must be the last step (it runs the compressed network)")
         self.steps = steps
 
     @classmethod
@@ -146,7 +149,8 @@ class PolicyCompressor:
 
         Step names: ``fp32``/``none`` (no compression), ``bf16``, ``fp16``, ``int8`` (dynamic),
         ``int8static`` (needs a calibration callable, so build it with :class:`Quantize`),
-        ``prune<amount>`` (structured, e.g. ``prune0.5``) or ``prune<amount>u`` (unstructured).
+        ``prune<amount>`` (structured, e.g. ``prune0.5``) or ``prune<amount>u`` (unstructured),
+        and last ``trace`` or ``compile`` (:class:`~torchrl_seer.collectors.StaticGraph`).
 
         Args:
             spec: e.g. ``"prune0.5+int8"``.
@@ -167,6 +171,8 @@ class PolicyCompressor:
                 steps.append(Cast(token))
             elif token == "int8":
                 steps.append(Quantize("int8"))
+            elif token in ("trace", "compile"):
+                steps.append(StaticGraph(token))
             elif token.startswith("prune"):
                 body = token[len("prune") :]
                 structured = not body.endswith("u")
@@ -181,7 +187,7 @@ class PolicyCompressor:
             else:
                 raise ValueError(
                     f"unknown compression step {token!r} in {spec!r}; expected fp32, bf16, fp16, "
-                    "int8, prune<amount>[u] joined by '+'"
+                    "int8, prune<amount>[u], trace, compile joined by '+'"
                 )
         return cls(steps)
 

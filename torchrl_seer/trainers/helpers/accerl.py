@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from torchrl.collectors import Collector, MultiSyncCollector
+from torchrl.collectors import Collector, MultiAsyncCollector, MultiSyncCollector
 from tqdm import tqdm
 
 from torchrl_seer.collectors import (
@@ -65,6 +65,18 @@ def check_accerl_config(cfg: Any) -> None:
         ],
         non_negative=["collector.workers"],
     )  # fmt: skip
+    if cfg.collector.overlap:
+        if cfg.collector.workers < 1:
+            raise ValueError(
+                "collector.overlap=true acts in worker processes while the learner learns: "
+                f"it needs collector.workers >= 1, got {cfg.collector.workers}."
+            )
+        if cfg.checkpoint.interval > 0:
+            raise ValueError(
+                "collector.overlap=true cannot checkpoint: overlapped workers hand their "
+                "batches over in the order they finish, so a resumed run could not replay the "
+                "same batches; set checkpoint.interval=0 (or collector.overlap=false)."
+            )
 
 
 def choose_compressor(compression: str, policy, example, *, kl_bound: float):
@@ -91,9 +103,18 @@ def choose_compressor(compression: str, policy, example, *, kl_bound: float):
 
 
 def make_actor_collector(
-    make_env, policy, scheme, *, workers, frames_per_batch, total_frames, seed
+    make_env, policy, scheme, *, workers, frames_per_batch, total_frames, seed, overlap=False
 ):
     """Actors: ``workers`` collector processes acting with the compressed ``policy``.
+
+    Without ``overlap`` the workers and the learner take turns (TorchRL's
+    ``MultiSyncCollector``: each batch gathers ``frames_per_batch`` frames from all workers,
+    and the workers wait while the learner learns). With ``overlap`` the workers keep acting
+    while the learner learns (``MultiAsyncCollector``, as TorchRL's asynchronous SAC example
+    collects): each batch is ``frames_per_batch`` frames of the one worker that finished first,
+    collected with whatever weights that worker held, so its transitions may lag the learner
+    by a few versions; the recorded behaviour log-probs and versions let the Corrector and the
+    Monitor account for that lag.
 
     Every worker's environment is built with its own seed, ``seed + 1000 * worker index`` (room
     for the sub-environments of a batched environment), before the collector's first reset.
@@ -112,12 +133,17 @@ def make_actor_collector(
         frames_per_batch: frames per batch handed to the learner.
         total_frames: frames of the whole run.
         seed: the first worker's seed.
+        overlap: act while the learner learns (needs ``workers >= 1``).
 
     Returns:
-        A TorchRL ``MultiSyncCollector`` (or ``Collector`` with no workers).
+        A TorchRL ``MultiSyncCollector``, ``MultiAsyncCollector`` with ``overlap``, or
+        ``Collector`` with no workers.
     """
+    if overlap and workers < 1:
+        raise ValueError("overlapped acting needs worker processes (workers >= 1)")
     if workers > 0:
-        return MultiSyncCollector(
+        kind = MultiAsyncCollector if overlap else MultiSyncCollector
+        return kind(
             [functools.partial(make_env, seed + 1000 * worker) for worker in range(workers)],
             policy=policy,
             frames_per_batch=frames_per_batch,
@@ -451,7 +477,14 @@ class AcceRLArm:
         return frames
 
     def collectors(
-        self, make_env, *, start: int, total_frames: int, frames_per_batch: int, workers: int
+        self,
+        make_env,
+        *,
+        start: int,
+        total_frames: int,
+        frames_per_batch: int,
+        workers: int,
+        overlap: bool = False,
     ) -> Iterator[tuple[FrameSegment, Any]]:
         """Yields a fresh actors' collector per checkpoint interval still to collect.
 
@@ -467,6 +500,8 @@ class AcceRLArm:
             total_frames (int): frames of the arm.
             frames_per_batch (int): frames per batch handed to the learner.
             workers (int): worker processes; ``0`` acts in the learner's process.
+            overlap (bool): workers act while the learner learns (see
+                :func:`make_actor_collector`).
 
         Yields:
             ``(segment, collector)``: the interval (``FrameSegment``) and its collector.
@@ -475,7 +510,7 @@ class AcceRLArm:
         for segment in self.run.segments(total_frames, start=start):
             collector = make_actor_collector(
                 make_env, policy, scheme, workers=workers, frames_per_batch=frames_per_batch,
-                total_frames=segment.stop - segment.start, seed=segment.seed,
+                total_frames=segment.stop - segment.start, seed=segment.seed, overlap=overlap,
             )  # fmt: skip
             yield segment, collector
             collector.shutdown()

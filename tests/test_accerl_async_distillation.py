@@ -1,0 +1,138 @@
+"""AsyncDistiller: a student trained in a background thread, published only within the bound."""
+
+import json
+import re
+import time
+
+import pytest
+import torch
+from _recipes import run_recipe
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torchrl.modules import MLP, ProbabilisticActor
+
+from torchrl_seer.collectors import (
+    AsyncDistiller,
+    CompressedPolicy,
+    PolicyCompressor,
+    policy_divergence,
+)
+
+
+def actor(width, n_actions=2, seed=0):
+    torch.manual_seed(seed)
+    return ProbabilisticActor(
+        TensorDictModule(MLP(in_features=4, out_features=n_actions, num_cells=[width]),
+                         in_keys=["observation"], out_keys=["logits"]),
+        in_keys=["logits"], distribution_class=torch.distributions.Categorical,
+    )  # fmt: skip
+
+
+def sharpen(policy, scale=20.0):
+    """A confident teacher: far from a fresh student."""
+    with torch.no_grad():
+        policy.module[0].module[-1].weight.mul_(scale)
+
+
+def states(n=512, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDict(observation=torch.randn(n, 4, generator=generator), batch_size=[n])
+
+
+def wait_for(condition, seconds=120.0):
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_student_is_published_once_within_the_bound_and_ships_through_the_pipeline():
+    teacher = actor(64)
+    sharpen(teacher, 5.0)
+    student = actor(16, seed=1)
+    batch = states()
+    initial = policy_divergence(teacher, student, batch)["kl"]
+    distiller = AsyncDistiller(teacher, student, kl_bound=0.05 * initial, lr=1e-2, check_every=5)
+    first = distiller.step.student
+    distiller.start()
+    distiller.observe(batch, teacher)
+    wait_for(lambda: distiller.publications > 0)
+    distiller.stop()
+    assert distiller.publications > 0 and distiller.updates >= 5
+    published = distiller.step.student
+    assert published is not first and published is not student  # a frozen copy
+    assert not any(p.requires_grad for p in published.parameters())
+    assert policy_divergence(teacher, published, batch[-256:])["kl"] <= 0.05 * initial
+    # the published student is what a pipeline starting with the step ships to the actors
+    compressor = PolicyCompressor([distiller.step, *PolicyCompressor.from_spec("int8").steps])
+    worker = CompressedPolicy(teacher, PolicyCompressor())
+    worker.load_packet(compressor.pack(teacher, version=1))
+    expected = CompressedPolicy(published, PolicyCompressor.from_spec("int8"))
+    torch.testing.assert_close(worker(batch.clone())["logits"], expected(batch.clone())["logits"])
+
+
+def test_student_outside_the_bound_is_never_published():
+    teacher = actor(64)
+    sharpen(teacher)
+    distiller = AsyncDistiller(teacher, actor(2, seed=1), kl_bound=1e-9, check_every=2)
+    first = distiller.step.student
+    distiller.start()
+    distiller.observe(states(), teacher)
+    wait_for(lambda: distiller.updates >= 10)
+    distiller.stop()
+    assert distiller.updates >= 10 and distiller.publications == 0
+    assert distiller.step.student is first and distiller.last_kl > 1e-9
+
+
+def test_observe_copies_the_teacher_weights():
+    teacher = actor(8)
+    distiller = AsyncDistiller(teacher, actor(8, seed=1), kl_bound=0.1)
+    sharpen(teacher)
+    assert not torch.equal(
+        distiller.teacher.module[0].module[-1].weight, teacher.module[0].module[-1].weight
+    )
+    distiller.observe(states(8), teacher)  # the thread is not started: nothing trains
+    assert torch.equal(
+        distiller.teacher.module[0].module[-1].weight, teacher.module[0].module[-1].weight
+    )
+    assert distiller.teacher is not teacher
+
+
+def test_an_error_in_the_thread_is_raised_in_the_learner():
+    teacher = actor(8)
+    distiller = AsyncDistiller(teacher, actor(8, n_actions=3), kl_bound=0.1)  # 3 != 2 actions
+    distiller.start()
+    distiller.observe(states(), teacher)
+    with pytest.raises(RuntimeError, match="AsyncDistiller thread stopped on an error"):
+        wait_for(lambda: distiller._error is not None)
+        distiller.stop()
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        AsyncDistiller(actor(8), actor(4), kl_bound=0.1, batch_size=0)
+    with pytest.raises(ValueError, match="kl_bound must be > 0"):
+        AsyncDistiller(actor(8), actor(4), kl_bound=0.0)
+
+
+def test_impala_recipe_distils_a_student_in_the_background(tmp_path, capsys):
+    report = run_recipe(
+        "accerl_impala", "accerl.compression=int8", "accerl.distill_width=8",
+        "collector.workers=0", "network.width=32", "collector.total_frames=1024",
+        "collector.frames_per_batch=128", "accerl.monitor_every=1", "accerl.compare=false",
+        "logger.backend=null", f"logger.output_dir={tmp_path}",
+    )  # fmt: skip
+    (run,) = json.loads((report.parent / "report.json").read_text())["runs"]
+    assert run["frames"] == 1024
+    levels = {"distill+int8", "int8", "bf16", "fp32"}
+    assert run["final_pipeline"] in levels
+    assert all({e["from"], e["to"]} <= levels for e in run["monitor_events"])
+    updates = re.search(r"distillation: \{'updates': (\d+)", capsys.readouterr().out)
+    assert updates is not None and int(updates.group(1)) > 0
+
+
+def test_distillation_refuses_checkpoints(tmp_path):
+    with pytest.raises(ValueError, match=r"accerl\.distill_width cannot be combined"):
+        run_recipe(
+            "accerl_impala", "accerl.distill_width=8", "checkpoint.interval=512",
+            f"logger.output_dir={tmp_path}",
+        )  # fmt: skip
