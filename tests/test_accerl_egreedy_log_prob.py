@@ -26,7 +26,8 @@ def test_recorded_probability_is_the_epsilon_greedy_probability_of_the_output_ac
     spec = OneHot(N_ACTIONS) if one_hot else Categorical(N_ACTIONS)
     module = EGreedyLogProbModule(spec, eps_init=EPS, eps_end=EPS)
     td, greedy = greedy_batch(40_000, one_hot=one_hot)
-    out = module(td)
+    with set_exploration_type(ExplorationType.RANDOM):  # acting, whatever ran before
+        out = module(td)
     action = out["action"].argmax(-1) if one_hot else out["action"]
     kept = action == greedy
     expected = torch.where(kept, EPS / N_ACTIONS + 1 - EPS, EPS / N_ACTIONS)

@@ -23,12 +23,12 @@ from torchrl_seer.data import QuantizedStorage
 # different byte count than the storage it was saved from (same frames).
 RESUME = {
     "composed_dqn_atari": (
-        (*DQN_TINY, "checkpoint.interval=32", "seer.max_capacity=64"),
+        (*DQN_TINY, "checkpoint.interval=32", "seer.max_capacity=16"),
         [32, 64, 96],
         64,
     ),
     "composed_sac_dmc": (
-        (*SAC_TINY, "checkpoint.interval=16", "seer.max_capacity=32"),
+        (*SAC_TINY, "checkpoint.interval=16", "seer.max_capacity=8"),
         [16, 32, 48],
         32,
     ),

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
+from torchrl.envs.utils import exploration_type, set_exploration_type
 
 from torchrl_seer.collectors.compression_steps import Distill
 from torchrl_seer.collectors.divergence import policy_divergence
@@ -42,6 +43,15 @@ class AsyncDistiller:
     actors up to the student when it stays within its recovery bound and back down when it
     diverges. Before the first publication :attr:`step` holds the untrained student, whose
     divergence keeps the Monitor off that level.
+
+    Limits: TorchRL and tensordict keep the exploration type (``set_exploration_type``) in one
+    process-wide variable that ``get_dist`` and every loss's ``forward`` set and restore; it is
+    not thread-safe. The thread computes its losses outside the loss-call context
+    (:meth:`~torchrl_seer.objectives.DistillationLoss.losses`) and :meth:`stop` restores the
+    exploration type that was current at :meth:`start`, but ``get_dist`` in the thread can
+    still, for the duration of one call, change the mode that a policy sampling in another
+    thread of the same process sees (the learner's own losses set their mode themselves;
+    actors in collector worker processes are not affected).
 
     Args:
         teacher: the learner's probabilistic policy (it is copied, never modified).
@@ -163,6 +173,7 @@ class AsyncDistiller:
         """Starts the background thread (a daemon: it never keeps the process alive)."""
         if self._thread is not None:
             raise RuntimeError("AsyncDistiller.start() was already called")
+        self._exploration_type = exploration_type()
         self._thread = threading.Thread(target=self._run, name="AsyncDistiller", daemon=True)
         self._thread.start()
 
@@ -172,6 +183,8 @@ class AsyncDistiller:
         self._new_data.set()
         if self._thread is not None:
             self._thread.join()
+            # undo what an interleaving of this thread's and the learner's contexts left behind
+            set_exploration_type(self._exploration_type).__enter__()
         self._raise_if_failed()
 
     def stats(self) -> dict[str, Any]:
@@ -205,7 +218,9 @@ class AsyncDistiller:
                     self._new_data.wait()
                     continue
                 with self._lock:  # the learner refreshes the teacher's weights under this lock
-                    loss = sum(self.loss(states).values())
+                    # not self.loss(states): a loss's forward sets the process-wide
+                    # exploration type, which races with the learner thread's losses
+                    loss = sum(self.loss.losses(states).values())
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()

@@ -82,6 +82,23 @@ class DistillationLoss(LossModule):
         Returns:
             A tensordict with ``loss_distill`` (and ``loss_distill_mse`` for continuous actions).
         """
+        return self.losses(tensordict)
+
+    def losses(self, tensordict: TensorDictBase) -> TensorDictBase:
+        """The losses of :meth:`forward`, computed outside TorchRL's loss-call context.
+
+        Every TorchRL loss's ``forward`` sets the process-wide exploration type while it
+        runs, which is not thread-safe: called from a background thread, it can leave another
+        thread's policy acting (or a later call running) in the wrong mode. The distillation
+        losses read distributions only (``get_dist``), so they do not need that context; a
+        background thread calls this method instead of :meth:`forward`.
+
+        Args:
+            tensordict: states with the policies' input keys.
+
+        Returns:
+            The same tensordict as :meth:`forward`.
+        """
         with torch.no_grad():
             teacher_dist = self.teacher.get_dist(tensordict.clone(False))
         student_dist = self.student.get_dist(tensordict.clone(False))
