@@ -51,6 +51,7 @@ __all__ = [
     "load_shard",
     "shard_specs",
     "stacked_transitions",
+    "write_shard",
 ]
 
 SHARD_DIR = CACHE_DIR / "atari_1m"
@@ -169,7 +170,8 @@ def load_shard(path: Path) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes one shard (zstd-compressed ``.npz``) by write-then-rename."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     payload = zstandard.ZstdCompressor(level=3).compress(buffer.getvalue())
@@ -189,7 +191,7 @@ def capture_shards(num_shards: int, log: Path | None = None) -> list[Path]:
             continue
         start = time.perf_counter()
         arrays = capture_shard(game, policy, seed)
-        _write_shard(path, arrays)
+        write_shard(path, arrays)
         line = (
             f"{time.strftime('%H:%M:%S')} shard {index + 1}/{num_shards} {game}/{policy}: "
             f"{SHARD_STEPS} steps, {len(arrays['frames'])} frames, "
@@ -218,7 +220,8 @@ def stacked_transitions(
 
     Returns:
         A TensorDict of batch size ``[steps]`` (or the ``rows`` taken) with ``pixels`` and
-        ``("next", "pixels")`` of shape ``[frame_stack, 84, 84]`` (uint8), ``action``, and
+        ``("next", "pixels")`` of shape ``[frame_stack, 84, 84]`` for grayscale frames and
+        ``[frame_stack * C, 84, 84]`` for ``C``-channel frames (uint8), ``action``, and
         ``("next", ...)`` reward, done, terminated and truncated.
     """
     frames = torch.from_numpy(shard["frames"])
@@ -237,12 +240,15 @@ def stacked_transitions(
     next_ids = torch.maximum(obs_id[:, None] + 1 - lags, first[:, None])
     rows = slice(None) if rows is None else rows
     action = torch.from_numpy(shard["action"])[rows]
+    obs_stacks, next_stacks = frames[obs_ids[rows]], frames[next_ids[rows]]
+    if frames.dim() == 4:  # [N, C, H, W] frames stack along the channel dim, as CatFrames does
+        obs_stacks, next_stacks = obs_stacks.flatten(1, 2), next_stacks.flatten(1, 2)
     return TensorDict(
         {
-            "pixels": frames[obs_ids[rows]],
+            "pixels": obs_stacks,
             "action": action,
             "next": {
-                "pixels": frames[next_ids[rows]],
+                "pixels": next_stacks,
                 "reward": torch.from_numpy(shard["reward"])[rows].unsqueeze(-1),
                 "done": done[rows].unsqueeze(-1),
                 "terminated": terminated[rows].unsqueeze(-1),
