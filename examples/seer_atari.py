@@ -15,7 +15,9 @@ Read top to bottom:
    grows the buffer to the same memory budget, and encodes new transitions on write;
 6. the loop: collect -> write -> ``hook.step`` -> sample -> loss -> backward -> step, with a
    checkpoint every ``checkpoint.interval`` agent steps (``resume=<run dir>`` continues a run);
-7. a report (markdown + PNG) in the run folder, rewritten every ``logger.report_every`` steps.
+7. a report (markdown + PNG) in the run folder, rewritten every ``logger.report_every`` steps
+   (with ``seer.record_trajectory=true`` also the CNN's parameters at every criterion check, in
+   ``encoder_trajectory.pt``, to calibrate ``freeze_at=auto``).
 
 Configuration: ``examples/configs/seer_atari.yaml``; override any setting on the command line::
 
@@ -83,7 +85,8 @@ def check(cfg: DictConfig) -> None:
         ],
         non_negative=["optim.learn_start"],
         choices={"seer.capacity_rule": ["measured", "reference"],
-                 "seer.latent_dtype": ["fp32", "bf16", "int8"]},
+                 "seer.latent_dtype": ["fp32", "bf16", "int8"],
+                 "seer.auto_statistic": ["relative_change", "drift_ratio"]},
     )  # fmt: skip
     freeze_at = cfg.seer.freeze_at
     if freeze_at != "auto" and not (isinstance(freeze_at, int) and freeze_at >= 0):
@@ -172,10 +175,13 @@ def train(cfg: DictConfig) -> Path:
         convergence=ParameterConvergence(
             encoder.frozen_part.parameters(),
             check_interval=cfg.seer.auto_interval,
+            statistic=cfg.seer.auto_statistic,
             threshold=cfg.seer.auto_threshold,
+            window=cfg.seer.auto_window,
             min_step=cfg.optim.learn_start,
+            keep_trajectory=cfg.seer.record_trajectory,
         )
-        if freeze_at == "auto"
+        if freeze_at == "auto" or cfg.seer.record_trajectory
         else None,
     )
 
@@ -194,6 +200,12 @@ def train(cfg: DictConfig) -> Path:
     target_updater.counter = record["target_updates"]
 
     def report() -> Path:
+        if hook.convergence is not None and hook.convergence.trajectory:
+            steps_kept, snapshots = zip(*hook.convergence.trajectory, strict=True)
+            torch.save(
+                {"steps": list(steps_kept), "parameters": torch.stack(snapshots)},
+                run.dir / "encoder_trajectory.pt",
+            )
         return write_seer_report(
             run.dir,
             title=f"SEER + DQN on {cfg.env.name}",
@@ -237,7 +249,8 @@ def train(cfg: DictConfig) -> Path:
             if hook.convergence is not None and hook.convergence.history:
                 step, change = hook.convergence.history[-1]
                 if step == steps:
-                    run.log_scalar("seer/encoder_relative_change", change, FRAME_SKIP * steps)
+                    name = f"seer/encoder_{hook.convergence.statistic}"
+                    run.log_scalar(name, change, FRAME_SKIP * steps)
             every = cfg.logger.report_every
             if steps // every > (steps - data.numel()) // every and steps < total:
                 report()

@@ -309,6 +309,29 @@ def test_auto_freeze_fires_when_parameters_stop_moving():
     assert hook.freeze_report["convergence_history"][-1][1] < 1e-3
 
 
+def test_fixed_freeze_step_only_watches_a_given_criterion():
+    encoder, _, loss, optim = make_dqn()
+    rb = ReplayBuffer(storage=LazyTensorStorage(64), batch_size=16)
+    criterion = ParameterConvergence(
+        encoder.frozen_part.parameters(), check_interval=1, threshold=10.0, patience=1,
+        keep_trajectory=True,
+    )  # fmt: skip
+    hook = FreezeEncoderHook(
+        encoder, freeze_at=5, convergence=criterion, modules=[loss], optimizers=[optim],
+        replay_buffer=rb, replay_options=QUIET,
+    )  # fmt: skip
+    rb.extend(batch(0, 16))
+    for step in range(5):  # the loose bound holds from the second check: recorded, no freeze
+        train_steps(loss, optim, rb, 1)
+        assert not hook.step(step)
+    assert criterion.fired_at == 1 and not hook.frozen
+    assert hook.step(5) and hook.freeze_step == 5
+    assert hook.freeze_report["convergence_fired_at"] == 1
+    assert len(criterion.trajectory) == 6
+    hook.step(6)  # after the freeze the criterion is no longer updated
+    assert len(criterion.trajectory) == 6
+
+
 def test_bad_arguments():
     encoder, _, _loss, _ = make_dqn()
     with pytest.raises(ValueError, match="freeze_at"):

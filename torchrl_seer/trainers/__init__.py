@@ -1,6 +1,6 @@
 """SEER's freeze: the model-side function, and the trainer hook that adds the replay switch."""
 
-from torchrl_seer.trainers.encoder_convergence import ParameterConvergence
+from torchrl_seer.trainers.encoder_convergence import CONVERGENCE_STATISTICS, ParameterConvergence
 from torchrl_seer.trainers.encoder_freeze import (
     EncoderFreezeReport,
     FreezeSnapshot,
@@ -12,6 +12,7 @@ from torchrl_seer.trainers.encoder_freeze import (
 from torchrl_seer.trainers.freeze_encoder_hook import FreezeEncoderHook
 
 __all__ = [
+    "CONVERGENCE_STATISTICS",
     "EncoderFreezeReport",
     "FreezeEncoderHook",
     "FreezeSnapshot",

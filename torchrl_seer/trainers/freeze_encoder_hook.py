@@ -89,7 +89,10 @@ class FreezeEncoderHook(TrainerHookBase):
             filled (budget, capacity cap or rule, latent storage, encoding batch, progress bar).
             Defaults to ``LatentReplayOptions()``.
         convergence (ParameterConvergence, optional): criterion for ``freeze_at="auto"``.
-            Defaults to ``ParameterConvergence(frozen parameters)``.
+            Defaults to ``ParameterConvergence(frozen parameters)``. With a fixed
+            ``freeze_at`` a given criterion is only watched until the freeze: its history,
+            the step at which it would have fired (``fired_at``) and, if it keeps one, the
+            parameter trajectory are recorded, e.g. to calibrate a bound on a real run.
         logger (Logger, optional): TorchRL logger receiving ``seer/*`` scalars at the freeze.
         on_freeze (callable, optional): called with the hook right after the freeze.
 
@@ -185,11 +188,8 @@ class FreezeEncoderHook(TrainerHookBase):
         """
         if self.frozen:
             return False
-        if self.freeze_at == "auto":
-            assert self.convergence is not None
-            due = self.convergence.update(step)
-        else:
-            due = step >= int(self.freeze_at)
+        converged = self.convergence.update(step) if self.convergence is not None else False
+        due = converged if self.freeze_at == "auto" else step >= int(self.freeze_at)
         if due:
             self.freeze(step)
         return due
@@ -233,6 +233,7 @@ class FreezeEncoderHook(TrainerHookBase):
         self.freeze_step = step
         if self.convergence is not None:
             report["convergence_history"] = list(self.convergence.history)
+            report["convergence_fired_at"] = self.convergence.fired_at
         self.freeze_report = report
         torchrl_logger.info(f"SEER freeze at step {step}: {json.dumps(report, default=str)}")
         if self.logger is not None:
