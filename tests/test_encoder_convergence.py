@@ -95,3 +95,12 @@ def test_bad_arguments_are_refused():
         ParameterConvergence(layer.parameters(), statistic="drift_ratio").threshold
         == CONVERGENCE_STATISTICS["drift_ratio"]
     )
+
+
+def test_checks_before_min_step_do_not_count():
+    """Before learning starts nothing moves (statistic 0): that is not convergence."""
+    layer = nn.Linear(4, 4)
+    criterion = ParameterConvergence(layer.parameters(), check_interval=1, patience=2, min_step=5)
+    assert not any(criterion.update(step) for step in range(6))  # still, then step 5 counts once
+    assert [v for _, v in criterion.history] == [0.0] * 5
+    assert criterion.update(6) and criterion.fired_at == 6

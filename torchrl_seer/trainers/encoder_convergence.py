@@ -35,8 +35,10 @@ class ParameterConvergence:
       whatever the learning rate or optimizer. It is defined once ``k`` intervals are seen.
 
     The layers count as converged once the statistic is below ``threshold`` for ``patience``
-    consecutive checks and ``step >= min_step``; :attr:`fired_at` keeps the first step at which
-    that held (also when a caller only watches the criterion). This is our extension: SEER
+    consecutive checks at or after ``min_step`` (earlier checks are recorded but not counted:
+    before learning starts the parameters do not move, which is not convergence);
+    :attr:`fired_at` keeps the first step at which that held (also when a caller only watches
+    the criterion). This is our extension: SEER
     publishes no rule for choosing T_f. With ``keep_trajectory=True`` every snapshot is kept in
     :attr:`trajectory` (CPU, fp32) so that other statistics and bounds can be evaluated on a
     finished run.
@@ -52,7 +54,8 @@ class ParameterConvergence:
             ``"relative_change"`` and 0.5 for ``"drift_ratio"``.
         window (int): intervals ``k`` spanned by ``"drift_ratio"``. Defaults to ``10``.
         patience (int): consecutive checks below the bound. Defaults to ``3``.
-        min_step (int): earliest step at which convergence can be declared. Defaults to ``0``.
+        min_step (int): first step whose check counts toward ``patience`` (e.g. the step at
+            which learning starts). Defaults to ``0``.
         keep_trajectory (bool): keep every snapshot in :attr:`trajectory`. Defaults to
             ``False``.
 
@@ -148,7 +151,8 @@ class ParameterConvergence:
         value = self._value()
         if value is not None:
             self.history.append((step, value))
-            self._below = self._below + 1 if value < self.threshold else 0
+            if step >= self.min_step:  # e.g. before learning starts nothing moves: not counted
+                self._below = self._below + 1 if value < self.threshold else 0
         converged = self._below >= self.patience and step >= self.min_step
         if converged and self.fired_at is None:
             self.fired_at = step

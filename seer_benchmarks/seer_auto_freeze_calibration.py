@@ -1,0 +1,245 @@
+r"""Calibrates ``freeze_at="auto"`` on the CNN trajectory of a real Atari run.
+
+A long experiment, not part of ``make bench``. Run the Atari recipe once with the trajectory
+recorded (the CNN's parameters at every criterion check; no freeze, so the whole run is seen)::
+
+    python examples/seer_atari.py env.name=RoadRunner seed=0 seer.freeze_at=100000000 \
+        seer.record_trajectory=true seer.auto_interval=1000 logger.output_dir=runs/auto
+    python -m seer_benchmarks.seer_auto_freeze_calibration runs/auto/<run folder>
+
+From the recorded snapshots it computes, at every check, both statistics of
+:class:`~torchrl_seer.trainers.ParameterConvergence` (``relative_change`` and ``drift_ratio``
+over several windows) and the **latent drift to the final CNN**,
+``||f_t(x) - f_T(x)|| / ||f_T(x)||`` on a fixed probe batch of the game's observations: the error
+that freezing at ``t`` bakes into the stored latents relative to training on. Each criterion is
+replayed offline with the class itself (so it fires exactly where it would have fired online).
+
+Calibration rule (fixed before the run): the freeze step known to cost no return on this game is
+the reference (``--safe-step``; 50,000 of 100,000 steps on RoadRunner, three seeds, in
+``seer_parity.md``). A statistic's calibrated bound is the largest value it took over the
+``patience`` checks ending at that step, so that the calibrated criterion fires there on this run;
+the page then reports where each bound fires, and how the latent drift to the final CNN looks at
+those steps. Writes ``docs/benchmarks/seer_auto_freeze_calibration.{md,json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport
+from torchrl_seer.modules import DataEfficientAtariEncoder
+from torchrl_seer.trainers import ParameterConvergence
+
+PAGE = "seer_auto_freeze_calibration"
+WINDOWS = (5, 10, 20)
+PATIENCE = 3
+
+
+def replay_criterion(
+    steps: list[int], snapshots: torch.Tensor, *, min_step: int, **kwargs: Any
+) -> ParameterConvergence:
+    """Feeds recorded snapshots through a fresh :class:`ParameterConvergence`."""
+    param = nn.Parameter(snapshots[0].clone(), requires_grad=False)
+    criterion = ParameterConvergence(
+        [param], check_interval=1, patience=PATIENCE, min_step=min_step, **kwargs
+    )
+    for step, snapshot in zip(steps, snapshots, strict=True):
+        param.data.copy_(snapshot)
+        criterion.update(step)
+    return criterion
+
+
+def probe_batch(game: str, num: int, seed: int) -> torch.Tensor:
+    """Stacked observations of ``game`` under a uniform random policy (the probe batch)."""
+    from torchrl_seer.envs import make_atari_env
+
+    env = make_atari_env(game, seed=seed)
+    rollout = env.rollout(num, break_when_any_done=False)
+    env.close()
+    return rollout["pixels"]
+
+
+def latent_drift(snapshots: torch.Tensor, probe: torch.Tensor) -> list[float]:
+    """Relative distance of each snapshot's latents on ``probe`` to the final snapshot's."""
+    encoder = DataEfficientAtariEncoder(probe.shape[-3])
+    params = list(encoder.frozen_part.parameters())
+    latents = []
+    with torch.no_grad():
+        for snapshot in snapshots:
+            nn.utils.vector_to_parameters(snapshot, params)
+            latents.append(encoder.frozen_part_forward(probe).flatten(1))
+    final = latents[-1]
+    return [float((z - final).norm() / final.norm()) for z in latents]
+
+
+def _step(step: int | None) -> str:
+    return "never" if step is None else f"{step:,}"
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def calibrated_bound(history: list[tuple[int, float]], safe_step: int) -> float | None:
+    """The largest value over the ``PATIENCE`` checks ending at ``safe_step``."""
+    values = [value for step, value in history if step <= safe_step][-PATIENCE:]
+    return max(values) if len(values) == PATIENCE else None
+
+
+def _plot(
+    out: Path,
+    steps: list[int],
+    series: dict[str, list[tuple[int, float]]],
+    drift: list[float],
+    safe: int,
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for label, history in series.items():
+        top.plot([s for s, _ in history], [v for _, v in history], label=label)
+    top.set_yscale("log")
+    top.set_ylabel("statistic")
+    top.axvline(safe, color="grey", linestyle="--", linewidth=1)
+    top.legend(fontsize=8)
+    bottom.plot(steps, drift, color="black")
+    bottom.axvline(safe, color="grey", linestyle="--", linewidth=1, label="freeze step shown safe")
+    bottom.set_ylabel("latent drift to final CNN")
+    bottom.set_xlabel("agent steps")
+    bottom.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def calibrate(run_dir: Path, *, safe_step: int, probe_size: int, out_dir: Path) -> BenchmarkReport:
+    """Computes the statistics, the calibrated bounds and their firing steps; writes the page."""
+    trajectory = torch.load(run_dir / "encoder_trajectory.pt")
+    steps: list[int] = trajectory["steps"]
+    snapshots: torch.Tensor = trajectory["parameters"]
+    config = json.loads((run_dir / "report.json").read_text())["config"]
+    game, min_step = config["env"]["name"], config["optim"]["learn_start"]
+    criteria: dict[str, dict[str, Any]] = {"relative_change": {"statistic": "relative_change"}}
+    for window in WINDOWS:
+        criteria[f"drift_ratio, k={window}"] = {"statistic": "drift_ratio", "window": window}
+    histories = {
+        label: replay_criterion(steps, snapshots, min_step=min_step, **kwargs).history
+        for label, kwargs in criteria.items()
+    }
+    drift = latent_drift(snapshots, probe_batch(game, probe_size, seed=12345))
+    drift_at = dict(zip(steps, drift, strict=True))
+
+    rows, raw_bounds = [], {}
+    for label, kwargs in criteria.items():
+        default = replay_criterion(steps, snapshots, min_step=min_step, **kwargs)
+        bound = calibrated_bound(histories[label], safe_step)
+        fired = None
+        if bound is not None:
+            fired = replay_criterion(
+                steps, snapshots, min_step=min_step, threshold=bound, **kwargs
+            ).fired_at
+        theory_cell = "-"
+        theory = None
+        if kwargs["statistic"] == "drift_ratio":
+            theory_bound = 2 / kwargs["window"] ** 0.5
+            theory = replay_criterion(
+                steps, snapshots, min_step=min_step, threshold=theory_bound, **kwargs
+            ).fired_at
+            theory_cell = f"{theory_bound:.3g}: {_step(theory)}"
+        values = [v for _, v in histories[label]]
+        raw_bounds[label] = {
+            "bound": bound,
+            "fires_at": fired,
+            "default_fires_at": default.fired_at,
+            "theory_fires_at": theory,
+        }
+        rows.append([
+            label,
+            f"{min(values):.3g} - {max(values):.3g}" if values else "-",
+            f"{default.threshold:g}: {_step(default.fired_at)}",
+            theory_cell,
+            "-" if bound is None else f"{bound:.3g}",
+            _step(fired),
+            "-" if fired is None else f"{drift_at[fired]:.3f}",
+        ])  # fmt: skip
+
+    report = BenchmarkReport(
+        PAGE,
+        f"SEER: calibrating freeze_at=auto on a real run ({game})",
+        description=(
+            f"The CNN of `examples/seer_atari.py` ({game}, seed {config['seed']}, pixel buffer "
+            f"{config['replay_buffer']['size']:,}, {config['collector']['total_frames']:,} agent "
+            f"steps, no freeze) was snapshotted every {steps[1] - steps[0]:,} agent steps "
+            "(`seer.record_trajectory=true`). Each criterion of `ParameterConvergence` is replayed "
+            f"on those snapshots (patience {PATIENCE}, earliest step {min_step:,}); the latent "
+            f"drift to the final CNN is measured on {probe_size} stacked observations of the game "
+            "under a uniform random policy. Calibration: a statistic's bound is the largest value "
+            f"it took over the {PATIENCE} checks ending at the freeze step shown safe for this "
+            f"game ({safe_step:,}), so the calibrated criterion fires there on this run."
+        ),
+        command=f"python -m seer_benchmarks.{PAGE} <run folder> --safe-step {safe_step}",
+        out_dir=out_dir,
+    )
+    report.add_table(
+        "Where each criterion fires",
+        ["statistic", "range over the run", "default bound: fires at", "bound 2/sqrt(k): fires at",
+         "calibrated bound", "calibrated: fires at", "latent drift to final there"],
+        rows,
+    )  # fmt: skip
+    every = max(1, len(steps) // 20)
+    report.add_table(
+        "The statistics and the latent drift along the run",
+        ["agent steps", *histories, "latent drift to final"],
+        [
+            [step, *[_cell(dict(h).get(step)) for h in histories.values()], f"{drift_at[step]:.3f}"]
+            for step in steps[::every]
+        ],
+    )  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figure = out_dir / f"{PAGE}.png"
+    _plot(figure, steps, histories, drift, safe_step)
+    report.add_figure(figure, "criterion statistics and latent drift along the run")
+    report.raw = {
+        "run": str(run_dir.name),
+        "steps": steps,
+        "histories": histories,
+        "latent_drift": drift,
+        "bounds": raw_bounds,
+        "safe_step": safe_step,
+    }
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "run_dir", type=Path, help="a seer_atari run folder with encoder_trajectory.pt"
+    )
+    parser.add_argument(
+        "--safe-step", type=int, default=50_000, help="freeze step known to cost no return"
+    )
+    parser.add_argument("--probe-size", type=int, default=512)
+    parser.add_argument(
+        "--note", action="append", default=[], help="a paragraph for the page's notes"
+    )
+    args = parser.parse_args(argv)
+    report = calibrate(
+        args.run_dir, safe_step=args.safe_step, probe_size=args.probe_size, out_dir=DOCS_DIR
+    )
+    for note in args.note:
+        report.add_note(note)
+    print(report.write())
+
+
+if __name__ == "__main__":
+    main()
