@@ -55,6 +55,8 @@ NO_FREEZE = "no freeze"
 
 
 AUTO = "SEER T_f=auto"
+#: Separates an arm from the pixel buffer capacity it names.
+PIXEL_BUFFER = ", pixel buffer "
 #: Arm label of the ablation that freezes the encoder but keeps pixel replay (no latents).
 FREEZE_ONLY = "freeze, pixel replay"
 
@@ -68,6 +70,10 @@ class RecipePage:
     description: str
     bin_frames: int
     window_frames: int
+    #: the recipe's default pixel buffer; other capacities are named in the arm (None: always)
+    default_pixel_capacity: int | None
+    #: the recipe whose run folders the page reads
+    recipe: str
 
 
 RECIPES = {
@@ -88,6 +94,32 @@ RECIPES = {
         ),
         bin_frames=20_000,
         window_frames=40_000,
+        default_pixel_capacity=100_000,
+        recipe="atari",
+    ),
+    "atari_capped": RecipePage(
+        page="seer_capped_buffer",
+        title="SEER on Atari with a pixel buffer smaller than the run: does the grown latent "
+        "buffer help? (CPU)",
+        description=(
+            "DQN with the data-efficient CNN from `examples/seer_atari.py` (100k agent steps = "
+            "400k frames, replay ratio 1, 3-step returns), with a pixel buffer that holds only "
+            "part of the run. SEER freezes the lower CNN at T_f and migrates the buffer to fp32 "
+            "latents (the recipe's default) grown to the pixel buffer's memory budget, so after "
+            "the freeze it "
+            "keeps transitions the capped pixel buffer has to overwrite. Arms: SEER with the "
+            "capped pixel buffer, the same agent with the capped pixel buffer and no freeze, and "
+            "the full 100k pixel buffer (with and without the freeze). The SEER arm is the "
+            "no-freeze run of the same seed continued from its checkpoint at T_f with the freeze "
+            "(identical up to T_f). Returns are training-episode returns (epsilon-greedy, "
+            f"epsilon 0.01 after 20k steps); final return: episodes ending in the last "
+            f"{FINAL_SHARE:.0%} of the run's frames. Learner seconds = updates x median update "
+            "time, per phase."
+        ),
+        bin_frames=20_000,
+        window_frames=40_000,
+        default_pixel_capacity=None,
+        recipe="atari",
     ),
     "dmc": RecipePage(
         page="seer_parity_dmc",
@@ -110,6 +142,8 @@ RECIPES = {
         ),
         bin_frames=5_000,
         window_frames=10_000,
+        default_pixel_capacity=5_000,
+        recipe="dmc",
     ),
 }
 
@@ -126,24 +160,38 @@ def task_name(config: dict[str, Any]) -> str:
     return config.get("game") or f"{config['domain']}_{config['task']}"
 
 
-def arm_order(arm: str) -> tuple[int, int, int]:
-    """Sort key: fixed freeze steps (SEER, then the freeze-only ablation), auto, no freeze."""
-    if arm in (AUTO, NO_FREEZE):
-        return (1 if arm == AUTO else 2, 0, 0)
-    return (0, int(arm.split("=")[1].replace(",", "")), int(arm.startswith(FREEZE_ONLY)))
+def arm_order(arm: str) -> tuple[int, int, int, int]:
+    """Sort key: fixed freeze steps (SEER, then the freeze-only ablation), auto, no freeze.
+
+    Arms that name a pixel buffer capacity are ordered by it next.
+    """
+    base, _, capacity = arm.partition(PIXEL_BUFFER)
+    size = int(capacity.replace(",", "")) if capacity else 0
+    if base in (AUTO, NO_FREEZE):
+        return (1 if base == AUTO else 2, 0, 0, size)
+    return (0, int(base.split("=")[1].replace(",", "")), int(base.startswith(FREEZE_ONLY)), size)
 
 
-def arm_name(config: dict[str, Any], freeze: dict[str, Any]) -> str:
+def arm_name(
+    config: dict[str, Any], freeze: dict[str, Any], default_pixel_capacity: int | None = None
+) -> str:
     """The arm of a run: ``freeze_at="auto"``, its fixed freeze step, or no freeze.
 
     A run with ``--no-latent-replay`` (the encoder frozen, pixel replay kept) is its own arm.
+    A pixel buffer capacity other than ``default_pixel_capacity`` is named in the arm (always
+    when that is ``None``).
     """
     if config["freeze_at"] == "auto":
-        return AUTO
-    if not freeze:
-        return NO_FREEZE
-    kind = "SEER" if config.get("latent_replay", True) else FREEZE_ONLY
-    return f"{kind} T_f={freeze['freeze_step']:,}"
+        name = AUTO
+    elif not freeze:
+        name = NO_FREEZE
+    else:
+        kind = "SEER" if config.get("latent_replay", True) else FREEZE_ONLY
+        name = f"{kind} T_f={freeze['freeze_step']:,}"
+    capacity = config.get("pixel_capacity")
+    if capacity is not None and capacity != default_pixel_capacity:
+        name += f"{PIXEL_BUFFER}{capacity:,}"
+    return name
 
 
 def _float(rows: dict[str, str], key: str) -> float:
@@ -160,6 +208,7 @@ def flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "total_steps": cfg["collector"]["total_frames"],
         "freeze_at": cfg["seer"]["freeze_at"],
         "latent_replay": cfg["seer"].get("latent_replay", True),
+        "pixel_capacity": cfg["replay_buffer"]["size"],
     }
     if "exploration" in cfg:  # seer_atari
         flat["game"] = cfg["env"]["name"]
@@ -169,11 +218,12 @@ def flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def read_run(report_path: Path) -> dict[str, Any]:
+def read_run(report_path: Path, default_pixel_capacity: int | None = None) -> dict[str, Any]:
     """Reads one recipe run: its report and its episode returns.
 
     Args:
         report_path (Path): the run's ``report.json`` (written by the SEER recipes).
+        default_pixel_capacity (int, optional): see :func:`arm_name`.
 
     Returns:
         A dict with ``task``, ``arm``, ``seed``, ``curve`` (frames, episode return), ``final``
@@ -199,7 +249,7 @@ def read_run(report_path: Path) -> dict[str, Any]:
     )
     return {
         "task": task_name(config),
-        "arm": arm_name(config, freeze),
+        "arm": arm_name(config, freeze, default_pixel_capacity),
         "seed": config["seed"],
         "freeze_step": freeze.get("freeze_step"),
         "freeze_frame": freeze.get("freeze_frame"),
@@ -216,6 +266,28 @@ def read_run(report_path: Path) -> dict[str, Any]:
     }
 
 
+def imported_runs(
+    record: Path, select: list[str], capacity: int, recipe: RecipePage
+) -> list[dict[str, Any]]:
+    """Runs of an earlier parity page (its JSON ``raw`` record), for arms not run again.
+
+    Args:
+        record (Path): the page's JSON record.
+        select (list of str): ``TASK:SEED`` of the runs to take.
+        capacity (int): their pixel buffer capacity, named in the arm as :func:`arm_name` does.
+        recipe (RecipePage): the page being written.
+    """
+    wanted = {(task, int(seed)) for task, seed in (item.split(":") for item in select)}
+    runs = []
+    for run in json.loads(record.read_text())["raw"]["runs"]:
+        if (run["task"], run["seed"]) in wanted:
+            run = dict(run, imported_from=record.name)
+            if capacity != recipe.default_pixel_capacity:
+                run["arm"] = f"{run['arm']}{PIXEL_BUFFER}{capacity:,}"
+            runs.append(run)
+    return runs
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="folder holding one sub-folder per recipe run")
@@ -223,12 +295,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bin-frames", type=int, default=None, help="curve grid spacing")
     parser.add_argument("--window-frames", type=int, default=None, help="curve averaging")
     parser.add_argument("--note", action="append", default=[], help="a paragraph for the page")
+    parser.add_argument(
+        "--import-runs",
+        type=Path,
+        default=None,
+        help="a parity page's JSON record whose runs are added (with --import-select)",
+    )
+    parser.add_argument(
+        "--import-select",
+        action="append",
+        default=[],
+        help="TASK:SEED of imported runs to add (repeatable)",
+    )
+    parser.add_argument(
+        "--import-capacity", type=int, default=100_000, help="pixel buffer of imported runs"
+    )
     args = parser.parse_args(argv)
     recipe = RECIPES[args.recipe]
     bin_frames = args.bin_frames or recipe.bin_frames
     window_frames = args.window_frames or recipe.window_frames
-    pattern = f"**/seer_{args.recipe}_*/report.json"
-    runs = [read_run(path) for path in sorted(args.root.glob(pattern))]
+    pattern = f"**/seer_{recipe.recipe}_*/report.json"
+    runs = [
+        read_run(path, recipe.default_pixel_capacity) for path in sorted(args.root.glob(pattern))
+    ]
+    if args.import_runs is not None:
+        runs += imported_runs(args.import_runs, args.import_select, args.import_capacity, recipe)
     if not runs:
         raise SystemExit(f"no SEER recipe runs ({pattern}) under {args.root}")
     runs.sort(key=lambda r: (r["task"], arm_order(r["arm"]), r["seed"]))

@@ -62,6 +62,17 @@ def test_seer_parity_names_and_orders_arms():
     assert ablation == "freeze, pixel replay T_f=20,000"
     arms = [NO_FREEZE, AUTO, fixed, ablation, "SEER T_f=20,000"]
     assert sorted(arms, key=arm_order) == ["SEER T_f=20,000", ablation, fixed, AUTO, NO_FREEZE]
+    capped = {"freeze_at": "100000000", "pixel_capacity": 20_000}
+    assert arm_name(capped, {}, 100_000) == "no freeze, pixel buffer 20,000"
+    assert arm_name({**capped, "pixel_capacity": 100_000}, {}, 100_000) == NO_FREEZE
+    seer = arm_name({"freeze_at": "50000", "pixel_capacity": 20_000}, {"freeze_step": 50_000})
+    assert seer == "SEER T_f=50,000, pixel buffer 20,000"  # default None: always named
+    full = "no freeze, pixel buffer 100,000"
+    assert sorted([full, seer, "no freeze, pixel buffer 20,000"], key=arm_order) == [
+        seer,
+        "no freeze, pixel buffer 20,000",
+        full,
+    ]
 
 
 def test_seer_parity_reads_atari_and_dmc_configs():
