@@ -234,8 +234,11 @@ def read_run(report_path: Path, default_pixel_capacity: int | None = None) -> di
     report = json.loads(report_path.read_text())
     config, freeze = flat_config(report["config"]), report["freeze"]
     rows = {label: value for label, value in report["tables"][0]["rows"]}
+    # the report's episode returns are checkpointed with the run; older reports lack them
+    curve: Curve = [(int(frame), float(ret)) for frame, ret in report.get("episode_returns", [])]
     csv_files = list(report_path.parent.glob("*/scalars/episode_return.csv"))
-    curve: Curve = read_scalar_csv(csv_files[0]) if csv_files else []
+    if not curve and csv_files:
+        curve = read_scalar_csv(csv_files[0])
     last = frames_per_step(config) * config["total_steps"]
     tail = [ret for step, ret in curve if step > (1 - FINAL_SHARE) * last]
     second_half = [ret for step, ret in curve if step > last / 2]

@@ -41,7 +41,8 @@ class RecipeRun:
     With ``resume=<run dir>`` the run continues in that folder: the saved configuration is
     used (only ``collector.total_frames``, ``device`` and ``threads`` may be changed on the
     command line; ``logger.output_dir`` is ignored; any other difference is refused), and the
-    logger continues from the state saved with the last checkpoint. Every scalar is logged at
+    logger continues from the state saved with the last checkpoint, in the resumed folder (a
+    run folder that was moved or copied logs into itself). Every scalar is logged at
     environment frames.
 
     Args:
@@ -92,6 +93,10 @@ class RecipeRun:
         self.checkpointer = RunCheckpointer(self.dir / "checkpoint")
         if cfg.resume is not None and self.checkpointer.exists():
             logger_state = self.checkpointer.read()["logger"]
+            if logger_state is not None:
+                # the saved state names the folder the run was in when it was saved: a run
+                # folder moved or copied since then logs into itself, not into the original
+                logger_state = {**logger_state, "log_dir": str(self.dir.resolve())}
         self.logger = self._make_logger(logger_state)
         if self.logger is not None and logger_state is None:
             # scalars and strings only: TensorBoard's hparams refuse None and lists

@@ -1,0 +1,35 @@
+"""RecipeRun: a resumed run folder logs into itself, also after it was moved or copied."""
+
+import shutil
+
+from omegaconf import OmegaConf
+
+from torchrl_seer.trainers.helpers import RecipeRun
+
+
+def _config(output_dir, resume=None):
+    return OmegaConf.create({
+        "seed": 0, "resume": None if resume is None else str(resume), "device": "cpu",
+        "threads": 1, "collector": {"total_frames": 10}, "checkpoint": {"interval": 5},
+        "logger": {"backend": "csv", "output_dir": str(output_dir), "exp_name": "t",
+                   "project_name": "p", "group_name": None},
+    })  # fmt: skip
+
+
+def _rows(run_dir):
+    (csv,) = run_dir.glob("*/scalars/loss.csv")
+    return csv.read_text().split()
+
+
+def test_a_copied_run_folder_logs_into_the_copy_not_into_the_original(tmp_path):
+    run = RecipeRun(_config(tmp_path / "a"), "recipe")
+    run.log_scalar("loss", 1.0, step=5)
+    run.save(5, state={})
+    copy = tmp_path / "b" / run.dir.name
+    shutil.copytree(run.dir, copy)
+    resumed = RecipeRun(_config(tmp_path / "ignored", resume=copy), "recipe")
+    assert resumed.restore(state={}) == (5, None)
+    resumed.log_scalar("loss", 2.0, step=10)
+    resumed.logger.flush()
+    assert _rows(copy) == ["5,1.0", "10,2.0"]
+    assert _rows(run.dir) == ["5,1.0"]  # the original run is left as it was
