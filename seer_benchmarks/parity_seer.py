@@ -11,6 +11,20 @@ Atari (``examples/seer_atari.py``; hydra multirun, one run folder per combinatio
         logger.output_dir=runs/parity_seer/atari
     python -m seer_benchmarks.parity_seer runs/parity_seer
 
+Atari with a pixel buffer smaller than the run (``--recipe atari_capped``): the capped no-freeze
+run, checkpointed at T_f; the SEER arm is a copy of its run folder with ``seer.freeze_at`` set to
+T_f in the copy's ``config.yaml``, resumed (identical up to T_f); the full-buffer arms can be
+taken from the Atari page's record::
+
+    python examples/seer_atari.py env.name=RoadRunner seed=0 replay_buffer.size=20000 \
+        seer.freeze_at=100000000 checkpoint.interval=50000 logger.output_dir=runs/capped/nofreeze
+    cp -r runs/capped/nofreeze/<run> runs/capped/seer/   # after its checkpoint at 50,000 steps
+    # edit runs/capped/seer/<run>/config.yaml: seer.freeze_at: 50000, then
+    python examples/seer_atari.py env.name=RoadRunner seed=0 replay_buffer.size=20000 \
+        seer.freeze_at=50000 checkpoint.interval=50000 resume=runs/capped/seer/<run>
+    python -m seer_benchmarks.parity_seer runs/capped --recipe atari_capped \
+        --import-runs docs/benchmarks/seer_parity.json --import-select RoadRunner:0
+
 DMC from pixels (``examples/seer_dmc.py``, 12,500 agent steps = 100k environment steps at
 action repeat 8)::
 
