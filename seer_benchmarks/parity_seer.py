@@ -69,6 +69,8 @@ NO_FREEZE = "no freeze"
 
 
 AUTO = "SEER T_f=auto"
+#: Arm label of a run that starts from a CNN saved by another run (transfer).
+TRANSFERRED = "transferred CNN"
 #: Separates an arm from the pixel buffer capacity it names.
 PIXEL_BUFFER = ", pixel buffer "
 #: Arm label of the ablation that freezes the encoder but keeps pixel replay (no latents).
@@ -135,6 +137,25 @@ RECIPES = {
         default_pixel_capacity=None,
         recipe="atari",
     ),
+    "atari_transfer": RecipePage(
+        page="seer_transfer",
+        title="SEER transfer on Atari: a CNN frozen on one game, reused from step 0 on another "
+        "(CPU)",
+        description=(
+            "DQN from `examples/seer_atari.py`. The transferred arm loads the data-efficient CNN "
+            "that the capped-buffer SEER run froze on RoadRunner at 50k steps "
+            "(`seer.save_encoder`), starts Breakout with `seer.freeze_at=0 seer.load_encoder=...`: "
+            "the buffer stores 576-float latents from the first transition and only the Q head "
+            "learns. The from-scratch arm is the no-freeze Breakout run of the Atari parity page "
+            "(same seed and settings, imported). Both are compared over the transferred run's "
+            "length: final return = episodes ending in its last "
+            f"{FINAL_SHARE:.0%}; the median update times say what the learner pays per update."
+        ),
+        bin_frames=20_000,
+        window_frames=40_000,
+        default_pixel_capacity=100_000,
+        recipe="atari",
+    ),
     "dmc": RecipePage(
         page="seer_parity_dmc",
         title="SEER: returns parity on DMC from pixels against the same agent without a freeze "
@@ -195,7 +216,9 @@ def arm_name(
     A pixel buffer capacity other than ``default_pixel_capacity`` is named in the arm (always
     when that is ``None``).
     """
-    if config["freeze_at"] == "auto":
+    if config.get("load_encoder"):
+        name = f"{TRANSFERRED} T_f={freeze.get('freeze_step', 0):,}"
+    elif config["freeze_at"] == "auto":
         name = AUTO
     elif not freeze:
         name = NO_FREEZE
@@ -223,6 +246,7 @@ def flat_config(cfg: dict[str, Any]) -> dict[str, Any]:
         "freeze_at": cfg["seer"]["freeze_at"],
         "latent_replay": cfg["seer"].get("latent_replay", True),
         "pixel_capacity": cfg["replay_buffer"]["size"],
+        "load_encoder": cfg["seer"].get("load_encoder"),
     }
     if "exploration" in cfg:  # seer_atari
         flat["game"] = cfg["env"]["name"]
@@ -270,6 +294,7 @@ def read_run(report_path: Path, default_pixel_capacity: int | None = None) -> di
         "seed": config["seed"],
         "freeze_step": freeze.get("freeze_step"),
         "freeze_frame": freeze.get("freeze_frame"),
+        "frames_per_step": frames_per_step(config),
         "curve": curve,
         "episodes": len(curve),
         "final": statistics.mean(tail) if tail else math.nan,
@@ -283,6 +308,34 @@ def read_run(report_path: Path, default_pixel_capacity: int | None = None) -> di
     }
 
 
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1f}"
+
+
+def _rounded(value: float) -> int | str:
+    return "-" if math.isnan(value) else round(value)
+
+
+def truncated(run: dict[str, Any], max_steps: int) -> dict[str, Any]:
+    """A run's returns over its first ``max_steps`` agent steps (Atari: 4 frames per step).
+
+    The final and second-half returns are recomputed over that length; learner seconds, which
+    cover the whole run, become ``nan``.
+    """
+    last = run["frames_per_step"] * max_steps
+    curve = [(frame, ret) for frame, ret in run["curve"] if frame <= last]
+    tail = [ret for frame, ret in curve if frame > (1 - FINAL_SHARE) * last]
+    second_half = [ret for frame, ret in curve if frame > last / 2]
+    return dict(
+        run,
+        curve=curve,
+        episodes=len(curve),
+        final=statistics.mean(tail) if tail else math.nan,
+        second_half=statistics.mean(second_half) if second_half else math.nan,
+        learner_seconds=math.nan,
+    )
+
+
 def imported_runs(
     record: Path, select: list[str], capacity: int, recipe: RecipePage
 ) -> list[dict[str, Any]]:
@@ -290,15 +343,21 @@ def imported_runs(
 
     Args:
         record (Path): the page's JSON record.
-        select (list of str): ``TASK:SEED`` of the runs to take.
+        select (list of str): ``TASK:SEED`` or ``TASK:SEED:ARM`` of the runs to take.
         capacity (int): their pixel buffer capacity, named in the arm as :func:`arm_name` does.
         recipe (RecipePage): the page being written.
     """
-    wanted = {(task, int(seed)) for task, seed in (item.split(":") for item in select)}
+    wanted = [item.split(":", 2) for item in select]
     runs = []
     for run in json.loads(record.read_text())["raw"]["runs"]:
-        if (run["task"], run["seed"]) in wanted:
-            run = dict(run, imported_from=record.name)
+        if any(
+            run["task"] == want[0]
+            and run["seed"] == int(want[1])
+            and (len(want) == 2 or run["arm"] == want[2])
+            for want in wanted
+        ):
+            per_step = 4 if recipe.recipe == "atari" else PLANET_ACTION_REPEAT.get(run["task"], 1)
+            run = dict(run, imported_from=record.name, frames_per_step=per_step)
             if capacity != recipe.default_pixel_capacity:
                 run["arm"] = f"{run['arm']}{PIXEL_BUFFER}{capacity:,}"
             runs.append(run)
@@ -322,10 +381,16 @@ def main(argv: list[str] | None = None) -> None:
         "--import-select",
         action="append",
         default=[],
-        help="TASK:SEED of imported runs to add (repeatable)",
+        help="TASK:SEED[:ARM] of imported runs to add (repeatable)",
     )
     parser.add_argument(
         "--import-capacity", type=int, default=100_000, help="pixel buffer of imported runs"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="compare every run over its first N agent steps (learner seconds are then left out)",
     )
     args = parser.parse_args(argv)
     recipe = RECIPES[args.recipe]
@@ -339,6 +404,8 @@ def main(argv: list[str] | None = None) -> None:
         runs += imported_runs(args.import_runs, args.import_select, args.import_capacity, recipe)
     if not runs:
         raise SystemExit(f"no SEER recipe runs ({pattern}) under {args.root}")
+    if args.max_steps is not None:
+        runs = [truncated(run, args.max_steps) for run in runs]
     runs.sort(key=lambda r: (r["task"], arm_order(r["arm"]), r["seed"]))
     tasks = sorted({r["task"] for r in runs})
     arms = sorted({r["arm"] for r in runs}, key=arm_order)
@@ -372,15 +439,13 @@ def main(argv: list[str] | None = None) -> None:
                 r["task"],
                 r["arm"],
                 r["seed"],
-                r["freeze_step"] or "-",
+                "-" if r["freeze_step"] is None else r["freeze_step"],
                 r["episodes"],
                 round(r["final"], 1),
                 round(r["second_half"], 1),
                 f"{r['updates_before']} / {r['updates_after']}",
-                f"{r['ms_before']:.1f} / {r['ms_after']:.1f}"
-                if r["updates_after"]
-                else f"{r['ms_before']:.1f} / -",
-                round(r["learner_seconds"]),
+                f"{_ms(r['ms_before'])} / {_ms(r['ms_after']) if r['updates_after'] else '-'}",
+                _rounded(r["learner_seconds"]),
                 r["latent_capacity"] or "-",
             ]
             for r in runs
@@ -404,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
                     ", ".join(f"{f:.1f}" for f in finals),
                     round(statistics.mean(finals), 1),
                     round(statistics.stdev(finals), 1) if len(finals) > 1 else "-",
-                    round(statistics.mean(r["learner_seconds"] for r in group)),
+                    _rounded(statistics.mean(r["learner_seconds"] for r in group)),
                 ]
             )
     report.add_table(
