@@ -284,6 +284,13 @@ def _shard_paths(suite: Suite, num_shards: int, *, wait: bool = False) -> list[P
     return paths
 
 
+def _load_when_written(path: Path) -> dict[str, Any]:
+    """Loads a shard, first waiting for a capture running in another process to write it."""
+    while not path.exists():
+        time.sleep(5)
+    return load_shard(path)
+
+
 def _batches(
     suite: Suite, num_shards: int, take: int | None = None, *, wait: bool = False
 ) -> Iterator[TensorDictBase]:
@@ -294,9 +301,7 @@ def _batches(
     """
     take = suite.shard_steps if take is None else take
     for path in _shard_paths(suite, num_shards, wait=wait):
-        while not path.exists():
-            time.sleep(5)
-        shard = load_shard(path)
+        shard = _load_when_written(path)
         for begin in range(0, take, EXTEND_BATCH):
             stop = min(take, begin + EXTEND_BATCH)
             yield stacked_transitions(shard, suite.frame_stack, slice(begin, stop))
@@ -348,32 +353,32 @@ def _verify(rb: ReplayBuffer, suite: Suite, num_shards: int, count: int) -> int:
     return checked
 
 
-def run_delta(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
-    """Fills a DeltaFrameStorage with ``args.transitions`` transitions and measures it."""
-    num_shards = _num_shards(suite, args.transitions)
-    base_rss = _settled_rss()
+def _make_delta(suite: Suite, transitions: int, chunk_len: int) -> ReplayBuffer:
+    return ReplayBuffer(
+        storage=DeltaFrameStorage(transitions, frame_stack=suite.frame_stack, chunk_len=chunk_len),
+        batch_size=256,
+    )
 
-    def make() -> ReplayBuffer:
-        return ReplayBuffer(
-            storage=DeltaFrameStorage(
-                args.transitions, frame_stack=suite.frame_stack, chunk_len=args.chunk_len
-            ),
-            batch_size=256,
-        )
 
-    rb = make()
+def _fill(
+    rb: ReplayBuffer, suite: Suite, transitions: int, *, wait: bool, base_rss: int
+) -> dict[str, Any]:
+    """Extends ``rb`` with the suite's first ``transitions`` transitions, in buffer order.
+
+    Returns the extend rate, the fill's wall time and the growth records.
+    """
+    storage: DeltaFrameStorage = rb.storage  # type: ignore[assignment]
     extend_seconds = 0.0
     growth: list[dict[str, int]] = []
     filled = 0
     start_all = time.perf_counter()
-    batches = _batches(suite, num_shards, wait=args.wait_for_capture)
+    batches = _batches(suite, _num_shards(suite, transitions), wait=wait)
     for batch in batches:
         start = time.perf_counter()
         rb.extend(batch)
         extend_seconds += time.perf_counter() - start
         filled += len(batch)
-        if filled % suite.growth_every == 0 or filled == args.transitions:
-            storage: DeltaFrameStorage = rb.storage  # type: ignore[assignment]
+        if filled % suite.growth_every == 0 or filled == transitions:
             growth.append(
                 {
                     "transitions": filled,
@@ -385,13 +390,19 @@ def run_delta(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
             )
             logging.info("filled %d transitions, %d B held", filled, storage.bytes())
         del batch
-        if filled >= args.transitions:
+        if filled >= transitions:
             break
     batches.close()  # drops the source shard it holds
-    fill_wall = time.perf_counter() - start_all
-    storage = rb.storage  # type: ignore[assignment]
-    held = storage.bytes()
-    rss_growth = _settled_rss() - base_rss
+    return {
+        "transitions": filled,
+        "extend_transitions_per_s": filled / extend_seconds,
+        "fill_wall_s": time.perf_counter() - start_all,
+        "growth": growth,
+    }
+
+
+def _held_parts(storage: DeltaFrameStorage) -> dict[str, int]:
+    """The bytes held, by part (what is not in a named part is bookkeeping)."""
     index = storage._indices["pixels"]
     parts = {
         "payload": index.pool.payload_bytes(),
@@ -400,22 +411,46 @@ def run_delta(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
         "codec_contexts": storage.codec.memory_bytes(),
         "decoded_cache": index.pool.cached_bytes(),
     }
-    parts["bookkeeping"] = held - sum(parts.values())
+    parts["bookkeeping"] = storage.bytes() - sum(parts.values())
+    return parts
 
-    pool_rb = rb
+
+def _delta_sample_timings(rb: ReplayBuffer, repeats: int) -> dict[int, dict[str, Any]]:
+    """Batch-32 and batch-256 sample times, decoding on the calling thread and on the pool."""
+    storage: DeltaFrameStorage = rb.storage  # type: ignore[assignment]
     single = ReplayBuffer(storage=storage, batch_size=256)
     timings = {}
     for batch_size in BATCHES:
         storage.num_threads = storage._indices["pixels"].pool.num_threads = 0
-        one = _sample_timings({"delta_1_thread": single}, batch_size, args.repeats)
+        one = _sample_timings({"delta_1_thread": single}, batch_size, repeats)
         pool_threads = ChunkedFramePool.default_num_threads()
         storage._indices["pixels"].pool.num_threads = pool_threads
-        pooled = _sample_timings(
-            {f"delta_{pool_threads}_threads": pool_rb}, batch_size, args.repeats
-        )
+        pooled = _sample_timings({f"delta_{pool_threads}_threads": rb}, batch_size, repeats)
         timings[batch_size] = {**one, **pooled}
+    return timings
+
+
+def run_delta(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
+    """Fills a DeltaFrameStorage with ``args.transitions`` transitions and measures it.
+
+    Then, for each of ``args.compare_chunk_lens``, fills another one with that chunk length
+    and measures its bytes and sample times.
+    """
+    num_shards = _num_shards(suite, args.transitions)
+    base_rss = _settled_rss()
+    rb = _make_delta(suite, args.transitions, args.chunk_len)
+    fill = _fill(rb, suite, args.transitions, wait=args.wait_for_capture, base_rss=base_rss)
+    storage: DeltaFrameStorage = rb.storage  # type: ignore[assignment]
+    held = storage.bytes()
+    rss_growth = _settled_rss() - base_rss
+    index = storage._indices["pixels"]
+    parts = _held_parts(storage)
+    timings = _delta_sample_timings(rb, args.repeats)
     recompressed = None
     if args.recompress_level:
+        # the sample timings filled the decoded-chunk cache: emptied, as after the fill
+        cached = index.pool.cached_bytes()
+        storage.clear_cache()
         start = time.perf_counter()
         saved = storage.recompress(args.recompress_level)
         recompressed = {
@@ -425,36 +460,56 @@ def run_delta(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
             "held_bytes": storage.bytes(),
             "payload": index.pool.payload_bytes(),
             "chunks": index.pool.num_chunks(),
+            "cache_emptied_bytes": cached,
         }
         logging.info("recompressed: %s", recompressed)
-    checkpoint, restored = _checkpoint(rb, make)
+    checkpoint, restored = _checkpoint(
+        rb, lambda: _make_delta(suite, args.transitions, args.chunk_len)
+    )
     checked = _verify(restored, suite, num_shards, args.verify)
-    return {
+    record = {
         "suite": suite.name,
-        "transitions": filled,
         "shards": num_shards,
         "chunk_len": args.chunk_len,
-        "extend_transitions_per_s": filled / extend_seconds,
-        "fill_wall_s": fill_wall,
+        **fill,
         "held_bytes": held,
         "held_parts": parts,
         "index_exception_rows": index.table.num_exceptions(),
         "recompressed": recompressed,
         "frames": storage.num_frames(),
         "rss_growth": rss_growth,
-        "growth": growth,
         "sample": timings,
         "checkpoint": checkpoint,
         "verified_slots": checked,
     }
+    del rb, storage, index, restored
+    variants = []
+    for chunk_len in args.compare_chunk_lens:
+        other = _make_delta(suite, args.transitions, chunk_len)
+        other_fill = _fill(other, suite, args.transitions, wait=False, base_rss=base_rss)
+        variants.append(
+            {
+                "chunk_len": chunk_len,
+                **other_fill,
+                "held_bytes": other.storage.bytes(),
+                "held_parts": _held_parts(other.storage),  # type: ignore[arg-type]
+                "sample": _delta_sample_timings(other, args.repeats),
+            }
+        )
+        logging.info("chunk_len %d: %d B held", chunk_len, variants[-1]["held_bytes"])
+        del other
+    if variants:
+        record["chunk_len_variants"] = variants
+    return record
 
 
 def run_small(args: argparse.Namespace, suite: Suite) -> list[dict[str, Any]]:
     """A ``args.small``-transition buffer per game or task as held (fixed costs included)."""
     rows = []
-    paths = _shard_paths(suite, min(suite.small_shards, _num_shards(suite, args.transitions)))
-    for (name, policy, _), path in zip(suite.shard_specs(len(paths)), paths, strict=True):
-        shard = load_shard(path)
+    num_shards = min(suite.small_shards, _num_shards(suite, args.transitions))
+    paths = _shard_paths(suite, num_shards, wait=args.wait_for_capture)
+    for (name, policy, _), path in zip(suite.shard_specs(num_shards), paths, strict=True):
+        shard = _load_when_written(path)
         data = stacked_transitions(shard, suite.frame_stack, slice(0, args.small)).contiguous()
         del shard
         rb = ReplayBuffer(storage=DeltaFrameStorage(args.small, frame_stack=suite.frame_stack))
@@ -518,7 +573,7 @@ def run_peers(args: argparse.Namespace, suite: Suite) -> dict[str, Any]:
     num_shards = _num_shards(suite, args.transitions)
     per_shard = args.subset // num_shards
     results: dict[str, Any] = {"subset": per_shard * num_shards, "per_shard": per_shard}
-    subset = list(_batches(suite, num_shards, per_shard))
+    subset = list(_batches(suite, num_shards, per_shard, wait=args.wait_for_capture))
     for config in args.peers:
         base_rss = _settled_rss()
         if config == "lazy":
@@ -844,6 +899,23 @@ def write_report(args: argparse.Namespace, suite: Suite, *, out_dir: Path = DOCS
                 for name, policy, payload in per_shard
             ],
         )
+    variants = delta.get("chunk_len_variants")
+    if variants:
+        report.add_table(
+            f"Chunk length: bytes held against sample time ({n:,} transitions, one fill each)",
+            [
+                "chunk_len",
+                "bytes held",
+                "marginal bytes / transition",
+                "Lazy / marginal",
+                "batch-256 sample ms (1 thread / pool)",
+                "batch-256 sample / Lazy (1 thread / pool)",
+            ],
+            [
+                _chunk_len_row(record, suite, lazy_per, peers)
+                for record in sorted([delta, *variants], key=lambda r: r["chunk_len"])
+            ],
+        )
     if len(growth) >= 2:
         report.add_table(
             "Growth while filling",
@@ -908,8 +980,14 @@ def write_report(args: argparse.Namespace, suite: Suite, *, out_dir: Path = DOCS
             f"({1e3 * recompressed['seconds'] / recompressed['chunks']:.1f} ms per chunk) and "
             f"saved {_mb(recompressed['saved_bytes'])} "
             f"({100 * recompressed['saved_bytes'] / parts['payload']:.1f}% of the payload), "
-            f"leaving {_mb(recompressed['held_bytes'])} held; the checkpoint was written after "
-            f"it.{suite.recompress_comment}"
+            f"leaving {_mb(recompressed['held_bytes'])} held"
+            + (
+                f" (the {_mb(recompressed['cache_emptied_bytes'])} of decoded chunks that the "
+                "sample timings had cached emptied first, as after the fill)"
+                if "cache_emptied_bytes" in recompressed
+                else ""
+            )
+            + f"; the checkpoint was written after it.{suite.recompress_comment}"
         )
     report.add_note(text)
     if peers is not None:
@@ -933,9 +1011,14 @@ def write_report(args: argparse.Namespace, suite: Suite, *, out_dir: Path = DOCS
                     else f"The decoding pool took {pool_256 * 1e3:.0f} ms on this 2-core "
                     "machine shared with other jobs. "
                 )
-                + "Not done yet: shorter chunks for large buffers "
-                "(fewer frames decoded per sampled row, at some payload cost) and a decoded "
-                "hot tier."
+                + (
+                    "Shorter chunks decode fewer frames per sampled row, at some payload cost "
+                    "(chunk-length table). Not done yet: a decoded hot tier."
+                    if variants
+                    else "Not done yet: shorter chunks for large buffers "
+                    "(fewer frames decoded per sampled row, at some payload cost) and a decoded "
+                    "hot tier."
+                )
             )
     if directions:
         directions.pop("machine", None)
@@ -1003,6 +1086,26 @@ def write_report(args: argparse.Namespace, suite: Suite, *, out_dir: Path = DOCS
         report.add_note(args.note)
     report.raw.update({"delta": delta, "peers": peers, "small": small, "lazy_other": lazy_other})
     return report.write()
+
+
+def _chunk_len_row(
+    record: dict[str, Any], suite: Suite, lazy_per: float, peers: dict[str, Any] | None
+) -> list[Any]:
+    """One row of the chunk-length table, from a fill's record."""
+    marginal = _marginal(record, suite.marginal_span)
+    one, pool = (
+        record["sample"]["256"][key]["median_s"]
+        for key in ("delta_1_thread", next(k for k in record["sample"]["256"] if "threads" in k))
+    )
+    lazy_256 = peers["lazy"]["sample"]["256"]["lazy"]["median_s"] if peers else None
+    return [
+        record["chunk_len"],
+        _mb(record["held_bytes"]),
+        round(marginal[2], 1) if marginal else "-",
+        f"{lazy_per / marginal[2]:.0f}x" if marginal else "-",
+        f"{one * 1e3:.0f} / {pool * 1e3:.0f}",
+        f"{one / lazy_256:.2f} / {pool / lazy_256:.2f}" if lazy_256 else "-",
+    ]
 
 
 def _per_shard_comment(per_shard: list[tuple[str, str, float]]) -> str:
@@ -1141,9 +1244,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--wait-for-capture",
         action="store_true",
-        help="delta: wait for shards that a running capture writes",
+        help="delta, small, peers: wait for shards that a capture running elsewhere writes",
     )
     parser.add_argument("--verify", type=int, default=2_000, help="delta: slots checked")
+    parser.add_argument(
+        "--compare-chunk-lens",
+        type=int,
+        nargs="*",
+        default=[],
+        help="delta: also fill a storage with each of these chunk lengths (bytes, sample times)",
+    )
     parser.add_argument(
         "--recompress-level",
         type=int,

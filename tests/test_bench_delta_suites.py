@@ -57,6 +57,7 @@ def _args(**overrides) -> argparse.Namespace:
         "repeats": 1,
         "recompress_level": 9,
         "verify": 20,
+        "compare_chunk_lens": [],
         "small": 30,
         "subset": 16,
         "peers": [*bench_delta_1m.CLS_CONFIGS, "lazy"],
@@ -69,14 +70,14 @@ def _args(**overrides) -> argparse.Namespace:
 
 
 def test_dmc_suite_refuses_missing_shards_naming_the_capture(tiny_dmc):
-    with pytest.raises(SystemExit, match="2 of the 2 DMC shards are missing.*dmc_shards"):
+    with pytest.raises(SystemExit, match=r"2 of the 2 DMC shards are missing.*dmc_shards"):
         bench_delta_1m.run_delta(_args(), tiny_dmc)
 
 
 def test_dmc_suite_measures_its_shards_and_writes_its_own_page(tiny_dmc, tmp_path):
     for index, (task, policy, _) in enumerate(tiny_dmc.shard_specs(2)):
         write_shard(tiny_dmc.shard_path(index, task, policy), _dmc_like_shard(index))
-    args = _args()
+    args = _args(compare_chunk_lens=[8])
     delta = bench_delta_1m.run_delta(args, tiny_dmc)
     # every sampled slot of the restored checkpoint was compared with the shards' stacks
     assert delta["verified_slots"] == 20 and delta["transitions"] == 2 * STEPS
@@ -115,6 +116,8 @@ def test_dmc_suite_measures_its_shards_and_writes_its_own_page(tiny_dmc, tmp_pat
     targets = {row[0]: row[2] for row in tables["Targets"]["rows"]}
     assert targets["Lazy / marginal bytes per transition (four tasks, two policies)"] == ">= 130x"
     assert targets[f"bytes held, {n:,} DMC transitions"] == "-"  # no target set for DMC
+    chunk_lens = tables["Chunk length: bytes held against sample time"]["rows"]
+    assert [row[0] for row in chunk_lens] == [8, 16]  # the other fill, then the main one
     assert "frame_stack=3" in page.read_text()
 
 
