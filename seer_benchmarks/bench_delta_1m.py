@@ -197,18 +197,18 @@ SUITES = {
         results_prefix="delta_dmc_100k",
         title="DeltaFrameStorage at 100,000 DMC transitions",
         description=(
-            "A replay buffer of {n:,} real DeepMind Control transitions ({shards} shards: "
-            "stacked 9x84x84 uint8 observation and next observation, three 3x84x84 RGB "
-            "frames concatenated along the channels as a TorchRL collector of a "
-            "CatFrames(3, dim=-3) environment writes them, with a 6-float action "
-            "(zero-padded for the narrower tasks), reward and done flags) from four tasks "
-            "(cartpole_swingup, walker_walk, cheetah_run, reacher_easy) under two behaviour "
-            "policies (uniform random actions; smooth actions a_t = 0.9 a_t-1 + 0.44 e_t, "
-            "clipped), 12,500 consecutive agent steps per task and policy, camera-0 renders "
-            "with PlaNet's action repeat. DeltaFrameStorage is filled through a ReplayBuffer "
-            "in batches of 1,000 and measured whole; LazyTensorStorage and "
-            "CompressedListStorage are measured on an evenly spread subset and their "
-            "per-transition figures extrapolated (labelled)."
+            "A replay buffer of {n:,} real DeepMind Control transitions (stacked 9x84x84 "
+            "uint8 observation and next observation: three 3x84x84 RGB frames concatenated "
+            "along the channels, as a TorchRL collector of a CatFrames(3, dim=-3) environment "
+            "writes them, with a 6-float action zero-padded for the narrower tasks, reward and "
+            "done flags) from four tasks (cartpole_swingup, walker_walk, cheetah_run, "
+            "reacher_easy) under two behaviour policies (uniform random actions; smooth "
+            "actions a_t = 0.9 a_(t-1) + 0.44 e_t, clipped to [-1, 1]): {shards} shards of "
+            "12,500 consecutive agent steps, one per task and policy, camera-0 renders with "
+            "PlaNet's action repeat. DeltaFrameStorage is filled through a ReplayBuffer in "
+            "batches of 1,000 and measured whole; LazyTensorStorage and CompressedListStorage "
+            "are measured on an evenly spread subset and their per-transition figures "
+            "extrapolated (labelled)."
         ),
         frame_stack=3,
         frame_shape=(3, 84, 84),
@@ -872,7 +872,7 @@ def write_report(args: argparse.Namespace, suite: Suite, *, out_dir: Path = DOCS
                 ],
                 ["index row + raw keys row (preallocated)", round(row_bytes, 1)],
                 ["marginal bytes / transition", round(marginal, 1)],
-                ["LazyTensorStorage bytes / transition", round(lazy_per, 1)],
+                ["LazyTensorStorage bytes / transition", round(lazy_per)],
                 ["Lazy / marginal", f"{lazy_per / marginal:.0f}x"],
             ],
         )
