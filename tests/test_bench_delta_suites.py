@@ -106,15 +106,15 @@ def test_dmc_suite_measures_its_shards_and_writes_its_own_page(tiny_dmc, tmp_pat
     parts, n = delta["held_parts"], delta["transitions"]
     # the whole fill: payload and bookkeeping held per transition, then the preallocated rows
     expected = (parts["payload"] + parts["bookkeeping"]) / n
-    assert marginal["payload and bookkeeping held / transitions (whole fill, four tasks, two "
-                    "policies)"] == pytest.approx(expected, abs=0.05)  # fmt: skip
+    label = "payload and bookkeeping held / transitions (whole fill, 2 task and policy shards)"
+    assert marginal[label] == pytest.approx(expected, abs=0.05)
     by_task = tables["Marginal bytes per transition by task and policy"]["rows"]
     assert [row[:2] for row in by_task] == [
         ["cartpole_swingup", "random"],
         ["walker_walk", "random"],
     ]
     targets = {row[0]: row[2] for row in tables["Targets"]["rows"]}
-    assert targets["Lazy / marginal bytes per transition (four tasks, two policies)"] == ">= 130x"
+    assert targets["Lazy / marginal bytes per transition (2 task and policy shards)"] == ">= 130x"
     assert targets[f"bytes held, {n:,} DMC transitions"] == "-"  # no target set for DMC
     chunk_lens = tables["Chunk length: bytes held against sample time"]["rows"]
     assert [row[0] for row in chunk_lens] == [8, 16]  # the other fill, then the main one
