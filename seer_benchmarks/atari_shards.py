@@ -206,7 +206,7 @@ def capture_shards(num_shards: int, log: Path | None = None) -> list[Path]:
 
 
 def stacked_transitions(
-    shard: dict[str, np.ndarray], frame_stack: int = 4, rows: slice | None = None
+    shard: dict[str, np.ndarray], frame_stack: int = 4, rows: slice | torch.Tensor | None = None
 ) -> TensorDict:
     """The stacked transitions a collector of a ``CatFrames(frame_stack)`` env writes.
 
@@ -216,7 +216,7 @@ def stacked_transitions(
     Args:
         shard: the arrays of :func:`load_shard`.
         frame_stack: frames per stack.
-        rows: the steps to build (default: all).
+        rows: the steps to build, a slice or a tensor of step indices (default: all).
 
     Returns:
         A TensorDict of batch size ``[steps]`` (or the ``rows`` taken) with ``pixels`` and
