@@ -32,7 +32,7 @@ import io
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ __all__ = [
     "POLICIES",
     "SHARD_DIR",
     "SHARD_STEPS",
+    "capture_missing_shards",
     "capture_shards",
     "load_shard",
     "shard_specs",
@@ -180,21 +181,44 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(partial, path)
 
 
-def capture_shards(num_shards: int, log: Path | None = None) -> list[Path]:
-    """Captures the missing shards of the first ``num_shards``; returns all their paths."""
-    SHARD_DIR.mkdir(parents=True, exist_ok=True)
+def capture_missing_shards(
+    specs: list[tuple[str, str, int]],
+    path_of: Callable[[int, str, str], Path],
+    capture: Callable[[str, str, int], dict],
+    *,
+    only: list[int] | None = None,
+    log: Path | None = None,
+) -> list[Path]:
+    """Captures each ``(name, policy, seed)`` of ``specs`` whose shard is not on disk yet.
+
+    Shared by the Atari and the DMC shards. One progress line per captured shard is printed
+    (and appended to ``log``).
+
+    Args:
+        specs: the ``(game or task, policy, seed)`` of every shard, in shard order.
+        path_of: ``(index, name, policy) -> path`` of a shard.
+        capture: ``(name, policy, seed) -> arrays`` of one shard.
+
+    Keyword Args:
+        only: capture only these shard indices (to split the work between processes).
+        log: a file to append the progress lines to.
+
+    Returns:
+        The paths of all the shards of ``specs``.
+    """
     paths = []
-    for index, (game, policy, seed) in enumerate(shard_specs(num_shards)):
-        path = shard_path(index, game, policy)
+    for index, (name, policy, seed) in enumerate(specs):
+        path = path_of(index, name, policy)
         paths.append(path)
-        if path.exists():
+        if path.exists() or (only is not None and index not in only):
             continue
+        path.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        arrays = capture_shard(game, policy, seed)
+        arrays = capture(name, policy, seed)
         write_shard(path, arrays)
         line = (
-            f"{time.strftime('%H:%M:%S')} shard {index + 1}/{num_shards} {game}/{policy}: "
-            f"{SHARD_STEPS} steps, {len(arrays['frames'])} frames, "
+            f"{time.strftime('%H:%M:%S')} shard {index + 1}/{len(specs)} {name}/{policy}: "
+            f"{len(arrays['obs_id'])} steps, {len(arrays['frames'])} frames, "
             f"{int((arrays['terminated'] | arrays['truncated']).sum())} episode ends, "
             f"{time.perf_counter() - start:.1f} s, {path.stat().st_size} B on disk"
         )
@@ -203,6 +227,11 @@ def capture_shards(num_shards: int, log: Path | None = None) -> list[Path]:
             with log.open("a") as f:
                 f.write(line + "\n")
     return paths
+
+
+def capture_shards(num_shards: int, log: Path | None = None) -> list[Path]:
+    """Captures the missing shards of the first ``num_shards``; returns all their paths."""
+    return capture_missing_shards(shard_specs(num_shards), shard_path, capture_shard, log=log)
 
 
 def stacked_transitions(

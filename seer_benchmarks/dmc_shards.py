@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from seer_benchmarks.atari_shards import write_shard
+from seer_benchmarks.atari_shards import capture_missing_shards
 from seer_benchmarks.datasets import CACHE_DIR, DMC_TASKS
 
 __all__ = [
@@ -133,27 +132,9 @@ def capture_shards(
         only: capture only these shard indices (to split the work between processes).
         log: a file to append one progress line per captured shard to.
     """
-    SHARD_DIR.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for index, (task, policy, seed) in enumerate(shard_specs(num_shards)):
-        path = shard_path(index, task, policy)
-        paths.append(path)
-        if path.exists() or (only is not None and index not in only):
-            continue
-        start = time.perf_counter()
-        arrays = capture_shard(task, policy, seed)
-        write_shard(path, arrays)
-        line = (
-            f"{time.strftime('%H:%M:%S')} shard {index + 1}/{num_shards} {task}/{policy}: "
-            f"{SHARD_STEPS} steps, {len(arrays['frames'])} frames, "
-            f"{int((arrays['terminated'] | arrays['truncated']).sum())} episode ends, "
-            f"{time.perf_counter() - start:.1f} s, {path.stat().st_size} B on disk"
-        )
-        print(line, flush=True)
-        if log is not None:
-            with log.open("a") as f:
-                f.write(line + "\n")
-    return paths
+    return capture_missing_shards(
+        shard_specs(num_shards), shard_path, capture_shard, only=only, log=log
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
