@@ -131,16 +131,17 @@ def calibrate(run_dir: Path, *, safe_step: int, probe_size: int, out_dir: Path) 
     criteria: dict[str, dict[str, Any]] = {"relative_change": {"statistic": "relative_change"}}
     for window in WINDOWS:
         criteria[f"drift_ratio, k={window}"] = {"statistic": "drift_ratio", "window": window}
-    histories = {
-        label: replay_criterion(steps, snapshots, min_step=min_step, **kwargs).history
+    defaults = {
+        label: replay_criterion(steps, snapshots, min_step=min_step, **kwargs)
         for label, kwargs in criteria.items()
     }
+    histories = {label: criterion.history for label, criterion in defaults.items()}
     drift = latent_drift(snapshots, probe_batch(game, probe_size, seed=12345))
     drift_at = dict(zip(steps, drift, strict=True))
 
     rows, raw_bounds = [], {}
     for label, kwargs in criteria.items():
-        default = replay_criterion(steps, snapshots, min_step=min_step, **kwargs)
+        default = defaults[label]
         bound = calibrated_bound(histories[label], safe_step)
         fired = None
         if bound is not None:
