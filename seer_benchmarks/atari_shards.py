@@ -49,6 +49,7 @@ __all__ = [
     "SHARD_STEPS",
     "capture_missing_shards",
     "capture_shards",
+    "cycled_specs",
     "load_shard",
     "shard_specs",
     "stacked_transitions",
@@ -72,13 +73,23 @@ GAMES = (
 POLICIES = ("random", "sticky", "biased")
 
 
+def cycled_specs(
+    names: tuple[str, ...], policies: tuple[str, ...], num_shards: int
+) -> list[tuple[str, str, int]]:
+    """The ``(name, policy, seed)`` of each shard, cycling through names then policies.
+
+    The seed of a shard is its index. Shared by the Atari and the DMC shards.
+    """
+    combos = itertools.cycle(itertools.product(policies, names))
+    return [
+        (name, policy, index)
+        for index, (policy, name) in zip(range(num_shards), combos, strict=False)
+    ]
+
+
 def shard_specs(num_shards: int) -> list[tuple[str, str, int]]:
     """The ``(game, policy, seed)`` of each shard, cycling through games then policies."""
-    combos = itertools.cycle(itertools.product(POLICIES, GAMES))
-    return [
-        (game, policy, index)
-        for index, (policy, game) in zip(range(num_shards), combos, strict=False)
-    ]
+    return cycled_specs(GAMES, POLICIES, num_shards)
 
 
 def shard_path(index: int, game: str, policy: str) -> Path:

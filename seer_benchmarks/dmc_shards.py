@@ -27,14 +27,13 @@ Run: ``OMP_NUM_THREADS=1 python -m seer_benchmarks.dmc_shards --transitions 1000
 from __future__ import annotations
 
 import argparse
-import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from seer_benchmarks.atari_shards import capture_missing_shards
+from seer_benchmarks.atari_shards import capture_missing_shards, cycled_specs
 from seer_benchmarks.datasets import CACHE_DIR, DMC_TASKS
 
 __all__ = [
@@ -56,11 +55,7 @@ ACTION_WIDTH = 6
 
 def shard_specs(num_shards: int) -> list[tuple[str, str, int]]:
     """The ``(task, policy, seed)`` of each shard, cycling through tasks then policies."""
-    combos = itertools.cycle(itertools.product(POLICIES, DMC_TASKS))
-    return [
-        (task, policy, index)
-        for index, (policy, task) in zip(range(num_shards), combos, strict=False)
-    ]
+    return cycled_specs(DMC_TASKS, POLICIES, num_shards)
 
 
 def shard_path(index: int, task: str, policy: str) -> Path:
