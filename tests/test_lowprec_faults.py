@@ -18,6 +18,7 @@ from torchrl_seer.optim import (
     CompoundLossScaler,
     HAdam,
     LossScalingStepper,
+    all_finite,
     finite_step,
 )
 
@@ -181,6 +182,20 @@ def test_fp16_learner_recovers_after_a_long_run_of_overflows():
     stepper.optimize(loss(_batch(8, seed=100)))
     assert scaler.loss_scale == 2.0  # growing back
     assert all(bool(torch.isfinite(p).all()) for p in _all_parameters(loss))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_all_finite_finds_any_non_finite_value_and_checks_headroom(dtype, bad):
+    clean = [torch.zeros(0, dtype=dtype), torch.linspace(-3, 2, 7, dtype=dtype)]
+    assert all_finite(clean) and all_finite([])
+    for position in (0, 3, 6):
+        tainted = clean[1].clone()
+        tainted[position] = bad
+        assert not all_finite([*clean, tainted])
+    peak = torch.finfo(dtype).max / 2
+    near_limit = [torch.tensor([-peak, 1.0], dtype=dtype)]  # the negative peak counts too
+    assert all_finite(near_limit, factor=1.5) and not all_finite(near_limit, factor=2.5)
 
 
 def test_finite_step_undoes_an_overflowing_update_and_its_state():

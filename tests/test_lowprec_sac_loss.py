@@ -141,8 +141,19 @@ def test_factories_follow_switches():
     stepper = naive.make_optimization_stepper()
     assert all(type(o) is torch.optim.Adam for o in stepper.optimizers.values())
     assert all(isinstance(s, AmpStyleLossScaler) for s in stepper.scalers.values())
+    # 16-bit parameters keep the single-tensor Adam whose rounding the naive baseline is about
+    assert not any(o.defaults["fused"] for o in stepper.optimizers.values())
     assert type(naive.make_target_updater(tau=0.005)) is SoftUpdate
     assert actor.module[-1].distribution_class is TanhNormal
+
+
+def test_fp32_adam_is_fused_unless_asked_not_to():
+    actor, qvalue, _ = _networks()
+    loss = LowPrecisionSACLoss(actor, qvalue, **PRECISION_PRESETS["fp32"])
+    fused = loss.make_optimization_stepper().optimizers.values()
+    assert all(type(o) is torch.optim.Adam and o.defaults["fused"] for o in fused)
+    looped = loss.make_optimization_stepper(fused_adam=False).optimizers.values()
+    assert not any(o.defaults["fused"] for o in looped)
 
 
 def test_invalid_configurations():
