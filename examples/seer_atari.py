@@ -50,7 +50,7 @@ from tqdm import tqdm
 from torchrl_seer.data import LatentReplayOptions, QuantizedStorage, reference_capacity_atari
 from torchrl_seer.envs import make_atari_env
 from torchrl_seer.modules import DataEfficientAtariEncoder, LatentOrPixelFeatures
-from torchrl_seer.trainers import FreezeEncoderHook, ParameterConvergence
+from torchrl_seer.trainers import CONVERGENCE_STATISTICS, FreezeEncoderHook, ParameterConvergence
 from torchrl_seer.trainers.helpers import (
     EpisodeReturns,
     RecipeRun,
@@ -86,7 +86,7 @@ def check(cfg: DictConfig) -> None:
         non_negative=["optim.learn_start"],
         choices={"seer.capacity_rule": ["measured", "reference"],
                  "seer.latent_dtype": ["fp32", "bf16", "int8"],
-                 "seer.auto_statistic": ["relative_change", "drift_ratio"]},
+                 "seer.auto_statistic": list(CONVERGENCE_STATISTICS)},
     )  # fmt: skip
     freeze_at = cfg.seer.freeze_at
     if freeze_at != "auto" and not (isinstance(freeze_at, int) and freeze_at >= 0):

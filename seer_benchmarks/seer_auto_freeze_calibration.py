@@ -7,9 +7,10 @@ recorded (the CNN's parameters at every criterion check; no freeze, so the whole
         seer.record_trajectory=true seer.auto_interval=1000 logger.output_dir=runs/auto
     python -m seer_benchmarks.seer_auto_freeze_calibration runs/auto/<run folder>
 
-From the recorded snapshots it computes, at every check, both statistics of
-:class:`~torchrl_seer.trainers.ParameterConvergence` (``relative_change`` and ``drift_ratio``
-over several windows) and the **latent drift to the final CNN**,
+From the recorded snapshots it computes, at every check, the statistics of
+:class:`~torchrl_seer.trainers.ParameterConvergence` (``relative_change``,
+``relative_change_to_peak`` and ``drift_ratio`` over several windows) and the **latent drift
+to the final CNN**,
 ``||f_t(x) - f_T(x)|| / ||f_T(x)||`` on a fixed probe batch of the game's observations: the error
 that freezing at ``t`` bakes into the stored latents relative to training on. Each criterion is
 replayed offline with the class itself (so it fires exactly where it would have fired online).
@@ -19,13 +20,16 @@ the reference (``--safe-step``; 50,000 of 100,000 steps on RoadRunner, three see
 ``seer_parity.md``). A statistic's calibrated bound is the largest value it took over the
 ``patience`` checks ending at that step, so that the calibrated criterion fires there on this run;
 the page then reports where each bound fires, and how the latent drift to the final CNN looks at
-those steps. Writes ``docs/benchmarks/seer_auto_freeze_calibration.{md,json,png}``.
+those steps. Held-out runs (``--validate <run folder>``, e.g. another seed recorded the same way)
+are not used for calibration: the page reports where each calibrated bound fires on them.
+Writes ``docs/benchmarks/seer_auto_freeze_calibration.{md,json,png}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,38 @@ from torchrl_seer.trainers import ParameterConvergence
 PAGE = "seer_auto_freeze_calibration"
 WINDOWS = (5, 10, 20)
 PATIENCE = 3
+
+
+@dataclass
+class RecordedRun:
+    """The CNN trajectory of one recipe run and the settings the criteria need."""
+
+    name: str
+    game: str
+    seed: int
+    min_step: int
+    total_steps: int
+    steps: list[int]
+    snapshots: torch.Tensor
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RecordedRun:
+        """Reads ``encoder_trajectory.pt`` and the configuration from a run folder."""
+        trajectory = torch.load(run_dir / "encoder_trajectory.pt")
+        config = json.loads((run_dir / "report.json").read_text())["config"]
+        return cls(
+            name=run_dir.name,
+            game=config["env"]["name"],
+            seed=config["seed"],
+            min_step=config["optim"]["learn_start"],
+            total_steps=config["collector"]["total_frames"],
+            steps=list(trajectory["steps"]),
+            snapshots=trajectory["parameters"],
+        )
+
+    def replay(self, **kwargs: Any) -> ParameterConvergence:
+        """Replays a criterion (``ParameterConvergence`` keyword arguments) on the run."""
+        return replay_criterion(self.steps, self.snapshots, min_step=self.min_step, **kwargs)
 
 
 def replay_criterion(
@@ -98,6 +134,8 @@ def _plot(
     series: dict[str, list[tuple[int, float]]],
     drift: list[float],
     safe: int,
+    *,
+    held_out: dict[str, dict[str, list[tuple[int, float]]]],
 ) -> None:
     import matplotlib
 
@@ -106,7 +144,13 @@ def _plot(
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for label, history in series.items():
-        top.plot([s for s, _ in history], [v for _, v in history], label=label)
+        line = top.plot([s for s, _ in history], [v for _, v in history], label=label)[0]
+        for name, histories in held_out.items():
+            other = histories[label]
+            top.plot(
+                [s for s, _ in other], [v for _, v in other], color=line.get_color(),
+                linestyle=":", label=f"{label} ({name}, held out)",
+            )  # fmt: skip
     top.set_yscale("log")
     top.set_ylabel("statistic")
     top.axvline(safe, color="grey", linestyle="--", linewidth=1)
@@ -121,40 +165,45 @@ def _plot(
     plt.close(fig)
 
 
-def calibrate(run_dir: Path, *, safe_step: int, probe_size: int, out_dir: Path) -> BenchmarkReport:
-    """Computes the statistics, the calibrated bounds and their firing steps; writes the page."""
-    trajectory = torch.load(run_dir / "encoder_trajectory.pt")
-    steps: list[int] = trajectory["steps"]
-    snapshots: torch.Tensor = trajectory["parameters"]
-    config = json.loads((run_dir / "report.json").read_text())["config"]
-    game, min_step = config["env"]["name"], config["optim"]["learn_start"]
-    criteria: dict[str, dict[str, Any]] = {"relative_change": {"statistic": "relative_change"}}
+def criteria_to_replay() -> dict[str, dict[str, Any]]:
+    """The criteria compared on the page, by label."""
+    criteria: dict[str, dict[str, Any]] = {
+        statistic: {"statistic": statistic}
+        for statistic in ("relative_change", "relative_change_to_peak")
+    }
     for window in WINDOWS:
         criteria[f"drift_ratio, k={window}"] = {"statistic": "drift_ratio", "window": window}
-    defaults = {
-        label: replay_criterion(steps, snapshots, min_step=min_step, **kwargs)
-        for label, kwargs in criteria.items()
-    }
+    return criteria
+
+
+def calibrate(
+    run_dir: Path,
+    *,
+    safe_step: int,
+    probe_size: int,
+    out_dir: Path,
+    validate: tuple[Path, ...] = (),
+) -> BenchmarkReport:
+    """Computes the statistics, the calibrated bounds and their firing steps; writes the page."""
+    run = RecordedRun.load(run_dir)
+    held_out = [RecordedRun.load(path) for path in validate]
+    criteria = criteria_to_replay()
+    defaults = {label: run.replay(**kwargs) for label, kwargs in criteria.items()}
     histories = {label: criterion.history for label, criterion in defaults.items()}
-    drift = latent_drift(snapshots, probe_batch(game, probe_size, seed=12345))
-    drift_at = dict(zip(steps, drift, strict=True))
+    probe = probe_batch(run.game, probe_size, seed=12345)
+    drift = latent_drift(run.snapshots, probe)
+    drift_at = dict(zip(run.steps, drift, strict=True))
 
     rows, raw_bounds = [], {}
     for label, kwargs in criteria.items():
         default = defaults[label]
         bound = calibrated_bound(histories[label], safe_step)
-        fired = None
-        if bound is not None:
-            fired = replay_criterion(
-                steps, snapshots, min_step=min_step, threshold=bound, **kwargs
-            ).fired_at
+        fired = None if bound is None else run.replay(threshold=bound, **kwargs).fired_at
         theory_cell = "-"
         theory = None
         if kwargs["statistic"] == "drift_ratio":
             theory_bound = 2 / kwargs["window"] ** 0.5
-            theory = replay_criterion(
-                steps, snapshots, min_step=min_step, threshold=theory_bound, **kwargs
-            ).fired_at
+            theory = run.replay(threshold=theory_bound, **kwargs).fired_at
             theory_cell = f"{theory_bound:.3g}: {_step(theory)}"
         values = [v for _, v in histories[label]]
         raw_bounds[label] = {
@@ -175,49 +224,96 @@ def calibrate(run_dir: Path, *, safe_step: int, probe_size: int, out_dir: Path) 
 
     report = BenchmarkReport(
         PAGE,
-        f"SEER: calibrating freeze_at=auto on a real run ({game})",
+        f"SEER: calibrating freeze_at=auto on a real run ({run.game})",
         description=(
-            f"The CNN of `examples/seer_atari.py` ({game}, seed {config['seed']}, pixel buffer "
-            f"{config['replay_buffer']['size']:,}, {config['collector']['total_frames']:,} agent "
-            f"steps, no freeze) was snapshotted every {steps[1] - steps[0]:,} agent steps "
-            "(`seer.record_trajectory=true`). Each criterion of `ParameterConvergence` is replayed "
-            f"on those snapshots (patience {PATIENCE}, earliest step {min_step:,}); the latent "
-            f"drift to the final CNN is measured on {probe_size} stacked observations of the game "
-            "under a uniform random policy. Calibration: a statistic's bound is the largest value "
-            f"it took over the {PATIENCE} checks ending at the freeze step shown safe for this "
-            f"game ({safe_step:,}), so the calibrated criterion fires there on this run."
+            f"The CNN of `examples/seer_atari.py` ({run.game}, seed {run.seed}, "
+            f"{run.total_steps:,} agent steps, no freeze) was snapshotted every "
+            f"{run.steps[1] - run.steps[0]:,} agent steps (`seer.record_trajectory=true`). Each "
+            "criterion of `ParameterConvergence` is replayed on those snapshots (patience "
+            f"{PATIENCE}, earliest step {run.min_step:,}); the latent drift to the final CNN is "
+            f"measured on {probe_size} stacked observations of the game under a uniform random "
+            "policy. Calibration: a statistic's bound is the largest value it took over the "
+            f"{PATIENCE} checks ending at the freeze step shown safe for this game "
+            f"({safe_step:,}), so the calibrated criterion fires there on this run."
+            + (
+                f" Held out: {len(held_out)} run(s) recorded the same way, not used to calibrate."
+                if held_out
+                else ""
+            )
         ),
-        command=f"python -m seer_benchmarks.{PAGE} <run folder> --safe-step {safe_step}",
+        command=f"python -m seer_benchmarks.{PAGE} <run folder> --safe-step {safe_step}"
+        + " --validate <run folder>" * len(held_out),
         out_dir=out_dir,
     )
     report.add_table(
-        "Where each criterion fires",
+        f"Where each criterion fires (calibration run, seed {run.seed})",
         ["statistic", "range over the run", "default bound: fires at", "bound 2/sqrt(k): fires at",
          "calibrated bound", "calibrated: fires at", "latent drift to final there"],
         rows,
     )  # fmt: skip
-    every = max(1, len(steps) // 20)
+    raw_held_out = [validation_rows(other, criteria, raw_bounds, probe) for other in held_out]
+    if held_out:
+        report.add_table(
+            "Held-out runs: where the calibrated bounds fire",
+            ["run", "steps recorded", "statistic", "calibrated bound", "fires at",
+             "latent drift to the last snapshot there", "default bound: fires at"],
+            [row for result in raw_held_out for row in result["rows"]],
+        )  # fmt: skip
+    every = max(1, len(run.steps) // 20)
     report.add_table(
-        "The statistics and the latent drift along the run",
+        f"The statistics and the latent drift along the calibration run (seed {run.seed})",
         ["agent steps", *histories, "latent drift to final"],
         [
             [step, *[_cell(dict(h).get(step)) for h in histories.values()], f"{drift_at[step]:.3f}"]
-            for step in steps[::every]
+            for step in run.steps[::every]
         ],
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = out_dir / f"{PAGE}.png"
-    _plot(figure, steps, histories, drift, safe_step)
+    others = {f"seed {r['seed']}": r["histories"] for r in raw_held_out}
+    _plot(figure, run.steps, histories, drift, safe_step, held_out=others)
     report.add_figure(figure, "criterion statistics and latent drift along the run")
     report.raw = {
-        "run": str(run_dir.name),
-        "steps": steps,
+        "run": run.name,
+        "steps": run.steps,
         "histories": histories,
         "latent_drift": drift,
         "bounds": raw_bounds,
         "safe_step": safe_step,
+        "held_out": [{k: v for k, v in r.items() if k != "rows"} for r in raw_held_out],
     }
     return report
+
+
+def validation_rows(
+    run: RecordedRun,
+    criteria: dict[str, dict[str, Any]],
+    bounds: dict[str, dict[str, Any]],
+    probe: torch.Tensor,
+) -> dict[str, Any]:
+    """Where each calibrated bound (and each default bound) fires on a held-out run."""
+    drift_at = dict(zip(run.steps, latent_drift(run.snapshots, probe), strict=True))
+    rows, fired_at, histories = [], {}, {}
+    for label, kwargs in criteria.items():
+        bound = bounds[label]["bound"]
+        default = run.replay(**kwargs)
+        histories[label] = default.history
+        fired = None if bound is None else run.replay(threshold=bound, **kwargs).fired_at
+        fired_at[label] = fired
+        rows.append([
+            f"{run.game}, seed {run.seed}", f"{run.steps[-1]:,} of {run.total_steps:,}", label,
+            "-" if bound is None else f"{bound:.3g}", _step(fired),
+            "-" if fired is None else f"{drift_at[fired]:.3f}",
+            f"{default.threshold:g}: {_step(default.fired_at)}",
+        ])  # fmt: skip
+    return {
+        "run": run.name,
+        "seed": run.seed,
+        "last_step": run.steps[-1],
+        "fires_at": fired_at,
+        "histories": histories,
+        "rows": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -231,11 +327,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--probe-size", type=int, default=512)
     parser.add_argument(
+        "--validate",
+        type=Path,
+        action="append",
+        default=[],
+        help="a held-out run folder (same recording); repeatable",
+    )
+    parser.add_argument(
         "--note", action="append", default=[], help="a paragraph for the page's notes"
     )
     args = parser.parse_args(argv)
     report = calibrate(
-        args.run_dir, safe_step=args.safe_step, probe_size=args.probe_size, out_dir=DOCS_DIR
+        args.run_dir,
+        safe_step=args.safe_step,
+        probe_size=args.probe_size,
+        out_dir=DOCS_DIR,
+        validate=tuple(args.validate),
     )
     for note in args.note:
         report.add_note(note)

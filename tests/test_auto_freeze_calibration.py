@@ -1,0 +1,57 @@
+"""The freeze_at=auto calibration page: bounds from one recorded run, checked on held-out runs."""
+
+import json
+
+import torch
+from torch import nn
+
+from seer_benchmarks import seer_auto_freeze_calibration as calibration
+from torchrl_seer.modules import DataEfficientAtariEncoder
+
+
+def record_run(folder, *, seed, sizes, learn_start=2):
+    """A fake recorded run: the CNN moved by ``sizes[i]`` (relative) between checks i-1 and i."""
+    params = nn.utils.parameters_to_vector(DataEfficientAtariEncoder(4).frozen_part.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    snapshots = [params.detach().clone()]
+    for size in sizes:
+        move = torch.randn(params.shape, generator=gen)
+        snapshots.append(snapshots[-1] + size * snapshots[-1].norm() * move / move.norm())
+    steps = [10 * i for i in range(len(snapshots))]
+    folder.mkdir(parents=True)
+    torch.save(
+        {"steps": steps, "parameters": torch.stack(snapshots)}, folder / "encoder_trajectory.pt"
+    )
+    config = {
+        "env": {"name": "Pong"}, "seed": seed, "optim": {"learn_start": learn_start},
+        "collector": {"total_frames": steps[-1]},
+    }  # fmt: skip
+    (folder / "report.json").write_text(json.dumps({"config": config}))
+    return folder
+
+
+def test_bounds_come_from_the_calibration_run_and_are_replayed_on_held_out_runs(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(
+        calibration, "probe_batch", lambda game, num, seed: torch.rand(num, 4, 84, 84)
+    )
+    decay = [0.02, 0.2, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.03, 0.03, 0.02, 0.02]
+    calibration_run = record_run(tmp_path / "seed0", seed=0, sizes=decay)
+    # a held-out run that creeps before it learns: an absolute bound fires in the creep
+    creeping = record_run(tmp_path / "seed1", seed=1, sizes=[0.01, 0.01, 0.01, *decay[1:]])
+    report = calibration.calibrate(
+        calibration_run, safe_step=80, probe_size=2, out_dir=tmp_path / "page",
+        validate=(creeping,),
+    )  # fmt: skip
+    bounds = report.raw["bounds"]
+    # the calibrated bound is the largest of the last checks: it fires one check later
+    assert bounds["relative_change"]["fires_at"] == 90
+    assert bounds["relative_change_to_peak"]["fires_at"] == 90
+    (held_out,) = report.raw["held_out"]
+    assert held_out["seed"] == 1 and held_out["last_step"] == 140
+    assert held_out["fires_at"]["relative_change"] == 30  # three creeping checks
+    assert 90 <= held_out["fires_at"]["relative_change_to_peak"] <= 110  # in the decay, 20 later
+    page = report.write().read_text()
+    assert "Held-out runs: where the calibrated bounds fire" in page
+    assert (tmp_path / "page" / f"{calibration.PAGE}.png").exists()
