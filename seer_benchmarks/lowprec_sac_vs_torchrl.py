@@ -42,6 +42,7 @@ from seer_benchmarks.curves import Curve, read_scalar_csv
 from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport
 
 NAME = "lowprec_sac_vs_torchrl"
+TORCHRL_ARM = "TorchRL sac.py, fp32"
 
 
 def read_ours(run_root: Path) -> list[dict[str, Any]]:
@@ -75,7 +76,7 @@ def read_torchrl(run_root: Path) -> list[dict[str, Any]]:
         steps = max((step for curve in per_iteration for step, _ in curve), default=0)
         arms.append(
             {
-                "arm": "TorchRL sac.py, fp32",
+                "arm": TORCHRL_ARM,
                 "curve": read_scalar_csv(eval_csv) if eval_csv.exists() else [],
                 "steps": steps,
                 "updates": None,
@@ -89,6 +90,35 @@ def ms_per_step(arm: dict[str, Any]) -> float:
     return 1000 * arm["train_seconds"] / max(1, arm["steps"])
 
 
+def read_pairs(root: Path) -> dict[int, list[dict[str, Any]]]:
+    """Every arm of every seed under ``root`` (``ours_s<seed>/`` and ``torchrl_s<seed>/``)."""
+    seeds = sorted({int(p.name.split("_s")[-1]) for p in root.glob("*_s[0-9]*") if p.is_dir()})
+    return {
+        seed: read_ours(root / f"ours_s{seed}") + read_torchrl(root / f"torchrl_s{seed}")
+        for seed in seeds
+    }
+
+
+def speed_check_rows(pairs: dict[int, list[dict[str, Any]]]) -> list[list[Any]]:
+    """One row per seed and arm of ours: steps, both times per step, their ratio, returns."""
+    rows = []
+    for seed, arms in pairs.items():
+        by_arm = {arm["arm"]: arm for arm in arms}
+        reference = by_arm.get(TORCHRL_ARM)
+        for arm in arms:
+            if arm is reference or reference is None or not reference["steps"]:
+                continue
+            last, theirs = arm["curve"][-1:], reference["curve"][-1:]
+            rows.append([
+                seed, arm["arm"], f"{arm['steps']:,} / {reference['steps']:,}",
+                round(ms_per_step(arm), 2), round(ms_per_step(reference), 2),
+                round(ms_per_step(arm) / ms_per_step(reference), 3),
+                f"{last[0][1]:.0f} at {last[0][0]:,}" if last else "-",
+                f"{theirs[0][1]:.0f} at {theirs[0][0]:,}" if theirs else "-",
+            ])  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -100,13 +130,14 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="a paragraph for the page's notes (machine load, runs not made); repeatable",
     )
+    parser.add_argument(
+        "--speed-check",
+        type=Path,
+        default=None,
+        help="folder of shorter paired runs (same layout) timed with the current recipe",
+    )
     args = parser.parse_args(argv)
-    seeds = sorted({int(p.name.split("_s")[-1]) for p in args.root.glob("*_s[0-9]*") if p.is_dir()})
-    runs: dict[int, list[dict[str, Any]]] = {}
-    for seed in seeds:
-        runs[seed] = read_ours(args.root / f"ours_s{seed}") + read_torchrl(
-            args.root / f"torchrl_s{seed}"
-        )
+    runs = read_pairs(args.root)
     if not any(runs.values()):
         raise SystemExit(f"no runs under {args.root}")
 
@@ -135,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, ratios = [], []
     for seed, arms in runs.items():
         by_arm = {arm["arm"]: arm for arm in arms}
-        reference = by_arm.get("TorchRL sac.py, fp32")
+        reference = by_arm.get(TORCHRL_ARM)
         for arm in arms:
             last = arm["curve"][-1] if arm["curve"] else None
             ratio = (
@@ -178,11 +209,19 @@ def main(argv: list[str] | None = None) -> None:
             f"over {len(values)} seed(s): {statistics.median(values):.2f} (target ≤ 1.1)."
         )
 
+    if args.speed_check is not None:
+        report.add_table(
+            "Paired speed check: shorter runs of both at once, our recipe as of this commit",
+            ["seed", "arm", "environment steps (ours / TorchRL's)",
+             "ours: training ms per step", "TorchRL's: training ms per step", "ours ÷ TorchRL's",
+             "our last evaluation return", "TorchRL's last evaluation return"],
+            speed_check_rows(read_pairs(args.speed_check)),
+        )  # fmt: skip
     for note in args.note:
         report.add_note(note)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    styles = {"TorchRL sac.py, fp32": "--"}
+    styles = {TORCHRL_ARM: "--"}
     for seed, arms in runs.items():
         for arm in arms:
             curve: Curve = arm["curve"]

@@ -86,7 +86,13 @@ def test_seer_parity_reads_atari_and_dmc_configs():
 
 
 def test_lowprec_vs_torchrl_reads_both_kinds_of_run(tmp_path):
-    from seer_benchmarks.lowprec_sac_vs_torchrl import ms_per_step, read_ours, read_torchrl
+    from seer_benchmarks.lowprec_sac_vs_torchrl import (
+        ms_per_step,
+        read_ours,
+        read_pairs,
+        read_torchrl,
+        speed_check_rows,
+    )
 
     ours_run = tmp_path / "ours_s0" / "lowprec_sac_cartpole_swingup_x"
     ours_run.mkdir(parents=True)
@@ -109,3 +115,6 @@ def test_lowprec_vs_torchrl_reads_both_kinds_of_run(tmp_path):
     assert ms_per_step(ours) == 100.0  # (3 s - 1 s of evaluation) over 20 steps
     assert theirs["curve"] == [(10, 4.0), (20, 8.0)] and theirs["steps"] == 20
     assert abs(ms_per_step(theirs) - 100.0) < 1e-9  # (0.5 + 0.5 + 0.1 + 0.1 + 0.8) s over 20
+    [row] = speed_check_rows(read_pairs(tmp_path))
+    assert row[:3] == [0, "ours, fp32", "20 / 20"] and row[5] == 1.0
+    assert row[6:] == ["9 at 20", "8 at 20"]
