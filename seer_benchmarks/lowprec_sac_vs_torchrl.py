@@ -205,7 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     for arm_name in sorted({name for name, _ in ratios}):
         values = [ratio for name, ratio in ratios if name == arm_name]
         report.add_note(
-            f"{arm_name}: training wall time per environment step ÷ TorchRL's example, median "
+            f"{arm_name}, the runs of the first table: training wall time per environment step ÷ "
+            "TorchRL's example, median "
             f"over {len(values)} seed(s): {statistics.median(values):.2f} (target ≤ 1.1)."
         )
 
