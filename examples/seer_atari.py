@@ -83,7 +83,7 @@ def check(cfg: DictConfig) -> None:
             "loss.target_update", "network.hidden", "exploration.eps_decay_frames",
             "logger.report_every",
         ],
-        non_negative=["optim.learn_start"],
+        non_negative=["optim.learn_start", "seer.auto_min_step"],
         choices={"seer.capacity_rule": ["measured", "reference"],
                  "seer.latent_dtype": ["fp32", "bf16", "int8"],
                  "seer.auto_statistic": list(CONVERGENCE_STATISTICS)},
@@ -178,7 +178,7 @@ def train(cfg: DictConfig) -> Path:
             statistic=cfg.seer.auto_statistic,
             threshold=cfg.seer.auto_threshold,
             window=cfg.seer.auto_window,
-            min_step=cfg.optim.learn_start,
+            min_step=max(cfg.optim.learn_start, cfg.seer.auto_min_step),
             keep_trajectory=cfg.seer.record_trajectory,
         )
         if freeze_at == "auto" or cfg.seer.record_trajectory

@@ -7,10 +7,9 @@ recorded (the CNN's parameters at every criterion check; no freeze, so the whole
         seer.record_trajectory=true seer.auto_interval=1000 logger.output_dir=runs/auto
     python -m seer_benchmarks.seer_auto_freeze_calibration runs/auto/<run folder>
 
-From the recorded snapshots it computes, at every check, the statistics of
-:class:`~torchrl_seer.trainers.ParameterConvergence` (``relative_change``,
-``relative_change_to_peak`` and ``drift_ratio`` over several windows) and the **latent drift
-to the final CNN**,
+From the recorded snapshots it computes, at every check, both statistics of
+:class:`~torchrl_seer.trainers.ParameterConvergence` (``relative_change`` and ``drift_ratio``
+over several windows) and the **latent drift to the final CNN**,
 ``||f_t(x) - f_T(x)|| / ||f_T(x)||`` on a fixed probe batch of the game's observations: the error
 that freezing at ``t`` bakes into the stored latents relative to training on. Each criterion is
 replayed offline with the class itself (so it fires exactly where it would have fired online).
@@ -22,6 +21,9 @@ the reference (``--safe-step``; 50,000 of 100,000 steps on RoadRunner, three see
 the page then reports where each bound fires, and how the latent drift to the final CNN looks at
 those steps. Held-out runs (``--validate <run folder>``, e.g. another seed recorded the same way)
 are not used for calibration: the page reports where each calibrated bound fires on them.
+Criteria are replayed from the step learning starts (``optim.learn_start``) and, with
+``--earliest-step N``, also with checks before ``N`` not counted (the recipe's
+``seer.auto_min_step``).
 Writes ``docs/benchmarks/seer_auto_freeze_calibration.{md,json,png}``.
 """
 
@@ -72,9 +74,13 @@ class RecordedRun:
             snapshots=trajectory["parameters"],
         )
 
-    def replay(self, **kwargs: Any) -> ParameterConvergence:
-        """Replays a criterion (``ParameterConvergence`` keyword arguments) on the run."""
-        return replay_criterion(self.steps, self.snapshots, min_step=self.min_step, **kwargs)
+    def replay(self, *, earliest_step: int = 0, **kwargs: Any) -> ParameterConvergence:
+        """Replays a criterion (``ParameterConvergence`` keyword arguments) on the run.
+
+        Checks before learning starts, or before ``earliest_step``, are not counted.
+        """
+        min_step = max(self.min_step, earliest_step)
+        return replay_criterion(self.steps, self.snapshots, min_step=min_step, **kwargs)
 
 
 def replay_criterion(
@@ -167,10 +173,7 @@ def _plot(
 
 def criteria_to_replay() -> dict[str, dict[str, Any]]:
     """The criteria compared on the page, by label."""
-    criteria: dict[str, dict[str, Any]] = {
-        statistic: {"statistic": statistic}
-        for statistic in ("relative_change", "relative_change_to_peak")
-    }
+    criteria: dict[str, dict[str, Any]] = {"relative_change": {"statistic": "relative_change"}}
     for window in WINDOWS:
         criteria[f"drift_ratio, k={window}"] = {"statistic": "drift_ratio", "window": window}
     return criteria
@@ -183,6 +186,7 @@ def calibrate(
     probe_size: int,
     out_dir: Path,
     validate: tuple[Path, ...] = (),
+    earliest_step: int | None = None,
 ) -> BenchmarkReport:
     """Computes the statistics, the calibrated bounds and their firing steps; writes the page."""
     run = RecordedRun.load(run_dir)
@@ -206,9 +210,11 @@ def calibrate(
             theory = run.replay(threshold=theory_bound, **kwargs).fired_at
             theory_cell = f"{theory_bound:.3g}: {_step(theory)}"
         values = [v for _, v in histories[label]]
+        late = _fires_late(run, bound, kwargs, earliest_step)
         raw_bounds[label] = {
             "bound": bound,
             "fires_at": fired,
+            "fires_at_from_earliest_step": late,
             "default_fires_at": default.fired_at,
             "theory_fires_at": theory,
         }
@@ -220,7 +226,9 @@ def calibrate(
             "-" if bound is None else f"{bound:.3g}",
             _step(fired),
             "-" if fired is None else f"{drift_at[fired]:.3f}",
+            *([] if earliest_step is None else [_step(late)]),
         ])  # fmt: skip
+    late_header = [] if earliest_step is None else [f"calibrated, from step {earliest_step:,}"]
 
     report = BenchmarkReport(
         PAGE,
@@ -242,21 +250,27 @@ def calibrate(
             )
         ),
         command=f"python -m seer_benchmarks.{PAGE} <run folder> --safe-step {safe_step}"
-        + " --validate <run folder>" * len(held_out),
+        + " --validate <run folder>" * len(held_out)
+        + ("" if earliest_step is None else f" --earliest-step {earliest_step}"),
         out_dir=out_dir,
     )
     report.add_table(
         f"Where each criterion fires (calibration run, seed {run.seed})",
         ["statistic", "range over the run", "default bound: fires at", "bound 2/sqrt(k): fires at",
-         "calibrated bound", "calibrated: fires at", "latent drift to final there"],
+         "calibrated bound", "calibrated: fires at", "latent drift to final there",
+         *late_header],
         rows,
     )  # fmt: skip
-    raw_held_out = [validation_rows(other, criteria, raw_bounds, probe) for other in held_out]
+    raw_held_out = [
+        validation_rows(other, criteria, raw_bounds, probe, earliest_step=earliest_step)
+        for other in held_out
+    ]
     if held_out:
         report.add_table(
             "Held-out runs: where the calibrated bounds fire",
             ["run", "steps recorded", "statistic", "calibrated bound", "fires at",
-             "latent drift to the last snapshot there", "default bound: fires at"],
+             "latent drift to the last snapshot there", "default bound: fires at",
+             *late_header],
             [row for result in raw_held_out for row in result["rows"]],
         )  # fmt: skip
     every = max(1, len(run.steps) // 20)
@@ -290,30 +304,44 @@ def validation_rows(
     criteria: dict[str, dict[str, Any]],
     bounds: dict[str, dict[str, Any]],
     probe: torch.Tensor,
+    *,
+    earliest_step: int | None = None,
 ) -> dict[str, Any]:
     """Where each calibrated bound (and each default bound) fires on a held-out run."""
     drift_at = dict(zip(run.steps, latent_drift(run.snapshots, probe), strict=True))
-    rows, fired_at, histories = [], {}, {}
+    rows, fired_at, fired_late, histories = [], {}, {}, {}
     for label, kwargs in criteria.items():
         bound = bounds[label]["bound"]
         default = run.replay(**kwargs)
         histories[label] = default.history
         fired = None if bound is None else run.replay(threshold=bound, **kwargs).fired_at
         fired_at[label] = fired
+        fired_late[label] = _fires_late(run, bound, kwargs, earliest_step)
         rows.append([
             f"{run.game}, seed {run.seed}", f"{run.steps[-1]:,} of {run.total_steps:,}", label,
             "-" if bound is None else f"{bound:.3g}", _step(fired),
             "-" if fired is None else f"{drift_at[fired]:.3f}",
             f"{default.threshold:g}: {_step(default.fired_at)}",
+            *([] if earliest_step is None else [_step(fired_late[label])]),
         ])  # fmt: skip
     return {
         "run": run.name,
         "seed": run.seed,
         "last_step": run.steps[-1],
         "fires_at": fired_at,
+        "fires_at_from_earliest_step": fired_late,
         "histories": histories,
         "rows": rows,
     }
+
+
+def _fires_late(
+    run: RecordedRun, bound: float | None, kwargs: dict[str, Any], earliest_step: int | None
+) -> int | None:
+    """Where the calibrated bound fires with checks before ``earliest_step`` not counted."""
+    if bound is None or earliest_step is None:
+        return None
+    return run.replay(threshold=bound, earliest_step=earliest_step, **kwargs).fired_at
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -334,6 +362,12 @@ def main(argv: list[str] | None = None) -> None:
         help="a held-out run folder (same recording); repeatable",
     )
     parser.add_argument(
+        "--earliest-step",
+        type=int,
+        default=None,
+        help="also replay the calibrated bounds with checks before this step not counted",
+    )
+    parser.add_argument(
         "--note", action="append", default=[], help="a paragraph for the page's notes"
     )
     args = parser.parse_args(argv)
@@ -343,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
         probe_size=args.probe_size,
         out_dir=DOCS_DIR,
         validate=tuple(args.validate),
+        earliest_step=args.earliest_step,
     )
     for note in args.note:
         report.add_note(note)

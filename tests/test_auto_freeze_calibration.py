@@ -42,16 +42,18 @@ def test_bounds_come_from_the_calibration_run_and_are_replayed_on_held_out_runs(
     creeping = record_run(tmp_path / "seed1", seed=1, sizes=[0.01, 0.01, 0.01, *decay[1:]])
     report = calibration.calibrate(
         calibration_run, safe_step=80, probe_size=2, out_dir=tmp_path / "page",
-        validate=(creeping,),
+        validate=(creeping,), earliest_step=50,
     )  # fmt: skip
     bounds = report.raw["bounds"]
     # the calibrated bound is the largest of the last checks: it fires one check later
     assert bounds["relative_change"]["fires_at"] == 90
-    assert bounds["relative_change_to_peak"]["fires_at"] == 90
+    assert bounds["relative_change"]["fires_at_from_earliest_step"] == 90
     (held_out,) = report.raw["held_out"]
     assert held_out["seed"] == 1 and held_out["last_step"] == 140
     assert held_out["fires_at"]["relative_change"] == 30  # three creeping checks
-    assert 90 <= held_out["fires_at"]["relative_change_to_peak"] <= 110  # in the decay, 20 later
+    # not counting checks before step 50, it fires in the decay (20 steps later than seed 0's)
+    assert 90 <= held_out["fires_at_from_earliest_step"]["relative_change"] <= 110
     page = report.write().read_text()
     assert "Held-out runs: where the calibrated bounds fire" in page
+    assert "calibrated, from step 50" in page
     assert (tmp_path / "page" / f"{calibration.PAGE}.png").exists()

@@ -1,4 +1,4 @@
-"""ParameterConvergence: the statistics, watch-only use in the freeze hook, exact restore."""
+"""ParameterConvergence: both statistics, watch-only use in the freeze hook, exact restore."""
 
 import pytest
 import torch
@@ -57,33 +57,10 @@ def test_relative_change_never_fires_at_an_adam_like_noise_floor_where_drift_rat
     assert drift.fired_at is not None
 
 
-def test_peak_relative_change_waits_for_the_ramp_up_that_fools_an_absolute_bound():
-    """Step sizes rise 10x after learning starts, then decay: only the decay is convergence."""
-    sizes = [0.01, 0.01, 0.01, 0.01, 0.1, 0.1, 0.08, 0.05, 0.03, 0.02, 0.02, 0.02]
-    layers = nn.Linear(16, 16), nn.Linear(16, 16)
-    layers[1].load_state_dict(layers[0].state_dict())
-    absolute = ParameterConvergence(layers[0].parameters(), check_interval=1, threshold=0.03)
-    to_peak = ParameterConvergence(
-        layers[1].parameters(), check_interval=1, statistic="relative_change_to_peak"
-    )
-    gen = torch.Generator().manual_seed(2)
-    for step, size in enumerate(sizes):
-        move = torch.randn(16, 16, generator=gen)
-        for layer, criterion in zip(layers, (absolute, to_peak), strict=True):
-            with torch.no_grad():
-                layer.weight.add_(size * layer.weight.norm() * move / move.norm())
-            criterion.update(step)
-    assert absolute.fired_at == 3  # three tiny steps before the ramp
-    peak_values = [v for _, v in to_peak.history]
-    assert max(peak_values) == 1.0 and min(peak_values) == pytest.approx(0.2, rel=0.15)
-    assert to_peak.fired_at == 11  # 0.2 of the peak for three checks
-
-
-@pytest.mark.parametrize("statistic", ["drift_ratio", "relative_change_to_peak"])
-def test_restore_continues_exactly_and_keeps_the_trajectory(statistic):
+def test_restore_continues_exactly_and_keeps_the_trajectory():
     torch.manual_seed(0)
     layer = nn.Linear(8, 8)
-    kwargs = dict(check_interval=2, statistic=statistic, window=3, keep_trajectory=True)
+    kwargs = dict(check_interval=2, statistic="drift_ratio", window=3, keep_trajectory=True)
     straight = ParameterConvergence(layer.parameters(), **kwargs)
     moves = [torch.randn(8, 8) for _ in range(12)]
     restored = None

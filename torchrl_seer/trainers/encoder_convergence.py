@@ -13,18 +13,14 @@ from torch import nn
 __all__ = ["CONVERGENCE_STATISTICS", "ParameterConvergence"]
 
 #: The statistics :class:`ParameterConvergence` can watch, with their default bounds.
-CONVERGENCE_STATISTICS: dict[str, float] = {
-    "relative_change": 0.01,
-    "relative_change_to_peak": 0.25,
-    "drift_ratio": 0.5,
-}
+CONVERGENCE_STATISTICS: dict[str, float] = {"relative_change": 0.01, "drift_ratio": 0.5}
 
 
 class ParameterConvergence:
     """Declares a set of parameters converged when a statistic of their trajectory stays small.
 
     Every ``check_interval`` steps the flattened parameters ``θ_t`` are snapshotted and one of
-    three statistics is computed:
+    two statistics is computed:
 
     * ``"relative_change"``: ``r = ||θ_t - θ_{t-Δ}|| / ||θ_{t-Δ}||``, the change over the last
       interval relative to the parameters' norm. Its floor depends on the optimizer: with Adam
@@ -32,12 +28,6 @@ class ParameterConvergence:
       whether or not the loss still improves, so ``r`` settles at a noise floor set by the
       learning rate, the interval and the parameter scale (on the Atari DQN recipe it fell
       only from 0.11 to 0.025 over 100k steps), so a bound must be calibrated for a setting.
-      Right after learning starts ``r`` is also small (the first TD errors are tiny), so an
-      absolute bound can fire before the encoder has learnt anything.
-    * ``"relative_change_to_peak"``: ``r`` divided by the largest ``r`` seen at or after
-      ``min_step``: how far the encoder's speed has fallen from its fastest. It cannot fire
-      while learning ramps up (each new peak gives 1), and it divides out the parameter
-      scale and part of the learning-rate dependence; its bound is still calibrated.
     * ``"drift_ratio"``: ``d = ||θ_t - θ_{t-kΔ}|| / Σ_i ||θ_{t-iΔ} - θ_{t-(i+1)Δ}||`` over the
       last ``window`` = ``k`` intervals: the net displacement divided by the path length. It
       is scale-free: about 1 while the parameters travel in a consistent direction (learning)
@@ -58,11 +48,10 @@ class ParameterConvergence:
 
     Keyword Args:
         check_interval (int): steps between checks (Δ). Defaults to ``1000``.
-        statistic (str): ``"relative_change"``, ``"relative_change_to_peak"`` or
-            ``"drift_ratio"``. Defaults to ``"relative_change"``.
+        statistic (str): ``"relative_change"`` or ``"drift_ratio"``. Defaults to
+            ``"relative_change"``.
         threshold (float, optional): bound on the statistic. Defaults to 0.01 for
-            ``"relative_change"``, 0.25 for ``"relative_change_to_peak"`` and 0.5 for
-            ``"drift_ratio"`` (:data:`CONVERGENCE_STATISTICS`).
+            ``"relative_change"`` and 0.5 for ``"drift_ratio"``.
         window (int): intervals ``k`` spanned by ``"drift_ratio"``. Defaults to ``10``.
         patience (int): consecutive checks below the bound. Defaults to ``3``.
         min_step (int): first step whose check counts toward ``patience`` (e.g. the step at
@@ -128,22 +117,16 @@ class ParameterConvergence:
         self._recent: deque[torch.Tensor] = deque(maxlen=span)
         self._last_check: int | None = None
         self._below = 0
-        self._peak = 0.0  # largest relative change at or after min_step
 
     def _snapshot(self) -> torch.Tensor:
         return torch.cat([p.detach().reshape(-1).float() for p in self.parameters]).cpu()
 
-    def _value(self, step: int) -> float | None:
+    def _value(self) -> float | None:
         recent = list(self._recent)
-        if self.statistic != "drift_ratio":
+        if self.statistic == "relative_change":
             if len(recent) < 2:
                 return None
-            change = float((recent[-1] - recent[-2]).norm() / recent[-2].norm().clamp_min(1e-12))
-            if self.statistic == "relative_change":
-                return change
-            if step >= self.min_step:
-                self._peak = max(self._peak, change)
-            return change / self._peak if self._peak > 0 else 1.0
+            return float((recent[-1] - recent[-2]).norm() / recent[-2].norm().clamp_min(1e-12))
         if len(recent) < self.window + 1:
             return None
         path = sum(float((b - a).norm()) for a, b in itertools.pairwise(recent))
@@ -165,7 +148,7 @@ class ParameterConvergence:
         self._recent.append(current)
         if self.keep_trajectory:
             self.trajectory.append((step, current))
-        value = self._value(step)
+        value = self._value()
         if value is not None:
             self.history.append((step, value))
             if step >= self.min_step:  # e.g. before learning starts nothing moves: not counted
@@ -182,7 +165,6 @@ class ParameterConvergence:
             "below": self._below,
             "last_check": self._last_check,
             "fired_at": self.fired_at,
-            "peak": self._peak,
             "recent": [t.clone() for t in self._recent],
             "trajectory": [(step, t.clone()) for step, t in self.trajectory],
         }
@@ -197,7 +179,6 @@ class ParameterConvergence:
         self._below = state["below"]
         self._last_check = state["last_check"]
         self.fired_at = state.get("fired_at")
-        self._peak = float(state.get("peak", 0.0))
         self._recent.clear()
         self._recent.extend(t.clone() for t in state.get("recent", []))
         self.trajectory = [(int(step), t.clone()) for step, t in state.get("trajectory", [])]
