@@ -1,7 +1,8 @@
-"""RecipeRun: a resumed run folder logs into itself, also after it was moved or copied."""
+"""RecipeRun: resumed runs log into their own folder and keep their saved configuration."""
 
 import shutil
 
+import pytest
 from omegaconf import OmegaConf
 
 from torchrl_seer.trainers.helpers import RecipeRun
@@ -33,3 +34,16 @@ def test_a_copied_run_folder_logs_into_the_copy_not_into_the_original(tmp_path):
     resumed.logger.flush()
     assert _rows(copy) == ["5,1.0", "10,2.0"]
     assert _rows(run.dir) == ["5,1.0"]  # the original run is left as it was
+
+
+def test_a_run_saved_before_the_recipe_gained_a_setting_resumes_with_its_given_value(tmp_path):
+    run = RecipeRun(_config(tmp_path), "recipe")
+    run.save(5, state={})
+    newer = _config(tmp_path, resume=run.dir)
+    newer.seer = {"auto_min_step": 20_000}  # a setting added to the recipe since
+    resumed = RecipeRun(newer, "recipe")
+    assert resumed.cfg.seer.auto_min_step == 20_000
+    changed = _config(tmp_path, resume=run.dir)
+    changed.seed = 1  # a saved setting still cannot change
+    with pytest.raises(ValueError, match="seed: 0 -> 1"):
+        RecipeRun(changed, "recipe")

@@ -112,10 +112,12 @@ class RecipeRun:
     def _merge_resumed(saved: DictConfig, given: DictConfig) -> DictConfig:
         saved_flat = _flatten(OmegaConf.to_container(saved, resolve=True))
         given_flat = _flatten(OmegaConf.to_container(given, resolve=True))
+        # settings the recipe gained after the run was saved take their given value
+        added = sorted(set(given_flat) - set(saved_flat))
         differ = sorted(
             key
             for key in set(saved_flat) | set(given_flat)
-            if key not in RESUMABLE_OVERRIDES + IGNORED_ON_RESUME
+            if key not in RESUMABLE_OVERRIDES + IGNORED_ON_RESUME + tuple(added)
             and saved_flat.get(key) != given_flat.get(key)
         )
         if differ:
@@ -127,6 +129,8 @@ class RecipeRun:
                 f"may change, got {changes}."
             )
         merged = saved.copy()
+        for key in added:
+            OmegaConf.update(merged, key, given_flat[key], force_add=True)
         for key in RESUMABLE_OVERRIDES:
             if OmegaConf.select(given, key) is not None or key == "resume":
                 OmegaConf.update(merged, key, OmegaConf.select(given, key), force_add=True)
