@@ -28,6 +28,9 @@ class ParameterConvergence:
       whether or not the loss still improves, so ``r`` settles at a noise floor set by the
       learning rate, the interval and the parameter scale (on the Atari DQN recipe it fell
       only from 0.11 to 0.025 over 100k steps), so a bound must be calibrated for a setting.
+      ``r`` is also small right after learning starts and in a lull before the first rewards
+      (0.002 for 3,000 steps on one Atari seed), which no bound tells from convergence: set
+      ``min_step`` past them (the Atari recipe uses 20,000 of 100,000 steps).
     * ``"drift_ratio"``: ``d = ||θ_t - θ_{t-kΔ}|| / Σ_i ||θ_{t-iΔ} - θ_{t-(i+1)Δ}||`` over the
       last ``window`` = ``k`` intervals: the net displacement divided by the path length. It
       is scale-free: about 1 while the parameters travel in a consistent direction (learning)
