@@ -148,7 +148,7 @@ def _plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10.5, 6), sharex=True)
     for label, history in series.items():
         line = top.plot([s for s, _ in history], [v for _, v in history], label=label)[0]
         for name, histories in held_out.items():
@@ -160,7 +160,7 @@ def _plot(
     top.set_yscale("log")
     top.set_ylabel("statistic")
     top.axvline(safe, color="grey", linestyle="--", linewidth=1)
-    top.legend(fontsize=8)
+    top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     bottom.plot(steps, drift, color="black")
     bottom.axvline(safe, color="grey", linestyle="--", linewidth=1, label="freeze step shown safe")
     bottom.set_ylabel("latent drift to final CNN")
