@@ -46,6 +46,7 @@ step).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import statistics
@@ -409,7 +410,7 @@ def main(argv: list[str] | None = None) -> None:
     runs.sort(key=lambda r: (r["task"], arm_order(r["arm"]), r["seed"]))
     tasks = sorted({r["task"] for r in runs})
     arms = sorted({r["arm"] for r in runs}, key=arm_order)
-    palette = iter(("tab:red", "tab:orange", "tab:green", "tab:purple", "tab:brown"))
+    palette = itertools.cycle(plt.get_cmap("tab10").colors)  # as many arms as a page has
     colors = {arm: "black" if arm == NO_FREEZE else next(palette) for arm in arms}
 
     report = BenchmarkReport(
