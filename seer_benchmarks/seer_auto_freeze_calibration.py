@@ -54,7 +54,7 @@ class RecordedRun:
     name: str
     game: str
     seed: int
-    min_step: int
+    learn_start: int
     total_steps: int
     steps: list[int]
     snapshots: torch.Tensor
@@ -68,7 +68,7 @@ class RecordedRun:
             name=run_dir.name,
             game=config["env"]["name"],
             seed=config["seed"],
-            min_step=config["optim"]["learn_start"],
+            learn_start=config["optim"]["learn_start"],
             total_steps=config["collector"]["total_frames"],
             steps=list(trajectory["steps"]),
             snapshots=trajectory["parameters"],
@@ -79,7 +79,7 @@ class RecordedRun:
 
         Checks before learning starts, or before ``earliest_step``, are not counted.
         """
-        min_step = max(self.min_step, earliest_step)
+        min_step = max(self.learn_start, earliest_step)
         return replay_criterion(self.steps, self.snapshots, min_step=min_step, **kwargs)
 
 
@@ -238,7 +238,7 @@ def calibrate(
             f"{run.total_steps:,} agent steps, no freeze) was snapshotted every "
             f"{run.steps[1] - run.steps[0]:,} agent steps (`seer.record_trajectory=true`). Each "
             "criterion of `ParameterConvergence` is replayed on those snapshots (patience "
-            f"{PATIENCE}, earliest step {run.min_step:,}); the latent drift to the final CNN is "
+            f"{PATIENCE}, earliest step {run.learn_start:,}); the latent drift to the final CNN is "
             f"measured on {probe_size} stacked observations of the game under a uniform random "
             "policy. Calibration: a statistic's bound is the largest value it took over the "
             f"{PATIENCE} checks ending at the freeze step shown safe for this game "
