@@ -112,13 +112,14 @@ class RecipeRun:
     def _merge_resumed(saved: DictConfig, given: DictConfig) -> DictConfig:
         saved_flat = _flatten(OmegaConf.to_container(saved, resolve=True))
         given_flat = _flatten(OmegaConf.to_container(given, resolve=True))
-        # settings the recipe gained after the run was saved take their given value
+        # settings the recipe gained after the run was saved take their given value; every
+        # saved setting must be given unchanged
         added = sorted(set(given_flat) - set(saved_flat))
         differ = sorted(
             key
-            for key in set(saved_flat) | set(given_flat)
-            if key not in RESUMABLE_OVERRIDES + IGNORED_ON_RESUME + tuple(added)
-            and saved_flat.get(key) != given_flat.get(key)
+            for key in saved_flat
+            if key not in RESUMABLE_OVERRIDES + IGNORED_ON_RESUME
+            and saved_flat[key] != given_flat.get(key)
         )
         if differ:
             changes = ", ".join(
