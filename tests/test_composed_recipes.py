@@ -81,11 +81,19 @@ def test_every_part_on(recipe, tmp_path, monkeypatch):
     assert hook.frozen and hook.freeze_step >= freeze_at
     storage = run.replay_buffer.storage
     assert isinstance(storage, QuantizedStorage) and storage.format == "int8"
-    assert storage.max_size == hook.freeze_report["latent_capacity"]
-    assert hook.freeze_report["num_migrated"] == capacity
+    freeze = hook.freeze_report
+    assert storage.max_size == freeze["latent_capacity"]
+    # the pixel buffer was full; the latent buffer keeps its newest transitions. Whether the
+    # int8 latents take fewer bytes than the delta-compressed frames depends on the frames the
+    # actors saw (worker processes act asynchronously), so the capacity can grow or shrink.
+    assert freeze["num_transitions"] == capacity
+    assert freeze["num_migrated"] == min(capacity, freeze["latent_capacity"])
+    assert freeze["num_migrated"] + freeze["num_dropped"] == capacity
     sample = run.replay_buffer.sample()
     assert "latent" in sample.keys() and "pixels" not in sample.keys()
-    assert len(run.replay_buffer) > capacity  # training went on, writing latents
+    # training went on, writing latents
+    written_after = run.record.steps - hook.freeze_step
+    assert len(run.replay_buffer) == min(storage.max_size, freeze["num_migrated"] + written_after)
 
     # updates happened on both sides of the freeze; returns were recorded
     assert {frozen for frozen, _ in run.record.update_seconds} == {False, True}
