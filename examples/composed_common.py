@@ -344,6 +344,10 @@ class Actors(TrainerHookBase):
         """
         frames = segment.stop - segment.start
         random_frames = max(0, self.init_random_frames - segment.start)
+        if self.scheme is not None and self.scheme.last_packet is not None:
+            assert isinstance(self.policy, CompressedPolicy)
+            if self.scheme.last_packet is not self.policy.packet:  # the workers' latest weights
+                self.policy.load_packet(self.scheme.last_packet)
         common = {
             "policy": self.policy,
             "frames_per_batch": self.frames_per_batch,
@@ -376,9 +380,10 @@ class Actors(TrainerHookBase):
         if self.scheme is not None:
             assert isinstance(self.policy, CompressedPolicy)
             packet = self.scheme.pack_next(self.cpu_policy)
-            self.policy.load_packet(packet)  # a later interval's collector starts from it
-            if self.workers > 0:
+            if self.workers > 0:  # the next interval's collector starts from scheme.last_packet
                 self.collector.update_policy_weights_(packet)  # a ready packet, shipped as is
+            else:
+                self.policy.load_packet(packet)
         elif self.workers > 0:  # in-process actors act with the CPU copy itself
             self.collector.update_policy_weights_(self.cpu_policy)
 
@@ -393,7 +398,8 @@ class Actors(TrainerHookBase):
             state["cpu_policy"] = self.cpu_policy.state_dict()
         if self.scheme is not None:
             assert isinstance(self.policy, CompressedPolicy)
-            state["packet"] = self.policy.packet
+            shipped = self.scheme.last_packet
+            state["packet"] = shipped if shipped is not None else self.policy.packet
             state["version"] = self.scheme.version
         return state
 

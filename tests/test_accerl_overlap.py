@@ -77,6 +77,48 @@ def test_overlapped_workers_record_the_behaviour_log_probs_of_the_version_they_r
     assert len(seen) > 1  # the workers picked up shipped weights while acting
 
 
+class _RecordingCollector:
+    """Stands in for a collector with workers: records what update_policy_weights_ sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def update_policy_weights_(self, packet):
+        self.sent.append(packet)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_ship_weights_rebuilds_the_learner_side_policy_only_when_it_acts(workers):
+    actor = make_actor()
+    compressor = PolicyCompressor.from_spec("int8")
+    policy = CompressedPolicy(actor, compressor)
+    scheme = CompressedWeightSyncScheme(compressor)
+    collector = _RecordingCollector()
+    network = policy.network
+    ship_weights(collector, actor, policy, scheme, workers=workers)
+    ship_weights(collector, actor, policy, scheme, workers=workers)
+    assert scheme.version == 2 and int(scheme.last_packet["version"]) == 2
+    if workers:  # the workers get every packet; the learner's copy, which does not act, waits
+        assert [int(p["version"]) for p in collector.sent] == [1, 2]
+        assert policy.network is network and policy.version == 0
+    else:  # the policy acts in the learner's process: it runs the latest packet
+        assert collector.sent == [] and policy.version == 2
+        assert policy.packet is scheme.last_packet
+
+
+def test_a_checkpoint_with_worker_processes_holds_the_packet_last_shipped(tmp_path):
+    report = run_recipe(
+        "accerl_impala", "accerl.compression=int8", "collector.workers=1", "network.width=32",
+        "collector.total_frames=512", "collector.frames_per_batch=128", "accerl.ship_every=1",
+        "checkpoint.interval=256", "accerl.compare=false", "logger.backend=null",
+        f"logger.output_dir={tmp_path}",
+    )  # fmt: skip
+    saved = torch.load(report.parent / "checkpoint" / "state.pt", weights_only=False)
+    extra = saved["extra"]
+    assert saved["frames"] == 512 and extra["version"] == 4  # a shipment after every batch
+    assert int(extra["packet"]["version"]) == extra["version"]
+
+
 def test_impala_recipe_with_overlapped_acting(tmp_path):
     report = run_recipe(
         "accerl_impala", "accerl.compression=int8", "collector.workers=1",

@@ -94,8 +94,9 @@ class CompressedWeightStrategy(WeightStrategy):
 class CompressedPacketSender:
     """Sender side shared by the compressed weight-sync schemes (pipes, Ray).
 
-    Holds the :attr:`compressor` and the running :attr:`version`, and turns the learner's policy
-    into the versioned weight packet that every transport ships unchanged.
+    Holds the :attr:`compressor`, the running :attr:`version` and the :attr:`last_packet` it
+    made, and turns the learner's policy into the versioned weight packet that every transport
+    ships unchanged.
     Assigning :attr:`compressor` (what the Monitor does when it steps precision up or down)
     takes effect at the next ship.
 
@@ -114,6 +115,7 @@ class CompressedPacketSender:
 
     compressor: PolicyCompressor
     version: int
+    last_packet: TensorDictBase | None
     _strategy: WeightStrategy
 
     def _init_sender(self, compressor: PolicyCompressor) -> None:
@@ -121,6 +123,7 @@ class CompressedPacketSender:
         self._strategy = CompressedWeightStrategy()
         self.compressor = compressor
         self.version = 0
+        self.last_packet = None
         self._checked_spec: str | None = None
 
     def prepare_weights(
@@ -174,6 +177,7 @@ class CompressedPacketSender:
         packet = self.compressor.pack(policy, version=self.version + 1)
         self._check_collector_accepts(packet)
         self.version += 1
+        self.last_packet = packet
         return packet
 
     def _check_collector_accepts(self, packet: TensorDictBase) -> None:

@@ -158,8 +158,12 @@ def make_actor_collector(
 def ship_weights(collector, learner_policy, policy, scheme, *, workers) -> None:
     """Compresses the learner's policy with ``scheme.compressor`` and ships it to the actors.
 
-    The packet is also loaded into the learner process's ``policy``, so that a collector built
-    later (the next checkpoint interval) starts its workers with the latest weights.
+    Without workers the packet is loaded into ``policy``, which acts in the learner's process.
+    With workers it is only sent: rebuilding the compressed network in the learner's process
+    at every shipment would cost the learner as much as a worker's rebuild, for a network that
+    does not act there. :meth:`AcceRLArm.collectors` loads ``scheme.last_packet`` into
+    ``policy`` at the end of each checkpoint interval, so that the next interval's workers
+    start with the latest weights.
 
     Args:
         collector: the actors' collector.
@@ -172,9 +176,10 @@ def ship_weights(collector, learner_policy, policy, scheme, *, workers) -> None:
         workers: worker processes of ``collector`` (``0``: only ``policy`` acts).
     """
     packet = scheme.pack_next(learner_policy)
-    policy.load_packet(packet)
     if workers > 0:
         collector.update_policy_weights_(packet)  # a ready packet: shipped as is (pipes)
+    else:
+        policy.load_packet(packet)
 
 
 class RunLog:
@@ -489,8 +494,9 @@ class AcceRLArm:
         """Yields a fresh actors' collector per checkpoint interval still to collect.
 
         Each collector (:func:`make_actor_collector`) collects one interval with its workers
-        seeded from the interval's seed; once the caller has consumed it, it is shut down and
-        the arm checkpointed (:meth:`save`). Call :meth:`restore` first.
+        seeded from the interval's seed; once the caller has consumed it, it is shut down, the
+        packet last shipped (:func:`ship_weights`) is loaded into the arm's policy, and the arm
+        checkpointed (:meth:`save`). Call :meth:`restore` first.
 
         Args:
             make_env: ``make_env(seed)`` builds one worker's environment.
@@ -514,6 +520,8 @@ class AcceRLArm:
             )  # fmt: skip
             yield segment, collector
             collector.shutdown()
+            if scheme.last_packet is not None and scheme.last_packet is not policy.packet:
+                policy.load_packet(scheme.last_packet)  # what the workers last received
             self.save(segment.stop)
 
     def report_due(self, run_log: RunLog, *, monitor) -> None:
