@@ -118,3 +118,32 @@ def test_lowprec_vs_torchrl_reads_both_kinds_of_run(tmp_path):
     [row] = speed_check_rows(read_pairs(tmp_path))
     assert row[:3] == [0, "ours, fp32", "20 / 20"] and row[5] == 1.0
     assert row[6:] == ["9 at 20", "8 at 20"]
+
+
+def _layout_report(width, workers, walls):
+    settings = {"width": width, "critic_width": 64, "envs_per_worker": 1, "seed": 0,
+                "frames_per_batch": 256, "workers": workers, "overlap": True}  # fmt: skip
+    runs = [
+        {"frames": 1024, "wall": wall, "actor_time": 1.0, "learner_time": 2.0,
+         "curve": [[wall, 1024, 20.0]]}
+        for wall in walls
+    ]  # fmt: skip
+    return {"settings": settings, "runs": runs}
+
+
+def test_accerl_layouts_gives_each_arm_its_fastest_layout():
+    from seer_benchmarks.accerl_layouts import best_layout_rows, layout_rows
+
+    reports = [
+        _layout_report(2048, 1, (30.0, 50.0)),  # compressed fastest with 1 worker
+        _layout_report(2048, 2, (33.0, 40.0)),  # fp32 fastest with 2 workers
+        _layout_report(4096, 1, (70.0, 90.0)),
+    ]
+    rows = layout_rows(reports)
+    assert [row[7] for row in rows] == [0.6, 0.82, 0.78]  # same-layout ratios
+    assert rows[0][10] == "29.30 / 48.83"  # ms per worker call: wall / (1024 frames / 1)
+    best = best_layout_rows(reports)
+    assert best == [
+        [2048, 1, 1024, 2, "30.0 (1 worker)", "40.0 (2 workers)", 0.75],
+        [4096, 1, 1024, 1, "70.0 (1 worker)", "90.0 (1 worker)", 0.78],
+    ]
