@@ -346,8 +346,7 @@ class Actors(TrainerHookBase):
         random_frames = max(0, self.init_random_frames - segment.start)
         if self.scheme is not None and self.scheme.last_packet is not None:
             assert isinstance(self.policy, CompressedPolicy)
-            if self.scheme.last_packet is not self.policy.packet:  # the workers' latest weights
-                self.policy.load_packet(self.scheme.last_packet)
+            self.policy.load_packet(self.scheme.last_packet)  # the workers' latest weights
         common = {
             "policy": self.policy,
             "frames_per_batch": self.frames_per_batch,

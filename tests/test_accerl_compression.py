@@ -1,5 +1,7 @@
 """AcceRL compressor: agreement bounds, real structured pruning, packet round trips, bad input."""
 
+import pickle
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -162,6 +164,22 @@ def test_packet_round_trip_rebuilds_identical_policy(spec):
     td = obs(6)
     torch.testing.assert_close(worker.network(td.clone())["logits"], expected(td.clone())["logits"])
     assert worker.version == 5 and worker.compressor.spec() == compressor.spec()
+
+
+def test_loading_the_running_packet_again_keeps_the_network_and_pickling_rebuilds_it():
+    actor = discrete_actor(width=64)
+    compressor = PolicyCompressor.from_spec("int8")
+    policy = CompressedPolicy(actor, compressor)
+    packet = compressor.pack(actor, version=3)
+    policy.load_packet(packet)
+    network = policy.network
+    policy.load_packet(packet)  # the same packet: nothing to rebuild
+    assert policy.network is network and policy.version == 3
+    # a spawned worker unpickles the policy: the network is rebuilt from the packet it carried
+    clone = pickle.loads(pickle.dumps(policy))
+    assert clone.network is not network and clone.version == 3
+    td = obs(6)
+    torch.testing.assert_close(clone(td.clone())["logits"], policy(td.clone())["logits"])
 
 
 def test_int8_packet_is_four_times_smaller():

@@ -106,6 +106,8 @@ class CompressedPolicy(TensorDictModuleBase):
     def load_packet(self, packet: TensorDictBase) -> None:
         """Rebuilds the running network from a weight packet.
 
+        Loading the very packet the policy already runs does nothing.
+
         Args:
             packet: a packet made by :meth:`PolicyCompressor.pack`.
 
@@ -113,6 +115,8 @@ class CompressedPolicy(TensorDictModuleBase):
             ValueError: if the packet was made from another architecture than this policy's;
                 the running network and version are kept.
         """
+        if packet is self.packet:
+            return
         network = PolicyCompressor.rebuild(self._template, packet)
         version = int(packet["version"])
         # Workers apply packets from a background thread while acting: publish the network and
@@ -166,9 +170,10 @@ class CompressedPolicy(TensorDictModuleBase):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        assert self.packet is not None
-        self.load_packet(self.packet)
+        packet = state.pop("packet")
+        assert packet is not None
+        self.__dict__.update(state, packet=None)
+        self.load_packet(packet)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         """Runs the compressed network and writes the policy version.

@@ -520,7 +520,7 @@ class AcceRLArm:
             )  # fmt: skip
             yield segment, collector
             collector.shutdown()
-            if scheme.last_packet is not None and scheme.last_packet is not policy.packet:
+            if scheme.last_packet is not None:
                 policy.load_packet(scheme.last_packet)  # what the workers last received
             self.save(segment.stop)
 
