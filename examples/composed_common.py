@@ -65,7 +65,7 @@ from torchrl_seer.trainers.helpers import (
     check_config,
     write_report,
 )
-from torchrl_seer.trainers.helpers.accerl import choose_compressor
+from torchrl_seer.trainers.helpers.accerl import choose_compressor, ship_weights
 from torchrl_seer.trainers.helpers.checkpoint import FrameSegment
 
 __all__ = [
@@ -376,13 +376,10 @@ class Actors(TrainerHookBase):
             return
         if self.cpu_policy is not self.learner_policy:  # learner -> the actors' CPU copy
             self.cpu_policy.load_state_dict(self.learner_policy.state_dict())
-        if self.scheme is not None:
-            assert isinstance(self.policy, CompressedPolicy)
-            packet = self.scheme.pack_next(self.cpu_policy)
-            if self.workers > 0:  # the next interval's collector starts from scheme.last_packet
-                self.collector.update_policy_weights_(packet)  # a ready packet, shipped as is
-            else:
-                self.policy.load_packet(packet)
+        if self.scheme is not None:  # the next interval's collector starts from last_packet
+            ship_weights(
+                self.collector, self.cpu_policy, self.policy, self.scheme, workers=self.workers
+            )
         elif self.workers > 0:  # in-process actors act with the CPU copy itself
             self.collector.update_policy_weights_(self.cpu_policy)
 
