@@ -58,7 +58,10 @@ def layout_rows(reports: list[dict[str, Any]]) -> list[list[Any]]:
 def best_layout_rows(reports: list[dict[str, Any]]) -> list[list[Any]]:
     """Per workload: each arm's fastest layout, and compressed (best) ÷ fp32 (best)."""
     rows = []
-    key = lambda rep: workload(rep["settings"], rep["runs"][1]["frames"])  # noqa: E731
+
+    def key(rep: dict[str, Any]) -> tuple:
+        return workload(rep["settings"], rep["runs"][1]["frames"])
+
     for (width, _, envs, _, frames), group in itertools.groupby(sorted(reports, key=key), key):
         group = list(group)
         best = [min(group, key=lambda rep, i=i: rep["runs"][i]["wall"]) for i in (0, 1)]
