@@ -91,15 +91,17 @@ def main(argv: list[str] | None = None) -> None:
     reports.sort(key=lambda r: (workload(r["settings"], r["runs"][1]["frames"]),
                                 r["settings"]["workers"]))  # fmt: skip
     pipeline = reports[0]["runs"][0]["final_pipeline"]
+    s = reports[0]["settings"]
 
     report = BenchmarkReport(
         "accerl_layouts",
         "AcceRL with overlapped acting: each arm in its best actor layout (CPU)",
         description=(
-            "`examples/accerl_impala.py` on CartPole-v1 with `collector.overlap=true` "
-            "(TorchRL `MultiAsyncCollector`), both arms of one seed (0) back to back in one "
-            f"process: compressed actors (`{pipeline}`) then fp32 actors, weights shipped every "
-            "4 learner updates, critic 64-wide, one torch thread per process. Each layout "
+            f"`examples/accerl_impala.py` on {s['env']} with `collector.overlap=true` "
+            f"(TorchRL `MultiAsyncCollector`), both arms of one seed ({s['seed']}) back to back "
+            f"in one process: compressed actors (`{pipeline}`) then fp32 actors, weights shipped "
+            f"every {s['ship_every']} learner updates, critic {s['critic_width']}-wide, one "
+            "torch thread per process. Each layout "
             "(collector worker processes, environments per worker) is run for the same frames; "
             "a fair comparison gives each arm its fastest layout. Learner waiting = time the "
             "learner waited for a batch (acting-bound when large). " + args.conditions
