@@ -18,17 +18,16 @@ from tests.test_composed_recipes import DQN_TINY, SAC_TINY
 from torchrl_seer.data import QuantizedStorage
 
 # recipe -> (tiny budget with a checkpoint every 2 batches, checkpoint frames, freeze step).
-# The latent capacity is capped below the byte budget: a DeltaFrameStorage restored from a
-# checkpoint holds its frames in sealed chunks and restarts its write streams, so it holds a
-# different byte count than the storage it was saved from (same frames).
+# The latent capacity is not capped: it comes from the bytes the pixel storage holds at the
+# freeze, which a resumed run must reproduce exactly.
 RESUME = {
     "composed_dqn_atari": (
-        (*DQN_TINY, "checkpoint.interval=32", "seer.max_capacity=16"),
+        (*DQN_TINY, "checkpoint.interval=32"),
         [32, 64, 96],
         64,
     ),
     "composed_sac_dmc": (
-        (*SAC_TINY, "checkpoint.interval=16", "seer.max_capacity=8"),
+        (*SAC_TINY, "checkpoint.interval=16"),
         [16, 32, 48],
         32,
     ),
@@ -83,6 +82,8 @@ def test_a_run_resumed_midway_equals_an_uninterrupted_run(
     assert resumed.freeze_hook.freeze_report["freeze_step"] == freeze_at
     rb_full, rb_resumed = full.replay_buffer, resumed.replay_buffer
     assert isinstance(rb_resumed.storage, QuantizedStorage)
+    # the latent capacity sized at the freeze from the pixel storage's bytes is the same
+    assert rb_resumed.storage.max_size == rb_full.storage.max_size
     assert len(rb_full) == len(rb_resumed) > 0
     length = len(rb_full)  # the stored transitions (reads through the buffer draw latent copies)
     assert (rb_full.storage[:length] == rb_resumed.storage[:length]).all()

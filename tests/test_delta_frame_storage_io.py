@@ -10,6 +10,7 @@ from test_delta_frame_storage import assert_same, fill_both, make_transitions
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
 from torchrl_seer.data import DeltaFrameStorage, make_frame_codec
+from torchrl_seer.data.checkpoint_checksums import seal_state
 
 
 @pytest.mark.parametrize("codec", ["zstd", "keyframe-sparse", "none"])
@@ -253,3 +254,143 @@ def test_transient_bytes_are_the_caches_and_codec_contexts_that_reads_create():
     assert delta.nbytes_transient() > delta.codec.memory_bytes()  # the decoded-chunk cache
     assert storage_nbytes(delta, transient=False) == kept  # reads do not change the rest
     assert storage_nbytes(delta) == delta.nbytes_held() == kept + delta.nbytes_transient()
+
+
+def assert_same_state(saved, restored, path="state"):
+    """Two state dicts hold the same structure, plain values and tensor bytes."""
+    if isinstance(saved, torch.Tensor):
+        assert isinstance(restored, torch.Tensor), path
+        assert saved.dtype == restored.dtype and saved.shape == restored.shape, path
+        assert torch.equal(saved, restored), path
+    elif isinstance(saved, dict):
+        assert isinstance(restored, dict) and set(saved) == set(restored), path
+        for key in saved:
+            assert_same_state(saved[key], restored[key], f"{path}[{key!r}]")
+    elif isinstance(saved, list):
+        assert isinstance(restored, list) and len(saved) == len(restored), path
+        for position, (a, b) in enumerate(zip(saved, restored, strict=True)):
+            assert_same_state(a, b, f"{path}[{position}]")
+    else:
+        assert saved == restored, path
+
+
+def held_bytes(storage):
+    return storage.nbytes_held() - storage.nbytes_transient()
+
+
+def written_part(buffer_state):
+    """A replay buffer's state dict with the raw keys cut to the written rows (the rest of
+    a preallocated raw-key table is uninitialized memory, as in ``LazyTensorStorage``)."""
+
+    def cut(value, rows):
+        if isinstance(value, dict):
+            return {key: cut(entry, rows) for key, entry in value.items()}
+        return value[:rows]
+
+    storage = dict(buffer_state["_storage"])
+    if storage["other"] is not None:
+        storage["other"] = cut(storage["other"], storage["len"])
+    storage.pop("checksums")  # they cover the uninitialized rows too
+    return {**buffer_state, "_storage": storage}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    frame_stack=st.integers(1, 4),
+    num_envs=st.integers(1, 3),
+    steps=st.integers(4, 30),
+    max_size=st.integers(7, 50),
+    order=st.sampled_from(["step-major", "env-major", "shuffled"]),
+    batch_sizes=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    codec=st.sampled_from(["zstd", "keyframe-sparse", "none"]),
+    chunk_len=st.integers(1, 9),
+    max_streams=st.integers(1, 4),
+    cut=st.floats(0.0, 1.0),
+    recompress=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_a_restored_storage_continues_exactly(
+    frame_stack,
+    num_envs,
+    steps,
+    max_size,
+    order,
+    batch_sizes,
+    codec,
+    chunk_len,
+    max_streams,
+    cut,
+    recompress,
+    seed,
+):
+    """Checkpointed at any point, restored and written on, a storage holds the same bytes
+    (state dict and byte count) as the storage that was never interrupted."""
+    data = make_transitions(
+        num_envs=num_envs,
+        steps=steps,
+        frame_stack=frame_stack,
+        channels=1,
+        seed=seed,
+        levels=2,
+        order=order,
+    )
+
+    def storage():
+        return DeltaFrameStorage(
+            max_size,
+            frame_stack=frame_stack,
+            codec=codec,
+            chunk_len=chunk_len,
+            max_streams=max_streams,
+            num_threads=0,
+        )
+
+    def write(rb, rows):
+        start, turn = 0, 0
+        while start < len(rows):
+            size = min(batch_sizes[turn % len(batch_sizes)], max_size)
+            rb.extend(rows[start : start + size])
+            start, turn = start + size, turn + 1
+
+    split = int(cut * len(data))
+    original = ReplayBuffer(storage=storage())
+    write(original, data[:split])
+    if recompress and codec == "zstd":
+        original.storage.recompress(9)
+    saved = original.state_dict()
+
+    restored = ReplayBuffer(storage=storage())
+    restored.load_state_dict(saved)
+    assert_same_state(written_part(saved), written_part(restored.state_dict()))
+    assert held_bytes(restored.storage) == held_bytes(original.storage)
+
+    write(original, data[split:])
+    write(restored, data[split:])
+    assert_same_state(written_part(original.state_dict()), written_part(restored.state_dict()))
+    assert held_bytes(restored.storage) == held_bytes(original.storage)
+    assert_same(restored.storage[:], original.storage[:])
+
+
+def test_a_format_3_checkpoint_restores_with_its_chunks_sealed():
+    """A checkpoint written before open chunks and streams were saved still restores."""
+    data = make_transitions(num_envs=2, steps=30, frame_stack=3, channels=1, seed=5)
+    delta = DeltaFrameStorage(40, frame_stack=3, chunk_len=8, num_threads=0)
+    lazy = LazyTensorStorage(40)
+    fill_both(data[:40], delta, lazy, [6])
+    state = delta.state_dict()
+    del state["checksums"]
+    state["config"]["format_version"] = 3
+    for entry in state["pixels"]:
+        for key in ("streams", "tick"):
+            del entry["index"][key]
+        del entry["index"]["table"]["exception_capacity"]
+        for key in ("open_slots", "free_slots", "recompressed", "refcount_size"):
+            del entry["index"]["pool"][key]
+    restored = DeltaFrameStorage(40, frame_stack=3, chunk_len=8, num_threads=0)
+    restored.load_state_dict(seal_state(state))
+    assert_same(restored[:], lazy[:])
+    assert all(not index._streams for index in restored._indices.values())
+    assert all(not index.pool._open for index in restored._indices.values())
+    for storage in (restored, lazy):  # and keeps working
+        storage.set(torch.arange(10, 30), data[40:60])
+    assert_same(restored[:], lazy[:])

@@ -439,13 +439,17 @@ class ChunkedFramePool:
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
-        """Returns every live chunk encoded (open chunks included), with CRC32 checksums."""
+        """Returns every live chunk encoded, with CRC32 checksums, and the pool's layout.
+
+        Open chunks are encoded too (empty ones included) and listed under ``"open_slots"``;
+        the order of the free slots, the size of the reference-count table and the chunks
+        already recompressed are kept, so that :meth:`load_state_dict` rebuilds a pool that
+        holds the same bytes and hands out the same slots as this one.
+        """
         slots, payloads, lengths, checksums = [], [], [], []
         for slot, length in enumerate(self._lengths):
             if slot in self._open:
-                if not length:
-                    continue
-                payload = self.codec.encode(self._open[slot][:length])
+                payload = self.codec.encode(self._open[slot][:length]) if length else b""
                 checksum = zlib.crc32(payload)
             elif self._payloads[slot] is not None:
                 payload = self._payloads[slot]  # type: ignore[assignment]
@@ -470,17 +474,24 @@ class ChunkedFramePool:
             "payload": torch.frombuffer(bytearray(blob), dtype=torch.uint8)
             if blob
             else torch.zeros(0, dtype=torch.uint8),
+            "open_slots": torch.tensor(sorted(self._open), dtype=torch.int64),
+            "free_slots": torch.tensor(self._free_slots, dtype=torch.int64),
+            "recompressed": torch.tensor(sorted(self._recompressed), dtype=torch.int64),
+            "refcount_size": int(self._refcount.numel()),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any], *, references: torch.Tensor) -> None:
-        """Restores the chunks of :meth:`state_dict` (all sealed), verifying checksums.
+        """Restores the chunks of :meth:`state_dict`, verifying checksums.
+
+        Chunks that were open come back open (raw, taking more frames); a state dict written
+        before open chunks were listed restores every chunk sealed.
 
         Args:
             state_dict: the output of :meth:`state_dict`.
 
         Keyword Args:
-            references: every frame id that references a chunk (index tables); chunks
-                referenced by none are dropped.
+            references: every frame id that references a chunk (index tables and stream
+                tails); sealed chunks referenced by none are dropped.
 
         Raises:
             ValueError: a payload does not match its checksum, or a reference points to a
@@ -497,10 +508,12 @@ class ChunkedFramePool:
             **{k: v for k, v in state_dict["codec"].items() if k != "codec"},
         )
         num_slots = int(state_dict["num_slots"])
+        open_slots = set(state_dict.get("open_slots", torch.zeros(0)).tolist())
         blob = state_dict["payload"].numpy().tobytes()
         payloads: list[bytes | None] = [None] * num_slots
         lengths = [0] * num_slots
         checksums = [0] * num_slots
+        opened: dict[int, torch.Tensor] = {}
         offset = 0
         for slot, length, size, checksum in zip(
             state_dict["slots"].tolist(),
@@ -513,22 +526,42 @@ class ChunkedFramePool:
             offset += size
             if len(payload) != size or zlib.crc32(payload) != checksum:
                 raise ValueError(f"corrupted frame chunk {slot}: checksum mismatch")
-            payloads[slot], lengths[slot], checksums[slot] = payload, length, checksum
+            lengths[slot] = length
+            if slot in open_slots:
+                raw = torch.empty((self.chunk_len, *self.frame_shape), dtype=torch.uint8)
+                if length:
+                    frames = self.codec.decode(payload, length, self.frame_shape)
+                    raw[:length] = torch.from_numpy(np.array(frames))
+                opened[slot] = raw
+            else:
+                payloads[slot], checksums[slot] = payload, checksum
+        if set(opened) != open_slots:
+            raise ValueError(
+                f"corrupted checkpoint: open frame chunks {sorted(open_slots - set(opened))} "
+                "are missing"
+            )
         self._payloads, self._lengths, self._checksums = payloads, lengths, checksums
-        self._open = {}
-        self._recompressed = set()
+        self._open = opened
         self.clear_cache()
-        self._refcount = torch.zeros(max(64, num_slots), dtype=torch.int64)
+        refcount_size = max(64, num_slots, int(state_dict.get("refcount_size", 0)))
+        self._refcount = torch.zeros(refcount_size, dtype=torch.int64)
         self.incref(references)
         referenced = self._refcount[:num_slots] > 0
         for slot in range(num_slots):
-            present = payloads[slot] is not None
+            present = payloads[slot] is not None or slot in opened
             if bool(referenced[slot]) and not present:
                 raise ValueError(f"corrupted checkpoint: frame chunk {slot} is missing")
-            if present and not bool(referenced[slot]):
-                payloads[slot] = None
+            if payloads[slot] is not None and not bool(referenced[slot]):
+                payloads[slot], lengths[slot], checksums[slot] = None, 0, 0
         self._payload_total = sum(len(p) for p in payloads if p is not None)
-        self._free_slots = [s for s in range(num_slots - 1, -1, -1) if payloads[s] is None]
+        free = [s for s in range(num_slots - 1, -1, -1) if payloads[s] is None and s not in opened]
+        saved_free = state_dict.get("free_slots")
+        if saved_free is not None and sorted(saved_free.tolist()) == sorted(free):
+            free = saved_free.tolist()  # the same slots handed out in the same order
+        self._free_slots = free
+        self._recompressed = set(state_dict.get("recompressed", torch.zeros(0)).tolist()) - set(
+            free
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

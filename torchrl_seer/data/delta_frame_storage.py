@@ -28,9 +28,11 @@ __all__ = ["DeltaFrameStorage"]
 
 # 2: every tensor and value of a checkpoint is checksummed
 # 3: frame ids stored as newest id + padding counts, with verbatim exception rows
-_FORMAT_VERSION = 3
-# older formats this version restores (their index tables are converted)
-_READABLE_FORMAT_VERSIONS = (2, 3)
+# 4: open chunks and write streams saved, so that a restored storage continues exactly
+_FORMAT_VERSION = 4
+# older formats this version restores (their index tables are converted; their chunks come
+# back sealed and their write streams start afresh)
+_READABLE_FORMAT_VERSIONS = (2, 3, 4)
 
 
 class DeltaFrameStorage(LazyTensorStorage):

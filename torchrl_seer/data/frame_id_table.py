@@ -180,16 +180,18 @@ class FrameIdTable:
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
-        """Returns copies of the compact rows and of the live exception rows only."""
-        live = torch.nonzero(self.padding == _EXCEPTION).flatten()
-        newest = self.newest.clone()
-        exceptions = self.exceptions[newest[live].to(torch.int64)].clone()
-        newest[live] = torch.arange(live.numel(), dtype=torch.int32)
+        """Returns copies of the compact rows, the exception rows handed out and the capacity.
+
+        The exception rows are kept as they lie (rows no longer pointed at included) with the
+        allocated capacity, so that a restored table holds the same bytes and makes room at
+        the same writes as this one.
+        """
         return {
-            "newest": newest,
+            "newest": self.newest.clone(),
             "next_step": self.next_step.clone(),
             "padding": self.padding.clone(),
-            "exceptions": exceptions,
+            "exceptions": self.exceptions[: self._num_exceptions].clone(),
+            "exception_capacity": int(self.exceptions.shape[0]),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -227,7 +229,9 @@ class FrameIdTable:
         self.newest = state_dict["newest"].clone()
         self.next_step = state_dict["next_step"].clone()
         self.padding = state_dict["padding"].clone()
-        self.exceptions = exceptions.clone()
+        capacity = max(exceptions.shape[0], int(state_dict.get("exception_capacity", 0)))
+        self.exceptions = torch.empty((capacity, 2 * self.frame_stack), dtype=torch.int32)
+        self.exceptions[: exceptions.shape[0]] = exceptions
         self._num_exceptions = exceptions.shape[0]
 
     def load_verbatim(self, table: torch.Tensor) -> None:

@@ -456,22 +456,68 @@ class FrameStackIndex:
 
     # -------------------------------------------------------------- persistence
     def state_dict(self) -> dict[str, Any]:
-        """Returns the frame-id table and the encoded chunks."""
-        state = {"table": self.table.state_dict(), "pool": self.pool.state_dict()}
+        """Returns the frame-id table, the encoded chunks and the open streams.
+
+        A stream is saved as its open chunk's slot, the frame ids of its tail and its
+        bookkeeping; the tail's frames are in the chunks already.
+        """
+        streams = [
+            {
+                "slot": stream.slot,
+                "tail_ids": (
+                    stream.tail_ids.clone()
+                    if stream.tail_ids is not None
+                    else torch.zeros(0, dtype=torch.int64)
+                ),
+                "last_used": stream.last_used,
+                "ended": stream.ended,
+            }
+            for stream in self._streams
+        ]
+        state = {
+            "table": self.table.state_dict(),
+            "pool": self.pool.state_dict(),
+            "streams": streams,
+            "tick": self._tick,
+        }
         self.pool.release_encoder()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict`; streams restart empty.
+        """Restores :meth:`state_dict`: the table, the chunks (open ones open) and the streams.
 
-        A ``"table"`` given as one ``[max_size, 2F]`` ``int32`` tensor of ids (the layout of
-        checkpoint format 2) is converted.
+        The restored index holds the same bytes as the saved one and continues its streams:
+        the next writes share frames with the last ones saved, exactly as they would have
+        without the checkpoint. A state dict without streams (checkpoint formats 2 and 3)
+        restores every chunk sealed and restarts the streams empty. A ``"table"`` given as one
+        ``[max_size, 2F]`` ``int32`` tensor of ids (the layout of checkpoint format 2) is
+        converted.
         """
         table = FrameIdTable(self.max_size, frame_stack=self.frame_stack)
         if isinstance(state_dict["table"], torch.Tensor):
             table.load_verbatim(state_dict["table"])
         else:
             table.load_state_dict(state_dict["table"])
-        self._streams = []
-        self.pool.load_state_dict(state_dict["pool"], references=table.all_rows())
+        saved_streams = state_dict.get("streams", [])
+        tails = [entry["tail_ids"].to(torch.int64) for entry in saved_streams]
+        self.pool.load_state_dict(
+            state_dict["pool"], references=torch.cat([table.all_rows().reshape(-1), *tails])
+        )
+        streams = []
+        for entry, tail_ids in zip(saved_streams, tails, strict=True):
+            slot = int(entry["slot"])
+            if slot >= 0 and not self.pool.is_open(slot):
+                raise ValueError(f"corrupted checkpoint: stream chunk {slot} is not open")
+            stream = _Stream(
+                slot=slot, last_used=int(entry["last_used"]), ended=bool(entry["ended"])
+            )
+            if tail_ids.numel():
+                (frames,) = self.pool.gather([tail_ids.view(1, -1)])
+                stream.tail_ids = tail_ids.clone()
+                stream.tail_words = _words(frames.cpu())[0].clone()
+                stream.tail_fingerprint = _fingerprint(stream.tail_words[-1].numpy())
+            streams.append(stream)
+        self.pool.clear_cache()
+        self._streams = streams
+        self._tick = int(state_dict.get("tick", 0))
         self.table = table
