@@ -25,6 +25,20 @@ taken from the Atari page's record::
     python -m seer_benchmarks.parity_seer runs/capped --recipe atari_capped \
         --import-runs docs/benchmarks/seer_parity.json --import-select RoadRunner:0
 
+Transfer (``--recipe atari_transfer``): the CNN frozen by the capped SEER run (saved with
+``seer.save_encoder=runs/roadrunner_cnn_50k.pt``), loaded and frozen from step 0 on another game
+and on other seeds of its own game, compared over 50k steps with the Atari page's no-freeze runs::
+
+    python examples/seer_atari.py env.name=Breakout seed=0 collector.total_frames=50000 \
+        seer.freeze_at=0 seer.load_encoder=runs/roadrunner_cnn_50k.pt \
+        logger.output_dir=runs/transfer/breakout
+    python examples/seer_atari.py env.name=RoadRunner seed=1 collector.total_frames=50000 \
+        seer.freeze_at=0 seer.load_encoder=runs/roadrunner_cnn_50k.pt \
+        logger.output_dir=runs/transfer/roadrunner_s1   # and seed=2
+    python -m seer_benchmarks.parity_seer runs/transfer --recipe atari_transfer --max-steps 50000 \
+        --import-runs docs/benchmarks/seer_parity.json --import-select "Breakout:0:no freeze" \
+        --import-select "RoadRunner:1:no freeze" --import-select "RoadRunner:2:no freeze"
+
 DMC from pixels (``examples/seer_dmc.py``, 12,500 agent steps = 100k environment steps at
 action repeat 8)::
 
@@ -140,17 +154,20 @@ RECIPES = {
     ),
     "atari_transfer": RecipePage(
         page="seer_transfer",
-        title="SEER transfer on Atari: a CNN frozen on one game, reused from step 0 on another "
-        "(CPU)",
+        title="SEER transfer on Atari: a CNN frozen by one run, reused from step 0 on another "
+        "game and on other seeds of its own (CPU)",
         description=(
-            "DQN from `examples/seer_atari.py`. The transferred arm loads the data-efficient CNN "
-            "that the capped-buffer SEER run froze on RoadRunner at 50k steps "
-            "(`seer.save_encoder`), starts Breakout with `seer.freeze_at=0 seer.load_encoder=...`: "
-            "the buffer stores 576-float latents from the first transition and only the Q head "
-            "learns. The from-scratch arm is the no-freeze Breakout run of the Atari parity page "
-            "(same seed and settings, imported). Both are compared over the transferred run's "
-            "length: final return = episodes ending in its last "
-            f"{FINAL_SHARE:.0%}; the median update times say what the learner pays per update."
+            "DQN from `examples/seer_atari.py`. A transferred arm loads the data-efficient CNN "
+            "that the seed-0 capped-buffer SEER run froze on RoadRunner at 50k steps "
+            "(`seer.save_encoder`) and starts its task with `seer.freeze_at=0 "
+            "seer.load_encoder=...`: the buffer stores 576-float latents from the first "
+            "transition and only the Q head learns. Targets: Breakout (another game) and "
+            "RoadRunner with other seeds (the same game: a control that separates what the "
+            "features carry across games from what freezing from step 0 costs). The from-scratch "
+            "arm is the no-freeze run of the same task and seed on the Atari parity page (same "
+            "settings, imported). Both are compared over the transferred run's length: final "
+            f"return = episodes ending in its last {FINAL_SHARE:.0%}; the median update times "
+            "say what the learner pays per update."
         ),
         bin_frames=20_000,
         window_frames=40_000,

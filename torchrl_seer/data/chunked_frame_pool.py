@@ -508,7 +508,7 @@ class ChunkedFramePool:
             **{k: v for k, v in state_dict["codec"].items() if k != "codec"},
         )
         num_slots = int(state_dict["num_slots"])
-        open_slots = set(state_dict.get("open_slots", torch.zeros(0)).tolist())
+        open_slots = set(state_dict.get("open_slots", torch.zeros(0, dtype=torch.int64)).tolist())
         blob = state_dict["payload"].numpy().tobytes()
         payloads: list[bytes | None] = [None] * num_slots
         lengths = [0] * num_slots
@@ -559,9 +559,8 @@ class ChunkedFramePool:
         if saved_free is not None and sorted(saved_free.tolist()) == sorted(free):
             free = saved_free.tolist()  # the same slots handed out in the same order
         self._free_slots = free
-        self._recompressed = set(state_dict.get("recompressed", torch.zeros(0)).tolist()) - set(
-            free
-        )
+        recompressed = state_dict.get("recompressed", torch.zeros(0, dtype=torch.int64))
+        self._recompressed = set(recompressed.tolist())
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -719,10 +719,12 @@ class DeltaFrameStorage(LazyTensorStorage):
         }
 
     def state_dict(self) -> dict[str, Any]:
-        """Returns a copy of the raw keys, index tables and encoded chunks, checksummed.
+        """Returns a copy of the raw keys, index tables, encoded chunks and write streams.
 
         Nothing in the result shares memory with the storage: later writes do not change
-        a state dict taken before them.
+        a state dict taken before them. Open chunks and the streams writing to them are saved
+        too, so that a storage restored with :meth:`load_state_dict` holds the same bytes and
+        goes on exactly as this one would.
 
         Returns:
             A dict of tensors and plain Python values (``torch.load(weights_only=True)``
