@@ -25,9 +25,10 @@ taken from the Atari page's record::
     python -m seer_benchmarks.parity_seer runs/capped --recipe atari_capped \
         --import-runs docs/benchmarks/seer_parity.json --import-select RoadRunner:0
 
-Transfer (``--recipe atari_transfer``): the CNN frozen by the capped SEER run (saved with
+Transfer (``--recipe atari_transfer``): a CNN frozen by a capped SEER run (saved with
 ``seer.save_encoder=runs/roadrunner_cnn_50k.pt``), loaded and frozen from step 0 on another game
-and on other seeds of its own game, compared over 50k steps with the Atari page's no-freeze runs::
+and on other seeds of its own game, compared over 50k steps with the Atari page's no-freeze runs
+(an arm is named by the file of the CNN it loads)::
 
     python examples/seer_atari.py env.name=Breakout seed=0 collector.total_frames=50000 \
         seer.freeze_at=0 seer.load_encoder=runs/roadrunner_cnn_50k.pt \
@@ -35,9 +36,12 @@ and on other seeds of its own game, compared over 50k steps with the Atari page'
     python examples/seer_atari.py env.name=RoadRunner seed=1 collector.total_frames=50000 \
         seer.freeze_at=0 seer.load_encoder=runs/roadrunner_cnn_50k.pt \
         logger.output_dir=runs/transfer/roadrunner_s1   # and seed=2
+    # the same with the CNNs of seeds 1 and 2 (taken from their runs' checkpoints):
+    # roadrunner_s2_cnn_50k.pt on Breakout seed 0, roadrunner_s1_cnn_50k.pt on RoadRunner seed 0
     python -m seer_benchmarks.parity_seer runs/transfer --recipe atari_transfer --max-steps 50000 \
         --import-runs docs/benchmarks/seer_parity.json --import-select "Breakout:0:no freeze" \
-        --import-select "RoadRunner:1:no freeze" --import-select "RoadRunner:2:no freeze"
+        --import-select "RoadRunner:0:no freeze" --import-select "RoadRunner:1:no freeze" \
+        --import-select "RoadRunner:2:no freeze"
 
 DMC from pixels (``examples/seer_dmc.py``, 12,500 agent steps = 100k environment steps at
 action repeat 8)::
@@ -158,12 +162,14 @@ RECIPES = {
         "game and on other seeds of its own (CPU)",
         description=(
             "DQN from `examples/seer_atari.py`. A transferred arm loads the data-efficient CNN "
-            "that the seed-0 capped-buffer SEER run froze on RoadRunner at 50k steps "
-            "(`seer.save_encoder`) and starts its task with `seer.freeze_at=0 "
-            "seer.load_encoder=...`: the buffer stores 576-float latents from the first "
-            "transition and only the Q head learns. Targets: Breakout (another game) and "
-            "RoadRunner with other seeds (the same game: a control that separates what the "
-            "features carry across games from what freezing from step 0 costs). The from-scratch "
+            "that a capped-buffer SEER run froze on RoadRunner at 50k steps (the arm names the "
+            "file: `roadrunner_cnn_50k` from seed 0, `roadrunner_s1_cnn_50k` and "
+            "`roadrunner_s2_cnn_50k` from seeds 1 and 2) and starts its task with "
+            "`seer.freeze_at=0 seer.load_encoder=...`: the buffer stores 576-float latents from "
+            "the first transition and only the Q head learns. Targets: Breakout (another game) "
+            "and RoadRunner with other seeds than the CNN's (the same game: a control that "
+            "separates what the features carry across games from what freezing from step 0 "
+            "costs). The from-scratch "
             "arm is the no-freeze run of the same task and seed on the Atari parity page (same "
             "settings, imported). Both are compared over the transferred run's length: final "
             f"return = episodes ending in its last {FINAL_SHARE:.0%}; the median update times "
@@ -230,12 +236,14 @@ def arm_name(
 ) -> str:
     """The arm of a run: ``freeze_at="auto"``, its fixed freeze step, or no freeze.
 
-    A run with ``--no-latent-replay`` (the encoder frozen, pixel replay kept) is its own arm.
+    A run with ``--no-latent-replay`` (the encoder frozen, pixel replay kept) is its own arm, and
+    so is a run that loads a saved CNN (transfer), named by the CNN's file.
     A pixel buffer capacity other than ``default_pixel_capacity`` is named in the arm (always
     when that is ``None``).
     """
-    if config.get("load_encoder"):
-        name = f"{TRANSFERRED} T_f={freeze.get('freeze_step', 0):,}"
+    if config.get("load_encoder"):  # named by the file of the CNN it loads
+        source = Path(config["load_encoder"]).stem
+        name = f"{TRANSFERRED} {source} T_f={freeze.get('freeze_step', 0):,}"
     elif config["freeze_at"] == "auto":
         name = AUTO
     elif not freeze:

@@ -62,6 +62,11 @@ def test_seer_parity_names_and_orders_arms():
     assert ablation == "freeze, pixel replay T_f=20,000"
     arms = [NO_FREEZE, AUTO, fixed, ablation, "SEER T_f=20,000"]
     assert sorted(arms, key=arm_order) == ["SEER T_f=20,000", ablation, fixed, AUTO, NO_FREEZE]
+    transfer = {"freeze_at": "0", "load_encoder": "/runs/roadrunner_s1_cnn.pt"}
+    assert arm_name(transfer, {"freeze_step": 0}) == "transferred CNN roadrunner_s1_cnn T_f=0"
+    assert (
+        sorted([NO_FREEZE, arm_name(transfer, {"freeze_step": 0})], key=arm_order)[0] != NO_FREEZE
+    )
     capped = {"freeze_at": "100000000", "pixel_capacity": 20_000}
     assert arm_name(capped, {}, 100_000) == "no freeze, pixel buffer 20,000"
     assert arm_name({**capped, "pixel_capacity": 100_000}, {}, 100_000) == NO_FREEZE
