@@ -494,7 +494,10 @@ def main(argv: list[str] | None = None) -> None:
                     len(group),
                     ", ".join(f"{f:.1f}" for f in finals),
                     round(statistics.mean(finals), 1),
-                    round(statistics.stdev(finals), 1) if len(finals) > 1 else "-",
+                    # a run with no episode in its final window (still going) has no final return
+                    round(statistics.stdev(finals), 1)
+                    if len(finals) > 1 and not any(math.isnan(f) for f in finals)
+                    else "-",
                     _rounded(statistics.mean(r["learner_seconds"] for r in group)),
                 ]
             )
