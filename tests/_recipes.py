@@ -71,8 +71,8 @@ def assert_same_checkpoints(dir_a: Path, dir_b: Path, make_buffer=None) -> None:
     a = torch.load(dir_a / "state.pt", weights_only=False)
     b = torch.load(dir_b / "state.pt", weights_only=False)
     assert a["frames"] == b["frames"]
-    _assert_equal(a["state"], b["state"], "state")
-    _assert_equal(a["rng"]["torch"], b["rng"]["torch"], "rng")
+    assert_equal_state(a["state"], b["state"], "state")
+    assert_equal_state(a["rng"]["torch"], b["rng"]["torch"], "rng")
     files_a = sorted(p.relative_to(dir_a) for p in dir_a.rglob("*") if p.is_file())
     files_b = sorted(p.relative_to(dir_b) for p in dir_b.rglob("*") if p.is_file())
     assert files_a == files_b
@@ -111,22 +111,25 @@ MEASUREMENTS = ("seconds", "rss_before_bytes", "rss_after_bytes", "actor_seconds
                 "budget_bytes", "pixel_storage_bytes", "pixel_bytes_per_transition")  # fmt: skip
 
 
-def _assert_equal(a, b, where: str) -> None:
+def assert_equal_state(a, b, where: str) -> None:
+    """Two nested states (dicts, lists, tensors, plain values) are equal, tensors bit for bit
+    with the same dtype and shape; measurements (:data:`MEASUREMENTS`) are not compared."""
     if where.rsplit(".", 1)[-1] in MEASUREMENTS:
         return
     if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
         assert torch.equal(a, b), where
     elif isinstance(a, TensorDictBase):  # e.g. a weight packet
-        _assert_equal(a.to_dict(), b.to_dict(), where)
+        assert_equal_state(a.to_dict(), b.to_dict(), where)
     elif isinstance(a, PolicyCompressor):  # a compression pipeline is what its spec says
         assert a.spec() == b.spec(), where
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for key in a:
-            _assert_equal(a[key], b[key], f"{where}.{key}")
+            assert_equal_state(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_equal(x, y, f"{where}[{i}]")
+            assert_equal_state(x, y, f"{where}[{i}]")
     elif not (isinstance(a, float) and a != a):
         assert a == b, where

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from test_delta_frame_storage import assert_same, fill_both, make_transitions
 from torchrl.data import LazyTensorStorage, ReplayBuffer, TensorDictReplayBuffer
 
+from tests._recipes import assert_equal_state
 from torchrl_seer.data import DeltaFrameStorage, make_frame_codec
 from torchrl_seer.data.checkpoint_checksums import seal_state
 
@@ -256,24 +257,6 @@ def test_transient_bytes_are_the_caches_and_codec_contexts_that_reads_create():
     assert storage_nbytes(delta) == delta.nbytes_held() == kept + delta.nbytes_transient()
 
 
-def assert_same_state(saved, restored, path="state"):
-    """Two state dicts hold the same structure, plain values and tensor bytes."""
-    if isinstance(saved, torch.Tensor):
-        assert isinstance(restored, torch.Tensor), path
-        assert saved.dtype == restored.dtype and saved.shape == restored.shape, path
-        assert torch.equal(saved, restored), path
-    elif isinstance(saved, dict):
-        assert isinstance(restored, dict) and set(saved) == set(restored), path
-        for key in saved:
-            assert_same_state(saved[key], restored[key], f"{path}[{key!r}]")
-    elif isinstance(saved, list):
-        assert isinstance(restored, list) and len(saved) == len(restored), path
-        for position, (a, b) in enumerate(zip(saved, restored, strict=True)):
-            assert_same_state(a, b, f"{path}[{position}]")
-    else:
-        assert saved == restored, path
-
-
 def held_bytes(storage):
     return storage.nbytes_held() - storage.nbytes_transient()
 
@@ -361,12 +344,14 @@ def test_a_restored_storage_continues_exactly(
 
     restored = ReplayBuffer(storage=storage())
     restored.load_state_dict(saved)
-    assert_same_state(written_part(saved), written_part(restored.state_dict()))
+    assert_equal_state(written_part(saved), written_part(restored.state_dict()), "state")
     assert held_bytes(restored.storage) == held_bytes(original.storage)
 
     write(original, data[split:])
     write(restored, data[split:])
-    assert_same_state(written_part(original.state_dict()), written_part(restored.state_dict()))
+    assert_equal_state(
+        written_part(original.state_dict()), written_part(restored.state_dict()), "state"
+    )
     assert held_bytes(restored.storage) == held_bytes(original.storage)
     assert_same(restored.storage[:], original.storage[:])
 

@@ -89,8 +89,9 @@ def test_rows_are_exactly_the_ids_written(
     restored.load_state_dict(table.state_dict())
     assert torch.equal(restored.all_rows(), reference)
     assert restored.nbytes() == table.nbytes()  # the same allocated exception table
+    restored_state = restored.state_dict()
     for name, saved in table.state_dict().items():
-        assert torch.equal(torch.as_tensor(restored.state_dict()[name]), torch.as_tensor(saved))
+        assert torch.equal(torch.as_tensor(restored_state[name]), torch.as_tensor(saved))
     verbatim = FrameIdTable(max_size, frame_stack=frame_stack)
     verbatim.load_verbatim(reference.to(torch.int32))
     assert torch.equal(verbatim.all_rows(), reference)
