@@ -10,6 +10,7 @@ from tensordict import TensorDict
 from torchrl.data import (
     LazyTensorStorage,
     PrioritizedSampler,
+    PrioritizedSliceSampler,
     RandomSampler,
     ReplayBuffer,
     SamplerWithoutReplacement,
@@ -19,6 +20,7 @@ from torchrl.data import (
 )
 
 from torchrl_seer.data import DeltaFrameStorage
+from torchrl_seer.data.frame_stack_index import FrameStackIndex
 
 
 def make_transitions(
@@ -317,6 +319,55 @@ def test_samplers_and_buffers(kind, sampler, device_cache_bytes):
         if kind == "tdprb":
             sample.set("td_error", torch.rand(16))
             rb_delta.update_tensordict_priority(sample)
+
+
+def with_step_counts(data):
+    """``data`` with a ``step_count`` key: each row's position within its trajectory."""
+    traj_ids = data["collector", "traj_ids"].tolist()
+    seen: dict[int, int] = {}
+    steps = []
+    for traj in traj_ids:
+        steps.append(seen.get(traj, 0))
+        seen[traj] = steps[-1] + 1
+    return data.set("step_count", torch.tensor(steps))
+
+
+SLICE_SAMPLERS = {
+    "traj-key": lambda: SliceSampler(slice_len=4, traj_key=("collector", "traj_ids")),
+    "end-key": lambda: SliceSampler(slice_len=4, end_key=("next", "done")),
+    "fragmented": lambda: SliceSampler(
+        slice_len=4, traj_key=("collector", "traj_ids"), step_key="step_count", fragmented=True
+    ),
+    "prioritized": lambda: PrioritizedSliceSampler(
+        64, slice_len=4, traj_key=("collector", "traj_ids"), alpha=0.7, beta=0.5
+    ),
+}
+
+
+@pytest.mark.parametrize("sampler", sorted(SLICE_SAMPLERS))
+def test_slice_samplers_decode_only_the_rows_a_sample_returns(sampler, monkeypatch):
+    decoded = []
+    read = FrameStackIndex.read
+
+    def counting_read(self, positions):
+        decoded.append(positions.numel())
+        return read(self, positions)
+
+    monkeypatch.setattr(FrameStackIndex, "read", counting_read)
+    data = make_transitions(
+        num_envs=2, steps=30, frame_stack=4, channels=1, seed=5, order="env-major"
+    )
+    storage = DeltaFrameStorage(64, frame_stack=4, chunk_len=8)
+    rb = ReplayBuffer(storage=storage, sampler=SLICE_SAMPLERS[sampler](), batch_size=8)
+    rb.extend(with_step_counts(data))
+    # finding trajectories and reading the sampled rows' done flags decode no frame
+    (index,), _ = rb.sampler.sample(storage, 8)
+    assert index.shape == (8,) and decoded == []
+    sample = rb.sample()
+    assert decoded == [8] and sample["pixels"].shape == (8, 4, 8, 8)
+    decoded.clear()
+    assert storage[:]["pixels"].shape == (60, 4, 8, 8)  # an ordinary full read decodes
+    assert decoded == [60]
 
 
 @pytest.mark.parametrize("device_cache_bytes", DEVICE_CACHES)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import copy
-import inspect
-import sys
 import threading
 from collections.abc import Sequence
 from multiprocessing.context import get_spawning_popen
-from types import CodeType
 from typing import Any
 
 import torch
 from tensordict import NestedKey, TensorDict, TensorDictBase, is_tensor_collection, unravel_key
-from torchrl.data import LazyTensorStorage, ReplayBuffer, SliceSampler
-from torchrl.data.replay_buffers.storages import Storage
+from torchrl.data import LazyTensorStorage
 
 from torchrl_seer.data.checkpoint_checksums import seal_state, verify_state
 from torchrl_seer.data.chunked_frame_pool import ChunkedFramePool
@@ -22,7 +18,11 @@ from torchrl_seer.data.delta_checkpointer import DeltaFrameStorageCheckpointer
 from torchrl_seer.data.frame_codecs import FrameCodec, ZstdChunkCodec, make_frame_codec
 from torchrl_seer.data.frame_stack_index import FrameStackIndex
 from torchrl_seer.data.latent_replay_checkpointer import LatentReplayCheckpointer
-from torchrl_seer.data.replay_rewiring import relocate_tensor_rows, rewind_failed_write
+from torchrl_seer.data.replay_rewiring import (
+    relocate_tensor_rows,
+    rewind_failed_write,
+    storage_reader_kind,
+)
 
 __all__ = ["DeltaFrameStorage"]
 
@@ -510,8 +510,9 @@ class DeltaFrameStorage(LazyTensorStorage):
         """Returns the transitions at ``index``, as :class:`~torchrl.data.LazyTensorStorage` does.
 
         The result is a new TensorDict: the decoded pixels never enter the raw storage. When
-        :class:`~torchrl.data.SliceSampler` reads the whole storage to find its trajectories
-        (it only reads the trajectory or done keys), no pixel is decoded.
+        a slice sampler reads the storage for keys only (the whole storage to find its
+        trajectories, the sampled rows for their done flags), no pixel is decoded: see
+        :func:`~torchrl_seer.data.replay_rewiring.storage_reader_kind`.
 
         Args:
             index: an integer, slice, sequence, tensor (any shape) or 1-tuple of those.
@@ -522,7 +523,7 @@ class DeltaFrameStorage(LazyTensorStorage):
         """
         self._take_pending_edit()
         out = super().get(index).copy()
-        caller = _caller_kind()
+        caller = storage_reader_kind()
         if caller == "key-reader":
             return out
         if isinstance(index, range):
@@ -878,35 +879,3 @@ def _cloned(value: Any) -> Any:
     if isinstance(value, list):
         return [_cloned(v) for v in value]
     return value
-
-
-def _code_objects(owner: Any, names: Sequence[str]) -> list[CodeType]:
-    functions = [getattr(owner, name, None) for name in names]
-    return [inspect.unwrap(f).__code__ for f in functions if f is not None]
-
-
-# Callers of ``storage[:]`` that read only non-pixel keys (trajectory ids, done flags) ...
-_KEY_READERS = _code_objects(SliceSampler, ("_get_stop_and_length", "_end_signal_from_keys"))
-_KEY_READERS += _code_objects(
-    getattr(sys.modules.get(SliceSampler.__module__), "_FragmentedTrajectoryIndex", None),
-    ("_read_records",),
-)
-# ... and those that edit the returned TensorDict in place (ReplayBuffer.set_at_ & co).
-_IN_PLACE_EDITORS = _code_objects(ReplayBuffer, ("set_at_", "set_", "update_"))
-_CALLER_KINDS = {
-    **{code: "key-reader" for code in _KEY_READERS},
-    **{code: "in-place-editor" for code in _IN_PLACE_EDITORS},
-}
-_GETITEM_CODE = Storage.__getitem__.__code__
-
-
-def _caller_kind() -> str | None:
-    """What the code that called :meth:`DeltaFrameStorage.get` does with the result.
-
-    Returns ``"key-reader"`` (only non-pixel keys are read), ``"in-place-editor"`` (the
-    result is edited in place and must be written back) or ``None`` (an ordinary read).
-    """
-    frame = sys._getframe(2)  # 0: this function, 1: get, 2: Storage.__getitem__ or the caller
-    if frame.f_code is _GETITEM_CODE and frame.f_back is not None:
-        frame = frame.f_back
-    return _CALLER_KINDS.get(frame.f_code)

@@ -57,7 +57,7 @@ class LatentEncodeTransform(Transform):
         >>> pixels = torch.zeros(8, 4, 84, 84, dtype=torch.uint8)
         >>> td = TensorDict({"pixels": pixels, ("next", "pixels"): pixels}, [8])
         >>> _ = rb.extend(td)
-        >>> set(rb.storage._storage.keys(True, True)) == {"latent", ("next", "latent")}
+        >>> set(rb.storage[:].keys(True, True)) == {"latent", ("next", "latent")}
         True
         >>> rb.sample()["latent"].shape
         torch.Size([4, 576])

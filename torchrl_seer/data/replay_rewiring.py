@@ -5,12 +5,14 @@ kind with the writer, sampler and attachments kept consistent, or to undo a writ
 after a refused write. Every such operation of this library goes through the functions below,
 so that what depends on TorchRL's private state (writer cursors and write counts, a storage's
 length, inner rows and cached shape, the trees of a :class:`~torchrl.data.PrioritizedSampler`,
-the buffers attached to a storage) lives in one place.
+the buffers attached to a storage, the private methods through which its samplers read a
+storage) lives in one place.
 
 Functions:
 
 * reading a buffer: :func:`writer_position`, :func:`oldest_first_slots`,
-  :func:`chronological_indices`, :func:`attached_replay_buffers`, :func:`storage_nbytes`;
+  :func:`chronological_indices`, :func:`attached_replay_buffers`, :func:`storage_nbytes`,
+  :func:`storage_reader_kind` (which TorchRL code is reading a storage, and for what);
 * changing capacity: :func:`resize_round_robin` (rows kept oldest first, cursor, priorities),
   built from :func:`relocate_rows` and :func:`relocate_sampler_state`;
   :func:`adopt_loaded_capacity` after a checkpoint of another capacity was loaded;
@@ -25,14 +27,22 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from types import CodeType
 
 import torch
 from tensordict import is_tensor_collection
 from torch.utils._pytree import tree_flatten, tree_map
 from torchrl.data import ReplayBuffer
-from torchrl.data.replay_buffers.samplers import PrioritizedSampler, Sampler, SliceSampler
+from torchrl.data.replay_buffers.samplers import (
+    PrioritizedSampler,
+    PrioritizedSliceSampler,
+    Sampler,
+    SliceSampler,
+)
 from torchrl.data.replay_buffers.storages import LazyMemmapStorage, Storage, TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 from torchrl.envs.transforms import Transform
@@ -56,6 +66,7 @@ __all__ = [
     "rewind_failed_write",
     "set_writer_position",
     "storage_nbytes",
+    "storage_reader_kind",
     "switch_to_latent_replay",
     "watch_for_latent_checkpoint",
     "write_transaction",
@@ -198,6 +209,61 @@ def storage_nbytes(storage: Storage, *, transient: bool = True) -> int:
         f"cannot measure the bytes of a {type(storage).__name__}: implement the SizedStorage "
         "protocol (nbytes_held) or pass an explicit budget."
     )
+
+
+def _own_code(owner: type | None, names: Sequence[str]) -> list[CodeType]:
+    """The code of the methods ``owner`` itself defines under ``names`` (absent ones skipped)."""
+    functions = [vars(owner).get(name) for name in names] if owner is not None else []
+    return [inspect.unwrap(f).__code__ for f in functions if inspect.isfunction(f)]
+
+
+def _torchrl_class(module: str, name: str) -> type | None:
+    try:
+        return getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+
+
+# Code that reads a storage for its non-pixel keys only: SliceSampler's search for trajectories
+# (trajectory ids or done flags of ``storage[:]``, or the trajectory and step keys through its
+# fragmented-trajectory index), its reading of the sampled rows' done, terminated and init
+# flags, and PrioritizedSliceSampler's own reading of them ...
+_KEY_READERS = [
+    *_own_code(SliceSampler, ("_get_stop_and_length", "_end_signal_from_keys", "_finalize_index")),
+    *_own_code(PrioritizedSliceSampler, ("sample",)),
+    *_own_code(
+        _torchrl_class(
+            "torchrl.data.replay_buffers.samplers._trajectory", "_FragmentedTrajectoryIndex"
+        ),
+        ("_read_records",),
+    ),
+]
+_IN_PLACE_EDITORS = _own_code(ReplayBuffer, ("set_at_", "set_", "update_"))
+_READER_KINDS: dict[CodeType, str] = {
+    **{code: "key-reader" for code in _KEY_READERS},
+    **{code: "in-place-editor" for code in _IN_PLACE_EDITORS},
+}
+_GETITEM_CODE = Storage.__getitem__.__code__
+
+
+def storage_reader_kind() -> str | None:
+    """What the TorchRL code reading a storage will do with what the read returns.
+
+    Call it directly from a storage's ``get``. TorchRL's samplers and ``set_at_`` read the
+    whole storage (``storage[:]``) and no argument says why: :class:`~torchrl.data.SliceSampler`
+    (and its trajectory index) then reads only the trajectory and done keys, while
+    ``ReplayBuffer.set_at_``, ``set_`` and ``update_`` edit the returned TensorDict in place.
+    The caller is found on the call stack (through ``Storage.__getitem__`` if the read went
+    through it).
+
+    Returns:
+        ``"key-reader"`` (only non-pixel keys are read), ``"in-place-editor"`` (the result is
+        edited in place and must be written back) or ``None`` (an ordinary read).
+    """
+    frame = sys._getframe(2)  # 0: this function, 1: get, 2: Storage.__getitem__ or the caller
+    if frame.f_code is _GETITEM_CODE and frame.f_back is not None:
+        frame = frame.f_back
+    return _READER_KINDS.get(frame.f_code)
 
 
 # ------------------------------------------------------------------------ changing capacity
