@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tensordict import TensorDict
 from torchrl.data import (
+    HERReplayBuffer,
     LazyTensorStorage,
     PrioritizedSampler,
     PrioritizedSliceSampler,
@@ -344,8 +345,9 @@ SLICE_SAMPLERS = {
 }
 
 
-@pytest.mark.parametrize("sampler", sorted(SLICE_SAMPLERS))
-def test_slice_samplers_decode_only_the_rows_a_sample_returns(sampler, monkeypatch):
+@pytest.fixture
+def decoded_rows(monkeypatch):
+    """The number of rows each frame read of every DeltaFrameStorage decodes, in order."""
     decoded = []
     read = FrameStackIndex.read
 
@@ -354,6 +356,12 @@ def test_slice_samplers_decode_only_the_rows_a_sample_returns(sampler, monkeypat
         return read(self, positions)
 
     monkeypatch.setattr(FrameStackIndex, "read", counting_read)
+    return decoded
+
+
+@pytest.mark.parametrize("sampler", sorted(SLICE_SAMPLERS))
+def test_slice_samplers_decode_only_the_rows_a_sample_returns(sampler, decoded_rows):
+    decoded = decoded_rows
     data = make_transitions(
         num_envs=2, steps=30, frame_stack=4, channels=1, seed=5, order="env-major"
     )
@@ -368,6 +376,24 @@ def test_slice_samplers_decode_only_the_rows_a_sample_returns(sampler, monkeypat
     decoded.clear()
     assert storage[:]["pixels"].shape == (60, 4, 8, 8)  # an ordinary full read decodes
     assert decoded == [60]
+
+
+def test_her_finds_episode_ends_without_decoding_frames(decoded_rows):
+    data = make_transitions(num_envs=1, steps=60, frame_stack=4, channels=1, seed=6)
+    goals = torch.rand(60, 2)
+    data.update({"desired_goal": goals, ("next", "achieved_goal"): goals.roll(1, 0)})
+    data.set("achieved_goal", goals)
+    rb = HERReplayBuffer(
+        reward_fn=lambda td: (td["desired_goal"] - td["achieved_goal"]).norm(dim=-1, keepdim=True),
+        storage=DeltaFrameStorage(64, frame_stack=4, chunk_len=8),
+        batch_size=8,
+    )
+    rb.extend(data)
+    sample = rb.sample()
+    # one row for HER's key check, the 8 sampled rows, the relabelled goals' sources (at most
+    # 8); its search for episode ends reads the done flags of all 60 rows and decodes none
+    assert sample["pixels"].shape == (8, 4, 8, 8)
+    assert decoded_rows[:2] == [1, 8] and sum(decoded_rows) <= 17
 
 
 @pytest.mark.parametrize("device_cache_bytes", DEVICE_CACHES)

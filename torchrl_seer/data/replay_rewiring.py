@@ -36,7 +36,7 @@ from types import CodeType
 import torch
 from tensordict import is_tensor_collection
 from torch.utils._pytree import tree_flatten, tree_map
-from torchrl.data import ReplayBuffer
+from torchrl.data import HERReplayBuffer, ReplayBuffer
 from torchrl.data.replay_buffers.samplers import (
     PrioritizedSampler,
     PrioritizedSliceSampler,
@@ -227,8 +227,10 @@ def _torchrl_class(module: str, name: str) -> type | None:
 # Code that reads a storage for its non-pixel keys only: SliceSampler's search for trajectories
 # (trajectory ids or done flags of ``storage[:]``, or the trajectory and step keys through its
 # fragmented-trajectory index), its reading of the sampled rows' done, terminated and init
-# flags, and PrioritizedSliceSampler's own reading of them ...
+# flags, PrioritizedSliceSampler's own reading of them, and HERReplayBuffer's search for
+# episode ends ...
 _KEY_READERS = [
+    *_own_code(HERReplayBuffer, ("_build_episode_cache",)),
     *_own_code(SliceSampler, ("_get_stop_and_length", "_end_signal_from_keys", "_finalize_index")),
     *_own_code(PrioritizedSliceSampler, ("sample",)),
     *_own_code(
