@@ -411,7 +411,7 @@ def test_fp16_lean_training_survives_injected_overflow():
 def test_warns_when_the_cpu_has_no_native_16_bit_kernels(monkeypatch, native):
     import torchrl_seer.objectives.low_precision_sac as module
 
-    monkeypatch.setattr(module, "_cpu_has_native_kernels", lambda dtype: native)
+    monkeypatch.setattr(module, "has_native_kernels", lambda dtype, device: native)
     actor, qvalue, _ = _networks()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

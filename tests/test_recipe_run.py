@@ -47,3 +47,16 @@ def test_a_run_saved_before_the_recipe_gained_a_setting_resumes_with_its_given_v
     changed.seed = 1  # a saved setting still cannot change
     with pytest.raises(ValueError, match="seed: 0 -> 1"):
         RecipeRun(changed, "recipe")
+
+
+def test_a_setting_resolved_at_the_start_keeps_its_saved_value_on_resume(tmp_path):
+    started = _config(tmp_path)
+    started.parts = {"low_precision": False}  # "auto", resolved on the machine that started
+    run = RecipeRun(started, "recipe", kept_on_resume=["parts.low_precision"])
+    run.save(5, state={})
+    elsewhere = _config(tmp_path, resume=run.dir)
+    elsewhere.parts = {"low_precision": True}  # the same "auto" resolved on another machine
+    resumed = RecipeRun(elsewhere, "recipe", kept_on_resume=["parts.low_precision"])
+    assert resumed.cfg.parts.low_precision is False
+    with pytest.raises(ValueError, match=r"parts\.low_precision: False -> True"):
+        RecipeRun(elsewhere, "recipe")  # not declared resolved: a change, refused

@@ -30,6 +30,7 @@ from torchrl_seer.optim import (
     LossScaler,
     LossScalingStepper,
     check_compensation_dtype,
+    has_native_kernels,
 )
 
 __all__ = ["PRECISION_PRESETS", "LowPrecisionSACLoss"]
@@ -539,24 +540,10 @@ class LowPrecisionSACLoss(SACLoss):
         )
 
 
-def _cpu_has_native_kernels(dtype: torch.dtype) -> bool:
-    """Whether this CPU runs ``dtype`` matrix products natively (oneDNN: AVX-512 BF16/FP16, AMX)."""
-    checks = {
-        torch.bfloat16: "_is_mkldnn_bf16_supported",
-        torch.float16: "_is_mkldnn_fp16_supported",
-    }
-    if dtype not in checks:
-        return True
-    try:
-        return bool(getattr(torch.ops.mkldnn, checks[dtype])())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
-
-
 def _warn_if_cpu_lacks_kernels(dtype: torch.dtype, parameters: Iterable[torch.Tensor]) -> None:
     """Warns that a 16-bit loss on a CPU without native 16-bit kernels saves memory, not time."""
     on_cpu = any(p.device.type == "cpu" for p in parameters)
-    if on_cpu and not _cpu_has_native_kernels(dtype):
+    if on_cpu and not has_native_kernels(dtype, "cpu"):
         warnings.warn(
             f"this CPU has no native {dtype} matrix kernels (AVX-512 BF16/FP16 or AMX; PyTorch "
             f"reports {torch.backends.cpu.get_cpu_capability()}): a {dtype} learner here holds "

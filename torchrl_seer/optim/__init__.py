@@ -15,6 +15,7 @@ from torchrl_seer.optim.finite_step import all_finite, finite_step
 from torchrl_seer.optim.hadam import HAdam
 from torchrl_seer.optim.loss_scaler import LossScaler
 from torchrl_seer.optim.loss_scaling_stepper import NONFINITE_INPUTS_KEY, LossScalingStepper
+from torchrl_seer.optim.native_precision import has_native_kernels
 from torchrl_seer.optim.stochastic_rounding import stochastic_add_
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "compensated_lerp_",
     "compensated_value",
     "finite_step",
+    "has_native_kernels",
     "residual_quantum",
     "stochastic_add_",
     "store_compensated_",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,8 @@ class RecipeRun:
 
     With ``resume=<run dir>`` the run continues in that folder: the saved configuration is
     used (only ``collector.total_frames``, ``device`` and ``threads`` may be changed on the
-    command line; ``logger.output_dir`` is ignored; any other difference is refused), and the
+    command line; ``logger.output_dir`` and the ``kept_on_resume`` settings are ignored; any
+    other difference is refused), and the
     logger continues from the state saved with the last checkpoint, in the resumed folder (a
     run folder that was moved or copied logs into itself). Every scalar is logged at
     environment frames.
@@ -51,6 +52,9 @@ class RecipeRun:
 
     Keyword Args:
         tag (str, optional): second part of the experiment name, e.g. the environment.
+        kept_on_resume (sequence of str, optional): settings the recipe resolved for the machine
+            when the run started (e.g. an ``auto`` it replaced by ``true`` or ``false`` before
+            creating the run): a resumed run keeps the saved value, whatever is given.
 
     Attributes:
         cfg (DictConfig): the configuration the run uses (the saved one when resumed).
@@ -73,14 +77,21 @@ class RecipeRun:
         >>> run.log_scalar("loss", 1.0, step=10)  # no logger: nothing happens
     """
 
-    def __init__(self, cfg: DictConfig, recipe: str, *, tag: str = "") -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        recipe: str,
+        *,
+        tag: str = "",
+        kept_on_resume: Sequence[str] = (),
+    ) -> None:
         self.resumed: dict[str, Any] | None = None
         logger_state = None
         if cfg.resume is not None:
             self.dir = Path(cfg.resume)
             saved = OmegaConf.load(self.dir / "config.yaml")
             assert isinstance(saved, DictConfig)
-            self.cfg = self._merge_resumed(saved, cfg)
+            self.cfg = self._merge_resumed(saved, cfg, kept=tuple(kept_on_resume))
             self.exp_name = json.loads((self.dir / "run.json").read_text())["exp_name"]
         else:
             self.cfg = cfg
@@ -109,7 +120,9 @@ class RecipeRun:
             )
 
     @staticmethod
-    def _merge_resumed(saved: DictConfig, given: DictConfig) -> DictConfig:
+    def _merge_resumed(
+        saved: DictConfig, given: DictConfig, *, kept: tuple[str, ...]
+    ) -> DictConfig:
         saved_flat = _flatten(OmegaConf.to_container(saved, resolve=True))
         given_flat = _flatten(OmegaConf.to_container(given, resolve=True))
         # settings the recipe gained after the run was saved take their given value; every
@@ -118,7 +131,7 @@ class RecipeRun:
         differ = sorted(
             key
             for key in saved_flat
-            if key not in RESUMABLE_OVERRIDES + IGNORED_ON_RESUME
+            if key not in RESUMABLE_OVERRIDES + IGNORED_ON_RESUME + kept
             and saved_flat[key] != given_flat.get(key)
         )
         if differ:
