@@ -57,6 +57,7 @@ from torchrl_seer.data import (
     storage_nbytes,
 )
 from torchrl_seer.modules import SplitEncoder
+from torchrl_seer.optim import has_native_kernels
 from torchrl_seer.trainers.helpers import (
     EpisodeReturns,
     RecipeRun,
@@ -81,6 +82,7 @@ __all__ = [
     "int8_latent_replay",
     "latent_transform",
     "make_trainer",
+    "resolve_low_precision",
 ]
 
 LATENT_KEYS = ["latent", ("next", "latent")]
@@ -139,6 +141,41 @@ def check_composed_config(cfg: DictConfig, *, positive: list[str]) -> None:
     )  # fmt: skip
     if cfg.seer.max_capacity is not None:
         check_config(cfg, positive=["seer.max_capacity"])
+    if not isinstance(cfg.parts.low_precision, bool) and cfg.parts.low_precision != "auto":
+        raise ValueError(
+            f"parts.low_precision must be true, false or auto, got {cfg.parts.low_precision!r}."
+        )
+
+
+def resolve_low_precision(cfg: DictConfig, learner: torch.device) -> str | None:
+    """Replaces ``parts.low_precision=auto`` in ``cfg`` by ``true`` or ``false``.
+
+    ``auto`` turns the bf16 learner on where the learner's device runs bf16 natively (a CUDA
+    device of compute capability 8.0 or newer, a CPU with AVX-512 BF16 or AMX): elsewhere bf16
+    saves memory but runs several times slower than fp32. Call it before creating the
+    :class:`~torchrl_seer.trainers.helpers.RecipeRun` (with
+    ``kept_on_resume=["parts.low_precision"]``), so that the run saves what ``auto`` chose and a
+    resumed run keeps it on any machine (a resumed run's ``cfg`` is left as it is).
+
+    Args:
+        cfg (DictConfig): the recipe's configuration (edited in place).
+        learner (torch.device): the learner's device.
+
+    Returns:
+        What ``auto`` chose and why, for the report; ``None`` when ``parts.low_precision`` was
+        not ``auto`` or the run is resumed.
+    """
+    if cfg.parts.low_precision != "auto" or cfg.resume is not None:
+        return None
+    native = has_native_kernels(torch.bfloat16, learner)
+    cfg.parts.low_precision = native
+    if native:
+        return f"parts.low_precision=auto: bf16 learner on, {learner} runs bf16 natively."
+    hardware = torch.backends.cpu.get_cpu_capability() if learner.type == "cpu" else learner
+    return (
+        f"parts.low_precision=auto: bf16 learner off (fp32), {learner} has no native bf16 "
+        f"kernels ({hardware}); set parts.low_precision=true to train in bf16 anyway."
+    )
 
 
 @dataclass(frozen=True)
@@ -478,6 +515,7 @@ class RunRecord(TrainerHookBase):
         title: the report's heading.
         actors: what the actors are (:attr:`Actors.record`).
         seeds: what :func:`~torchrl_seer.trainers.helpers.seed_everything` seeded.
+        notes: paragraphs the report's notes start with (e.g. what ``auto`` settings chose).
     """
 
     def __init__(
@@ -490,8 +528,10 @@ class RunRecord(TrainerHookBase):
         title: str,
         actors: dict[str, Any],
         seeds: dict[str, Any],
+        notes: Sequence[str] = (),
     ) -> None:
         self.run = run
+        self.notes = list(notes)
         self.replay_buffer = replay_buffer
         self.freeze_hook = freeze_hook
         self.frames_per_step = frames_per_step
@@ -743,9 +783,12 @@ def write_composed_report(record: RunRecord) -> Path:
         [f"actor policy step (batch {actors['batch']})", f"{actors['step_ms']:.2f} ms"],
         ["actor compression", actors["compression"]],
     ]
-    notes = [f"Actor compression: {actors['reason']}."] if actors.get("reason") else []
+    paragraphs = [*record.notes]
+    if actors.get("reason"):
+        paragraphs.append(f"Actor compression: {actors['reason']}.")
     if freeze:
-        notes += ["", _freeze_note(freeze)] if notes else [_freeze_note(freeze)]
+        paragraphs.append(_freeze_note(freeze))
+    notes = [line for paragraph in paragraphs for line in ("", paragraph)][1:]
     vlines = {"freeze": freeze["freeze_frame"]} if freeze else {}
     update_ms = {
         label: ms

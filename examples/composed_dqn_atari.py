@@ -20,7 +20,9 @@ part off this file is TorchRL's plain DQN pipeline):
    ``QuantizedStorage`` whose capacity comes from the bytes the pixel storage really held
    (it grows or shrinks: the report says which), and encodes new transitions on write;
 7. **learner** (``parts.low_precision``): forward passes in bf16 (``torch.autocast``; fp32
-   master weights, no loss scaling needed in bf16);
+   master weights, no loss scaling needed in bf16). ``auto`` (the default) trains in bf16 only
+   where the learner's device runs it natively (a GPU of compute capability 8.0+, a CPU with
+   AVX-512 BF16 or AMX), in fp32 elsewhere, and the report says which;
 8. a TorchRL ``Trainer`` per checkpoint interval runs collect → write → update → ship weights
    → freeze check with a fresh collector; every scalar is logged at environment frames, and
    the report (markdown + PNG: returns, replay bytes, learner time before/after the freeze) is
@@ -62,6 +64,7 @@ from composed_common import (
     int8_latent_replay,
     latent_transform,
     make_trainer,
+    resolve_low_precision,
 )
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
@@ -178,7 +181,10 @@ def train(cfg: DictConfig) -> ComposedRun:
     """Trains the composed (or plain) DQN pipeline and writes its report."""
     check(cfg)
     learner = resolve_device(cfg.device)  # CUDA asked for on a machine without: refused here
-    run = RecipeRun(cfg, "composed_dqn_atari", tag=cfg.env.name)
+    low_precision_note = resolve_low_precision(cfg, learner)  # auto: bf16 where it is native
+    run = RecipeRun(
+        cfg, "composed_dqn_atari", tag=cfg.env.name, kept_on_resume=["parts.low_precision"]
+    )
     cfg = run.cfg
     parts = cfg.parts
     place = composed_placement(learner, delta_frames=parts["delta_frames"])
@@ -270,6 +276,7 @@ def train(cfg: DictConfig) -> ComposedRun:
         title=f"Composed DQN on {cfg.env.name}",
         actors=actors.record,
         seeds=seeds,
+        notes=[low_precision_note] if low_precision_note else [],
     )
     stepper = DQNStep(
         loss,

@@ -9,7 +9,9 @@ part off this file is TorchRL's plain pipeline: fp32 actors, ``LazyTensorStorage
    the features detached (CURL): only the critic and CURL train the encoder;
 3. **learner** (``parts.low_precision``): ``LowPrecisionSACLoss`` with the bf16 preset (actor,
    stacked critics, targets and temperature in bf16; hAdam with Kahan-compensated updates;
-   Kahan target updates) instead of TorchRL's fp32 ``SACLoss``; the encoder keeps fp32 weights;
+   Kahan target updates) instead of TorchRL's fp32 ``SACLoss``; the encoder keeps fp32 weights.
+   ``auto`` (the default) uses it only where the learner's device runs bf16 natively (a GPU of
+   compute capability 8.0+, a CPU with AVX-512 BF16 or AMX), and the report says which;
    **CURL** (``parts.curl``): the contrastive loss trains the encoder until the freeze;
 4. **actors** (``parts.compressed_actors``): collector workers that act while the learner
    learns (``MultiAsyncCollector``; ``collector.workers=0`` acts in the learner's process),
@@ -62,6 +64,7 @@ from composed_common import (
     int8_latent_replay,
     latent_transform,
     make_trainer,
+    resolve_low_precision,
 )
 from omegaconf import DictConfig
 from tensordict import TensorDictBase
@@ -237,7 +240,10 @@ def train(cfg: DictConfig) -> ComposedRun:
     """Trains the composed (or plain) pixel SAC pipeline and writes its report."""
     domain, task = check(cfg)
     learner = resolve_device(cfg.device)  # CUDA asked for on a machine without: refused here
-    run = RecipeRun(cfg, "composed_sac_dmc", tag=cfg.env.name)
+    low_precision_note = resolve_low_precision(cfg, learner)  # auto: bf16 where it is native
+    run = RecipeRun(
+        cfg, "composed_sac_dmc", tag=cfg.env.name, kept_on_resume=["parts.low_precision"]
+    )
     cfg = run.cfg
     parts = cfg.parts
     place = composed_placement(learner, delta_frames=parts["delta_frames"])
@@ -363,6 +369,7 @@ def train(cfg: DictConfig) -> ComposedRun:
         title=f"Composed pixel SAC on {cfg.env.name}",
         actors=actors.record,
         seeds=seeds,
+        notes=[low_precision_note] if low_precision_note else [],
     )
     stepper = SACStep(
         loss,

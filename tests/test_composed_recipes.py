@@ -256,3 +256,25 @@ def test_freeze_hook_watches_a_delta_frame_storage_buffer(tmp_path):
     assert len(restored) == n
     assert torch.equal(restored[:]["pixels"], obs)
     assert torch.equal(restored[:]["next", "pixels"], nxt)
+
+
+@pytest.mark.parametrize("recipe", sorted(TINY))
+@pytest.mark.parametrize("native", [True, False])
+def test_low_precision_auto_trains_in_bf16_only_where_it_is_native(recipe, native, monkeypatch):
+    composed_common = load_recipe("composed_common")
+    monkeypatch.setattr(composed_common, "has_native_kernels", lambda dtype, device: native)
+    cfg = recipe_config(recipe)
+    assert cfg.parts.low_precision == "auto"  # the recipes' default
+    note = composed_common.resolve_low_precision(cfg, torch.device("cpu"))
+    assert cfg.parts.low_precision is native
+    assert ("bf16 learner on" if native else "bf16 learner off (fp32)") in note
+    explicit = recipe_config(recipe, "parts.low_precision=true")
+    assert composed_common.resolve_low_precision(explicit, torch.device("cpu")) is None
+    assert explicit.parts.low_precision is True
+    resumed = recipe_config(recipe, "resume=/a/run")  # keeps what its first start chose
+    assert composed_common.resolve_low_precision(resumed, torch.device("cpu")) is None
+    assert resumed.parts.low_precision == "auto"
+    with pytest.raises(ValueError, match=r"parts\.low_precision must be true, false or auto"):
+        composed_common.check_composed_config(
+            recipe_config(recipe, "parts.low_precision=bf16"), positive=[]
+        )
