@@ -251,12 +251,14 @@ _GETITEM_CODE = Storage.__getitem__.__code__
 def storage_reader_kind() -> str | None:
     """What the TorchRL code reading a storage will do with what the read returns.
 
-    Call it directly from a storage's ``get``. TorchRL's samplers and ``set_at_`` read the
-    whole storage (``storage[:]``) and no argument says why: :class:`~torchrl.data.SliceSampler`
-    (and its trajectory index) then reads only the trajectory and done keys, while
-    ``ReplayBuffer.set_at_``, ``set_`` and ``update_`` edit the returned TensorDict in place.
-    The caller is found on the call stack (through ``Storage.__getitem__`` if the read went
-    through it).
+    Call it directly from a storage's ``get``. TorchRL's slice samplers, ``HERReplayBuffer``
+    and ``set_at_`` read the storage (often all of it, ``storage[:]``) and no argument says
+    why: :class:`~torchrl.data.SliceSampler` (its trajectory index too),
+    :class:`~torchrl.data.PrioritizedSliceSampler` and ``HERReplayBuffer``'s search for
+    episode ends then read only trajectory, step, done, terminated and init keys (a storage may
+    leave its expensive keys out of what it returns them), while ``ReplayBuffer.set_at_``,
+    ``set_`` and ``update_`` edit the returned TensorDict in place. The caller is found on the
+    call stack (through ``Storage.__getitem__`` if the read went through it).
 
     Returns:
         ``"key-reader"`` (only non-pixel keys are read), ``"in-place-editor"`` (the result is
