@@ -361,7 +361,6 @@ def decoded_rows(monkeypatch):
 
 @pytest.mark.parametrize("sampler", sorted(SLICE_SAMPLERS))
 def test_slice_samplers_decode_only_the_rows_a_sample_returns(sampler, decoded_rows):
-    decoded = decoded_rows
     data = make_transitions(
         num_envs=2, steps=30, frame_stack=4, channels=1, seed=5, order="env-major"
     )
@@ -370,12 +369,12 @@ def test_slice_samplers_decode_only_the_rows_a_sample_returns(sampler, decoded_r
     rb.extend(with_step_counts(data))
     # finding trajectories and reading the sampled rows' done flags decode no frame
     (index,), _ = rb.sampler.sample(storage, 8)
-    assert index.shape == (8,) and decoded == []
+    assert index.shape == (8,) and decoded_rows == []
     sample = rb.sample()
-    assert decoded == [8] and sample["pixels"].shape == (8, 4, 8, 8)
-    decoded.clear()
+    assert decoded_rows == [8] and sample["pixels"].shape == (8, 4, 8, 8)
+    decoded_rows.clear()
     assert storage[:]["pixels"].shape == (60, 4, 8, 8)  # an ordinary full read decodes
-    assert decoded == [60]
+    assert decoded_rows == [60]
 
 
 def test_her_finds_episode_ends_without_decoding_frames(decoded_rows):
