@@ -147,7 +147,7 @@ def check_composed_config(cfg: DictConfig, *, positive: list[str]) -> None:
         )
 
 
-def resolve_low_precision(cfg: DictConfig, learner: torch.device) -> str | None:
+def resolve_low_precision(cfg: DictConfig, learner: torch.device) -> list[str]:
     """Replaces ``parts.low_precision=auto`` in ``cfg`` by ``true`` or ``false``.
 
     ``auto`` turns the bf16 learner on where the learner's device runs bf16 natively (a CUDA
@@ -162,20 +162,20 @@ def resolve_low_precision(cfg: DictConfig, learner: torch.device) -> str | None:
         learner (torch.device): the learner's device.
 
     Returns:
-        What ``auto`` chose and why, for the report; ``None`` when ``parts.low_precision`` was
-        not ``auto`` or the run is resumed.
+        The report's note on what ``auto`` chose and why (:class:`RunRecord`'s ``notes``);
+        none when ``parts.low_precision`` was not ``auto`` or the run is resumed.
     """
     if cfg.parts.low_precision != "auto" or cfg.resume is not None:
-        return None
+        return []
     native = has_native_kernels(torch.bfloat16, learner)
     cfg.parts.low_precision = native
     if native:
-        return f"parts.low_precision=auto: bf16 learner on, {learner} runs bf16 natively."
+        return [f"parts.low_precision=auto: bf16 learner on, {learner} runs bf16 natively."]
     hardware = torch.backends.cpu.get_cpu_capability() if learner.type == "cpu" else learner
-    return (
+    return [
         f"parts.low_precision=auto: bf16 learner off (fp32), {learner} has no native bf16 "
         f"kernels ({hardware}); set parts.low_precision=true to train in bf16 anyway."
-    )
+    ]
 
 
 @dataclass(frozen=True)

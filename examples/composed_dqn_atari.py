@@ -181,7 +181,7 @@ def train(cfg: DictConfig) -> ComposedRun:
     """Trains the composed (or plain) DQN pipeline and writes its report."""
     check(cfg)
     learner = resolve_device(cfg.device)  # CUDA asked for on a machine without: refused here
-    low_precision_note = resolve_low_precision(cfg, learner)  # auto: bf16 where it is native
+    low_precision_notes = resolve_low_precision(cfg, learner)  # auto: bf16 where it is native
     run = RecipeRun(
         cfg, "composed_dqn_atari", tag=cfg.env.name, kept_on_resume=["parts.low_precision"]
     )
@@ -276,7 +276,7 @@ def train(cfg: DictConfig) -> ComposedRun:
         title=f"Composed DQN on {cfg.env.name}",
         actors=actors.record,
         seeds=seeds,
-        notes=[low_precision_note] if low_precision_note else [],
+        notes=low_precision_notes,
     )
     stepper = DQNStep(
         loss,

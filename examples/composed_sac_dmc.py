@@ -240,7 +240,7 @@ def train(cfg: DictConfig) -> ComposedRun:
     """Trains the composed (or plain) pixel SAC pipeline and writes its report."""
     domain, task = check(cfg)
     learner = resolve_device(cfg.device)  # CUDA asked for on a machine without: refused here
-    low_precision_note = resolve_low_precision(cfg, learner)  # auto: bf16 where it is native
+    low_precision_notes = resolve_low_precision(cfg, learner)  # auto: bf16 where it is native
     run = RecipeRun(
         cfg, "composed_sac_dmc", tag=cfg.env.name, kept_on_resume=["parts.low_precision"]
     )
@@ -369,7 +369,7 @@ def train(cfg: DictConfig) -> ComposedRun:
         title=f"Composed pixel SAC on {cfg.env.name}",
         actors=actors.record,
         seeds=seeds,
-        notes=[low_precision_note] if low_precision_note else [],
+        notes=low_precision_notes,
     )
     stepper = SACStep(
         loss,

@@ -265,14 +265,14 @@ def test_low_precision_auto_trains_in_bf16_only_where_it_is_native(recipe, nativ
     monkeypatch.setattr(composed_common, "has_native_kernels", lambda dtype, device: native)
     cfg = recipe_config(recipe)
     assert cfg.parts.low_precision == "auto"  # the recipes' default
-    note = composed_common.resolve_low_precision(cfg, torch.device("cpu"))
+    (note,) = composed_common.resolve_low_precision(cfg, torch.device("cpu"))
     assert cfg.parts.low_precision is native
     assert ("bf16 learner on" if native else "bf16 learner off (fp32)") in note
     explicit = recipe_config(recipe, "parts.low_precision=true")
-    assert composed_common.resolve_low_precision(explicit, torch.device("cpu")) is None
+    assert composed_common.resolve_low_precision(explicit, torch.device("cpu")) == []
     assert explicit.parts.low_precision is True
     resumed = recipe_config(recipe, "resume=/a/run")  # keeps what its first start chose
-    assert composed_common.resolve_low_precision(resumed, torch.device("cpu")) is None
+    assert composed_common.resolve_low_precision(resumed, torch.device("cpu")) == []
     assert resumed.parts.low_precision == "auto"
     with pytest.raises(ValueError, match=r"parts\.low_precision must be true, false or auto"):
         composed_common.check_composed_config(
