@@ -243,7 +243,7 @@ def test_recompress_refuses_codecs_other_than_zstd():
 
 
 def test_transient_bytes_are_the_caches_and_codec_contexts_that_reads_create():
-    from torchrl_seer.data.replay_rewiring import storage_nbytes
+    from torchrl_seer.data.torchrl_internals import storage_nbytes
 
     data = make_transitions(num_envs=1, steps=200, frame_stack=4, channels=1, seed=5, levels=4)
     delta = DeltaFrameStorage(256, frame_stack=4, chunk_len=32, cache_bytes=1 << 20)

@@ -20,7 +20,7 @@ from torchrl_seer.data import (
     reference_capacity_atari,
     reference_capacity_dmc,
 )
-from torchrl_seer.data.replay_rewiring import chronological_indices
+from torchrl_seer.data.torchrl_internals import chronological_indices
 from torchrl_seer.modules import CURLPixelEncoder, DataEfficientAtariEncoder, RandomCrop
 
 SMALL = 25  # frame size: Conv(k5,s5) x2 on 25x25 gives 64 latent features

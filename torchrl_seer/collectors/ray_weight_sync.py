@@ -28,6 +28,7 @@ from torchrl.weight_update import RayWeightSyncScheme
 
 from torchrl_seer.collectors.policy_compressor import PolicyCompressor
 from torchrl_seer.collectors.weight_sync import CompressedPacketSender
+from torchrl_seer.data.torchrl_internals import forwards_weight_packets
 from torchrl_seer.optional_dependencies import import_optional
 
 __all__ = ["CompressedRayWeightSyncScheme"]
@@ -175,7 +176,7 @@ class CompressedRayWeightSyncScheme(CompressedPacketSender, RayWeightSyncScheme)
             )
         self._strategy.apply_weights(self.model, packet)
         collector = self.context
-        if getattr(collector, "_weight_sync_schemes", None):
+        if forwards_weight_packets(collector):
             # A multi-process collector on the Ray worker: forward the packet to its own
             # processes through its scheme (a CompressedWeightSyncScheme passes packets as-is).
             collector.update_policy_weights_(packet, model_id=self.model_id)

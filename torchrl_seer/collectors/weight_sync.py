@@ -256,7 +256,7 @@ class CompressedWeightSyncScheme(CompressedPacketSender, MultiProcessWeightSyncS
         # update_policy_weights_, whose fallback path would ``update_`` same-named parameters:
         # a packet is applied once, by CompressedWeightStrategy, and the CompressedPolicy
         # stamps the packet's version on every step it takes.
-        from torchrl._utils import logger as torchrl_logger
+        from torchrl import logger as torchrl_logger
 
         while not self._stop_event.is_set():
             try:

@@ -22,13 +22,13 @@ from torchrl_seer.data.latent_migration import (
     migrate_to_latent_replay,
 )
 from torchrl_seer.data.quantized_storage import QuantizedStorage
-from torchrl_seer.data.replay_rewiring import storage_nbytes
 from torchrl_seer.data.resizable_writer import ResizableRoundRobinWriter, grow_replay_buffer
 from torchrl_seer.data.storage_protocols import (
     EncodedRowStorage,
     RowRelocatingStorage,
     SizedStorage,
 )
+from torchrl_seer.data.torchrl_internals import storage_nbytes
 
 __all__ = [
     "CheckpointCorruptedError",

@@ -18,7 +18,7 @@ from torchrl_seer.data.delta_checkpointer import DeltaFrameStorageCheckpointer
 from torchrl_seer.data.frame_codecs import FrameCodec, ZstdChunkCodec, make_frame_codec
 from torchrl_seer.data.frame_stack_index import FrameStackIndex
 from torchrl_seer.data.latent_replay_checkpointer import LatentReplayCheckpointer
-from torchrl_seer.data.replay_rewiring import (
+from torchrl_seer.data.torchrl_internals import (
     relocate_tensor_rows,
     rewind_failed_write,
     storage_reader_kind,
@@ -512,7 +512,7 @@ class DeltaFrameStorage(LazyTensorStorage):
         The result is a new TensorDict: the decoded pixels never enter the raw storage. When
         a slice sampler reads the storage for keys only (the whole storage to find its
         trajectories, the sampled rows for their done flags), no pixel is decoded: see
-        :func:`~torchrl_seer.data.replay_rewiring.storage_reader_kind`.
+        :func:`~torchrl_seer.data.torchrl_internals.storage_reader_kind`.
 
         Args:
             index: an integer, slice, sequence, tensor (any shape) or 1-tuple of those.

@@ -18,13 +18,13 @@ from tqdm.auto import tqdm
 
 from torchrl_seer.data.latent_capacity import equal_budget_capacity
 from torchrl_seer.data.latent_encode_transform import LatentEncodeTransform
-from torchrl_seer.data.replay_rewiring import (
+from torchrl_seer.data.storage_protocols import EncodedRowStorage
+from torchrl_seer.data.torchrl_internals import (
     oldest_first_slots,
     release_storage,
     storage_nbytes,
     switch_to_latent_replay,
 )
-from torchrl_seer.data.storage_protocols import EncodedRowStorage
 
 __all__ = [
     "LatentMigrationReport",
@@ -208,7 +208,7 @@ def migrate_to_latent_replay(
     in batches by ``transform`` (eval, ``no_grad``) and written to slots ``0..n-1`` of a new
     latent storage of capacity ``c'``; the writer resumes at ``n``. If ``c' < N`` the newest
     ``c'`` transitions are kept. The buffer is then switched to the latent storage
-    (:func:`~torchrl_seer.data.replay_rewiring.switch_to_latent_replay`: writer, sampler
+    (:func:`~torchrl_seer.data.torchrl_internals.switch_to_latent_replay`: writer, sampler
     priorities, attachment, and ``transform`` appended so later writes are encoded on arrival)
     and the pixel storage is released. Non-pixel fields (actions, rewards, n-step returns, done
     flags) are copied bit for bit, so the transition written at the freeze step and every

@@ -50,7 +50,7 @@ class LatentReplayCheckpointer(_LatentReplayCheckpointing, TensorStorageCheckpoi
     """TorchRL's :class:`TensorStorageCheckpointer` that marks and recognises latent replay.
 
     On a latent storage (installed by
-    :func:`~torchrl_seer.data.replay_rewiring.switch_to_latent_replay`), ``dumps`` also writes
+    :func:`~torchrl_seer.data.torchrl_internals.switch_to_latent_replay`), ``dumps`` also writes
     a ``latent_replay.json`` marker holding the capacity. On the pixel storage of a buffer that
     a :class:`~torchrl_seer.trainers.FreezeEncoderHook` watches (``on_latent_checkpoint`` set),
     ``loads`` of a marked checkpoint first asks ``on_latent_checkpoint(capacity)`` to switch

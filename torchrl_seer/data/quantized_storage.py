@@ -14,7 +14,7 @@ from torchrl_seer.data.checkpoint_checksums import (
     verify_checksum_manifest,
     write_checksum_manifest,
 )
-from torchrl_seer.data.replay_rewiring import relocate_tensor_rows, rewind_failed_write
+from torchrl_seer.data.torchrl_internals import relocate_tensor_rows, rewind_failed_write
 
 __all__ = ["QuantizedStorage"]
 

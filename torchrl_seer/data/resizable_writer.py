@@ -11,7 +11,7 @@ import torch
 from torchrl.data import ReplayBuffer
 from torchrl.data.replay_buffers.writers import RoundRobinWriter
 
-from torchrl_seer.data.replay_rewiring import (
+from torchrl_seer.data.torchrl_internals import (
     adopt_loaded_capacity,
     resize_round_robin,
     set_writer_position,

@@ -18,7 +18,7 @@ class SizedStorage(Protocol):
     (:class:`~torchrl_seer.data.DeltaFrameStorage`, :class:`~torchrl_seer.data.QuantizedStorage`)
     and keeps TorchRL's ``bytes()`` as an alias; it also says which of those bytes are
     transient (caches, codec working memory).
-    :func:`~torchrl_seer.data.replay_rewiring.storage_nbytes` measures any storage: this
+    :func:`~torchrl_seer.data.torchrl_internals.storage_nbytes` measures any storage: this
     protocol first, then the allocated rows of a TorchRL :class:`~torchrl.data.TensorStorage`.
 
     Examples:
@@ -48,7 +48,7 @@ class SizedStorage(Protocol):
 class RowRelocatingStorage(Protocol):
     """A storage with per-slot side structures that moves them itself when rows move.
 
-    :func:`~torchrl_seer.data.replay_rewiring.relocate_rows` calls :meth:`relocate_rows`
+    :func:`~torchrl_seer.data.torchrl_internals.relocate_rows` calls :meth:`relocate_rows`
     instead of moving the inner rows of a :class:`~torchrl.data.TensorStorage` itself (e.g.
     :class:`~torchrl_seer.data.DeltaFrameStorage` moves its frame ids with its raw keys).
     """

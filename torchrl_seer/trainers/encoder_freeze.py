@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchrl.objectives import HardUpdate, LossModule
+from torchrl.objectives import LossModule
 
+from torchrl_seer.data.torchrl_internals import hard_copy_targets
 from torchrl_seer.modules.encoders import SplitEncoder
 
 __all__ = [
@@ -151,15 +152,7 @@ def sync_targets(loss: nn.Module) -> int:
     """
     if not isinstance(loss, LossModule):
         return 0
-    associated = dict(loss._has_update_associated)
-    try:
-        with torch.no_grad():
-            updater = HardUpdate(loss)
-    except RuntimeError:  # no target parameters, or targets that share the online storage
-        return 0
-    finally:
-        loss._has_update_associated.update(associated)
-    return sum(len(list(getattr(loss, name).keys(True, True))) for name in updater._target_names)
+    return hard_copy_targets(loss)
 
 
 class FreezeSnapshot:

@@ -9,14 +9,14 @@ from typing import Any
 import torch
 from tensordict import TensorDictBase
 from torch import nn
-from torchrl._utils import logger as torchrl_logger
+from torchrl import logger as torchrl_logger
 from torchrl.data import LazyTensorStorage, ReplayBuffer
 from torchrl.record.loggers import Logger
 from torchrl.trainers import Trainer, TrainerHookBase
 
 from torchrl_seer.data.latent_encode_transform import LatentEncodeTransform
 from torchrl_seer.data.latent_migration import LatentReplayOptions, migrate_to_latent_replay
-from torchrl_seer.data.replay_rewiring import (
+from torchrl_seer.data.torchrl_internals import (
     is_latent_replay,
     switch_to_latent_replay,
     watch_for_latent_checkpoint,

@@ -1,12 +1,14 @@
-"""Rewiring of TorchRL replay buffers in place: the one module that touches their internals.
+"""The one module of this library that touches TorchRL's private state.
 
-TorchRL has no public API to change a buffer's capacity, to swap its storage for one of another
-kind with the writer, sampler and attachments kept consistent, or to undo a writer's cursor move
-after a refused write. Every such operation of this library goes through the functions below,
-so that what depends on TorchRL's private state (writer cursors and write counts, a storage's
-length, inner rows and cached shape, the trees of a :class:`~torchrl.data.PrioritizedSampler`,
-the buffers attached to a storage, the private methods through which its samplers read a
-storage) lives in one place.
+TorchRL has no public API to change a replay buffer's capacity, to swap its storage for one of
+another kind with the writer, sampler and attachments kept consistent, to undo a writer's cursor
+move after a refused write, to hard-copy a loss's online parameters into its targets without
+registering a target updater, or to ask a collector whether it forwards weights through its own
+sync schemes. Every such operation of this library goes through the functions below, so that
+what depends on TorchRL's private state (writer cursors and write counts, a storage's length,
+inner rows and cached shape, the trees of a :class:`~torchrl.data.PrioritizedSampler`, the
+buffers attached to a storage, the private methods through which its samplers read a storage,
+a loss's target-updater bookkeeping, a collector's weight-sync schemes) lives in one place.
 
 Functions:
 
@@ -20,7 +22,9 @@ Functions:
   :func:`is_latent_replay`, :func:`watch_for_latent_checkpoint`, :func:`release_storage`,
   :func:`drop_prefetched_samples`;
 * refused writes: :func:`write_transaction` (a writer's own writes) and
-  :func:`rewind_failed_write` (the writer that moved for a write a storage refuses).
+  :func:`rewind_failed_write` (the writer that moved for a write a storage refuses);
+* losses and collectors: :func:`hard_copy_targets` (online parameters into target copies),
+  :func:`forwards_weight_packets` (whether a collector has weight-sync schemes of its own).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from torchrl.data.replay_buffers.samplers import (
 from torchrl.data.replay_buffers.storages import LazyMemmapStorage, Storage, TensorStorage
 from torchrl.data.replay_buffers.writers import RoundRobinWriter, Writer
 from torchrl.envs.transforms import Transform
+from torchrl.objectives import HardUpdate, LossModule
 
 from torchrl_seer.data.latent_replay_checkpointer import latent_replay_checkpointer
 from torchrl_seer.data.storage_protocols import RowRelocatingStorage, SizedStorage
@@ -55,6 +60,8 @@ __all__ = [
     "attached_replay_buffers",
     "chronological_indices",
     "drop_prefetched_samples",
+    "forwards_weight_packets",
+    "hard_copy_targets",
     "install_storage",
     "is_latent_replay",
     "oldest_first_slots",
@@ -660,3 +667,39 @@ def rewind_failed_write(
         set_writer_position(writer, cursor, write_count - slots.numel())
         return True
     return False
+
+
+# ---------------------------------------------------------------------- losses and collectors
+def hard_copy_targets(loss: LossModule) -> int:
+    """Hard-copies a loss's online parameters into its targets (see ``sync_targets``).
+
+    A :class:`~torchrl.objectives.HardUpdate` built on the loss does the copy and is discarded;
+    the loss's target-updater bookkeeping, which that construction sets, is put back.
+
+    Args:
+        loss (LossModule): a TorchRL loss.
+
+    Returns:
+        The number of target tensors overwritten (0 when the loss has none of its own).
+    """
+    associated = dict(loss._has_update_associated)
+    try:
+        with torch.no_grad():
+            updater = HardUpdate(loss)
+    except RuntimeError:  # no target parameters, or targets that share the online storage
+        return 0
+    finally:
+        loss._has_update_associated.update(associated)
+    return sum(len(list(getattr(loss, name).keys(True, True))) for name in updater._target_names)
+
+
+def forwards_weight_packets(collector: object) -> bool:
+    """Whether a collector passes weights on to processes of its own through sync schemes.
+
+    True for a multi-process TorchRL collector built with ``weight_sync_schemes``: its
+    ``update_policy_weights_`` forwards a weight packet to its workers.
+
+    Args:
+        collector (object): a TorchRL collector, or any object.
+    """
+    return bool(getattr(collector, "_weight_sync_schemes", None))

@@ -25,7 +25,7 @@ from torchrl_seer.data import (
     ResizableRoundRobinWriter,
     grow_replay_buffer,
 )
-from torchrl_seer.data.replay_rewiring import oldest_first_slots, writer_position
+from torchrl_seer.data.torchrl_internals import oldest_first_slots, writer_position
 from torchrl_seer.modules import DataEfficientAtariEncoder
 from torchrl_seer.trainers import FreezeEncoderHook
 
