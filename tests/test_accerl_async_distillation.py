@@ -2,14 +2,17 @@
 
 import json
 import re
+import threading
 import time
 
 import pytest
+import tensordict.nn.probabilistic as tensordict_probabilistic
 import torch
 from _recipes import run_recipe
 from tensordict import TensorDict
-from tensordict.nn import TensorDictModule
-from torchrl.modules import MLP, ProbabilisticActor
+from tensordict.nn import NormalParamExtractor, TensorDictModule
+from torchrl.envs.utils import ExplorationType, exploration_type, set_exploration_type
+from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
 
 from torchrl_seer.collectors import (
     AsyncDistiller,
@@ -17,6 +20,7 @@ from torchrl_seer.collectors import (
     PolicyCompressor,
     policy_divergence,
 )
+from torchrl_seer.modules.distributions import policy_distribution
 
 
 def actor(width, n_actions=2, seed=0):
@@ -105,6 +109,68 @@ def test_an_error_in_the_thread_is_raised_in_the_learner():
     with pytest.raises(RuntimeError, match="AsyncDistiller thread stopped on an error"):
         wait_for(lambda: distiller._error is not None)
         distiller.stop()
+
+
+def tanh_normal_actor(seed=0):
+    torch.manual_seed(seed)
+    network = torch.nn.Sequential(
+        MLP(in_features=4, out_features=4, num_cells=[16]), NormalParamExtractor()
+    )
+    net = TensorDictModule(network, in_keys=["observation"], out_keys=["loc", "scale"])
+    return ProbabilisticActor(net, in_keys=["loc", "scale"], distribution_class=TanhNormal)
+
+
+@pytest.mark.parametrize(
+    "policy", [actor(8), tanh_normal_actor()], ids=["categorical", "tanh_normal"]
+)
+def test_policy_distribution_is_get_dist_without_setting_the_exploration_type(policy, monkeypatch):
+    batch = states(16)
+    expected = policy.get_dist(batch.clone())
+    mode_changes = []
+    set_mode = tensordict_probabilistic._interaction_type.set_mode
+    monkeypatch.setattr(
+        tensordict_probabilistic._interaction_type,
+        "set_mode",
+        lambda mode: mode_changes.append(mode) or set_mode(mode),
+    )
+    dist = policy_distribution(policy, batch)
+    assert mode_changes == []
+    assert list(batch.keys()) == ["observation"]  # the input is not written to
+    actions = expected.sample()
+    torch.testing.assert_close(dist.log_prob(actions), expected.log_prob(actions))
+
+
+def test_policy_distribution_asks_other_policies_and_refuses_non_probabilistic_ones():
+    class OwnDistribution(torch.nn.Module):
+        def get_dist(self, tensordict):
+            return torch.distributions.Categorical(logits=tensordict["observation"])
+
+    dist = policy_distribution(OwnDistribution(), states(4))
+    torch.testing.assert_close(dist.logits, states(4)["observation"].log_softmax(-1))
+    with pytest.raises(TypeError, match="Linear has no get_dist: expected a probabilistic"):
+        policy_distribution(torch.nn.Linear(4, 2), states(4))
+
+
+def test_the_thread_never_changes_the_exploration_type_another_thread_acts_in(monkeypatch):
+    teacher = actor(32)
+    sharpen(teacher)
+    distiller = AsyncDistiller(teacher, actor(8, seed=1), kl_bound=1e-9, check_every=2)
+    threads_setting_the_mode = set()
+    set_mode = tensordict_probabilistic._interaction_type.set_mode
+
+    def recording_set_mode(mode):
+        threads_setting_the_mode.add(threading.current_thread().name)
+        set_mode(mode)
+
+    monkeypatch.setattr(tensordict_probabilistic._interaction_type, "set_mode", recording_set_mode)
+    with set_exploration_type(ExplorationType.RANDOM):
+        distiller.start()
+        distiller.observe(states(), teacher)
+        wait_for(lambda: distiller.updates >= 20)
+        assert exploration_type() is ExplorationType.RANDOM
+        distiller.stop()
+    assert distiller.updates >= 20 and distiller.last_kl is not None  # it trained and checked
+    assert "AsyncDistiller" not in threads_setting_the_mode
 
 
 def test_bad_settings_are_refused():

@@ -44,14 +44,15 @@ class AsyncDistiller:
     diverges. Before the first publication :attr:`step` holds the untrained student, whose
     divergence keeps the Monitor off that level.
 
-    Limits: TorchRL and tensordict keep the exploration type (``set_exploration_type``) in one
-    process-wide variable that ``get_dist`` and every loss's ``forward`` set and restore; it is
-    not thread-safe. The thread computes its losses outside the loss-call context
-    (:meth:`~torchrl_seer.objectives.DistillationLoss.losses`) and :meth:`stop` restores the
-    exploration type that was current at :meth:`start`, but ``get_dist`` in the thread can
-    still, for the duration of one call, change the mode that a policy sampling in another
-    thread of the same process sees (the learner's own losses set their mode themselves;
-    actors in collector worker processes are not affected).
+    Threads: TorchRL and tensordict keep the exploration type (``set_exploration_type``) in one
+    process-wide variable that every loss's ``forward`` and a ``ProbabilisticActor``'s
+    ``get_dist`` set and restore. The thread sets it nowhere: it computes its losses outside the
+    loss-call context (:meth:`~torchrl_seer.objectives.DistillationLoss.losses`) and reads both
+    policies' distributions with
+    :func:`~torchrl_seer.modules.distributions.policy_distribution`, so a policy acting in
+    another thread of the process keeps its mode. Teacher or student policies that are not a
+    deterministic network followed by one probabilistic module are read through their own
+    ``get_dist``, which may set that mode for the duration of a call.
 
     Args:
         teacher: the learner's probabilistic policy (it is copied, never modified).

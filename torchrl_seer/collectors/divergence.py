@@ -7,7 +7,11 @@ from tensordict import TensorDictBase
 from torch import distributions as D
 from torch import nn
 
-from torchrl_seer.modules.distributions import DISCRETE_DISTRIBUTIONS, deterministic_action
+from torchrl_seer.modules.distributions import (
+    DISCRETE_DISTRIBUTIONS,
+    deterministic_action,
+    policy_distribution,
+)
 
 __all__ = ["policy_divergence"]
 
@@ -17,13 +21,7 @@ def _get_dist(policy: nn.Module, observations: TensorDictBase):
 
     if isinstance(policy, CompressedPolicy):
         policy = policy.network
-    get_dist = getattr(policy, "get_dist", None)
-    if get_dist is None:
-        raise TypeError(
-            f"{type(policy).__name__} has no get_dist: divergence needs probabilistic policies "
-            "(e.g. TorchRL ProbabilisticActor)"
-        )
-    return get_dist(observations.clone(False))
+    return policy_distribution(policy, observations)
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ from torchrl_seer.modules.distributions import (
     StableTanhNormal,
     ThresholdedTanhTransform,
     deterministic_action,
+    policy_distribution,
 )
 from torchrl_seer.modules.egreedy_log_prob import EGreedyLogProbModule
 from torchrl_seer.modules.encoders import (
@@ -33,4 +34,5 @@ __all__ = [
     "StableTanhNormal",
     "ThresholdedTanhTransform",
     "deterministic_action",
+    "policy_distribution",
 ]

@@ -1,4 +1,4 @@
-"""A tanh-Gaussian policy distribution whose log-probability is safe in fp16."""
+"""Policy distributions: a tanh-Gaussian whose log-probability is safe in fp16, and readers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from tensordict import TensorDictBase
+from tensordict.nn import ProbabilisticTensorDictModule, ProbabilisticTensorDictSequential
 from torch import distributions as D
+from torch import nn
 from torch.distributions.transforms import ComposeTransform, Transform
 from torchrl.modules.distributions import TanhNormal
 from torchrl.modules.distributions.continuous import SafeTanhTransform
@@ -19,6 +22,7 @@ __all__ = [
     "StableTanhNormal",
     "ThresholdedTanhTransform",
     "deterministic_action",
+    "policy_distribution",
 ]
 
 #: The distributions whose KL is exact and whose actions are compared by equality.
@@ -51,6 +55,64 @@ def deterministic_action(dist: D.Distribution) -> torch.Tensor:
 
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def policy_distribution(policy: nn.Module, observations: TensorDictBase) -> D.Distribution:
+    """The action distribution of a probabilistic policy, leaving global sampling modes alone.
+
+    ``get_dist`` of a :class:`~tensordict.nn.ProbabilisticTensorDictSequential` (and so of a
+    TorchRL ``ProbabilisticActor``) sets tensordict's process-wide interaction type (TorchRL's
+    exploration type) while the network runs, so a call from a background thread can change
+    the mode that a policy acting in another thread sees. For a policy made of deterministic
+    modules followed by one probabilistic module, this function runs the deterministic part and
+    builds the distribution from its output, which touches no global state and gives the same
+    distribution. Any other policy is asked for its ``get_dist``.
+
+    Args:
+        policy (nn.Module): a probabilistic policy (e.g. TorchRL ``ProbabilisticActor``).
+        observations (TensorDictBase): states with the policy's input keys (not modified).
+
+    Returns:
+        The policy's action distribution at ``observations``.
+
+    Raises:
+        TypeError: if ``policy`` has no ``get_dist``.
+
+    Examples:
+        >>> import torch
+        >>> from tensordict import TensorDict
+        >>> from tensordict.nn import TensorDictModule
+        >>> from torchrl.modules import ProbabilisticActor
+        >>> net = TensorDictModule(
+        ...     torch.nn.Linear(4, 2), in_keys=["observation"], out_keys=["logits"]
+        ... )
+        >>> actor = ProbabilisticActor(
+        ...     net, in_keys=["logits"], distribution_class=torch.distributions.Categorical
+        ... )
+        >>> states = TensorDict(observation=torch.randn(3, 4), batch_size=[3])
+        >>> dist = policy_distribution(actor, states)
+        >>> dist.probs.shape
+        torch.Size([3, 2])
+    """
+    observations = observations.clone(False)
+    if isinstance(policy, ProbabilisticTensorDictSequential):
+        last = policy.module[-1]
+        deterministic = policy.module[:-1]
+        if isinstance(last, ProbabilisticTensorDictModule) and not any(
+            isinstance(module, ProbabilisticTensorDictModule)
+            for part in deterministic
+            for module in part.modules()
+        ):
+            for part in deterministic:
+                observations = part(observations)
+            return last.get_dist(observations)
+    get_dist = getattr(policy, "get_dist", None)
+    if get_dist is None:
+        raise TypeError(
+            f"{type(policy).__name__} has no get_dist: expected a probabilistic policy "
+            "(e.g. TorchRL ProbabilisticActor)"
+        )
+    return get_dist(observations)
 
 
 class StableNormal(D.Normal):

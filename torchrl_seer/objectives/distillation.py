@@ -9,7 +9,11 @@ from tensordict import TensorDict, TensorDictBase
 from torch import distributions as D
 from torchrl.objectives import LossModule
 
-from torchrl_seer.modules.distributions import DISCRETE_DISTRIBUTIONS, deterministic_action
+from torchrl_seer.modules.distributions import (
+    DISCRETE_DISTRIBUTIONS,
+    deterministic_action,
+    policy_distribution,
+)
 
 __all__ = ["DistillationLoss"]
 
@@ -90,8 +94,9 @@ class DistillationLoss(LossModule):
         Every TorchRL loss's ``forward`` sets the process-wide exploration type while it
         runs, which is not thread-safe: called from a background thread, it can leave another
         thread's policy acting (or a later call running) in the wrong mode. The distillation
-        losses read distributions only (``get_dist``), so they do not need that context; a
-        background thread calls this method instead of :meth:`forward`.
+        losses read distributions only, through
+        :func:`~torchrl_seer.modules.distributions.policy_distribution`, which sets no global
+        mode; a background thread calls this method instead of :meth:`forward`.
 
         Args:
             tensordict: states with the policies' input keys.
@@ -100,8 +105,8 @@ class DistillationLoss(LossModule):
             The same tensordict as :meth:`forward`.
         """
         with torch.no_grad():
-            teacher_dist = self.teacher.get_dist(tensordict.clone(False))
-        student_dist = self.student.get_dist(tensordict.clone(False))
+            teacher_dist = policy_distribution(self.teacher, tensordict)
+        student_dist = policy_distribution(self.student, tensordict)
         try:
             kl = D.kl_divergence(teacher_dist, student_dist)
         except NotImplementedError:
