@@ -20,7 +20,9 @@ the reference (``--safe-step``; 50,000 of 100,000 steps on RoadRunner, three see
 ``patience`` checks ending at that step, so that the calibrated criterion fires there on this run;
 the page then reports where each bound fires, and how the latent drift to the final CNN looks at
 those steps. Held-out runs (``--validate <run folder>``, e.g. another seed recorded the same way)
-are not used for calibration: the page reports where each calibrated bound fires on them.
+are not used for calibration: the page reports where each calibrated bound fires on them (a run
+of another game checks whether the bound carries over to it; its latent drift is measured on
+that game's observations).
 Criteria are replayed from the step learning starts (``optim.learn_start``) and, with
 ``--earliest-step N``, also with checks before ``N`` not counted (the recipe's
 ``seer.auto_min_step``).
@@ -194,8 +196,10 @@ def calibrate(
     criteria = criteria_to_replay()
     defaults = {label: run.replay(**kwargs) for label, kwargs in criteria.items()}
     histories = {label: criterion.history for label, criterion in defaults.items()}
-    probe = probe_batch(run.game, probe_size, seed=12345)
-    drift = latent_drift(run.snapshots, probe)
+    probes: dict[str, torch.Tensor] = {}  # one probe batch per game: drift on its own frames
+    for game in dict.fromkeys([run.game, *(other.game for other in held_out)]):
+        probes[game] = probe_batch(game, probe_size, seed=12345)
+    drift = latent_drift(run.snapshots, probes[run.game])
     drift_at = dict(zip(run.steps, drift, strict=True))
 
     rows, raw_bounds = [], {}
@@ -262,7 +266,9 @@ def calibrate(
         rows,
     )  # fmt: skip
     raw_held_out = [
-        validation_rows(other, criteria, raw_bounds, probe, earliest_step=earliest_step)
+        validation_rows(
+            other, criteria, raw_bounds, probes[other.game], earliest_step=earliest_step
+        )
         for other in held_out
     ]
     if held_out:
@@ -284,7 +290,7 @@ def calibrate(
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
     figure = out_dir / f"{PAGE}.png"
-    others = {f"seed {r['seed']}": r["histories"] for r in raw_held_out}
+    others = {f"{r['game']}, seed {r['seed']}": r["histories"] for r in raw_held_out}
     _plot(figure, run.steps, histories, drift, safe_step, held_out=others)
     report.add_figure(figure, "criterion statistics and latent drift along the run")
     report.raw = {
@@ -307,7 +313,10 @@ def validation_rows(
     *,
     earliest_step: int | None = None,
 ) -> dict[str, Any]:
-    """Where each calibrated bound (and each default bound) fires on a held-out run."""
+    """Where each calibrated bound (and each default bound) fires on a held-out run.
+
+    ``probe`` holds observations of the held-out run's own game.
+    """
     drift_at = dict(zip(run.steps, latent_drift(run.snapshots, probe), strict=True))
     rows, fired_at, fired_late, histories = [], {}, {}, {}
     for label, kwargs in criteria.items():
@@ -326,6 +335,7 @@ def validation_rows(
         ])  # fmt: skip
     return {
         "run": run.name,
+        "game": run.game,
         "seed": run.seed,
         "last_step": run.steps[-1],
         "fires_at": fired_at,

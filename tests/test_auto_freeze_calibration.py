@@ -9,7 +9,7 @@ from seer_benchmarks import seer_auto_freeze_calibration as calibration
 from torchrl_seer.modules import DataEfficientAtariEncoder
 
 
-def record_run(folder, *, seed, sizes, learn_start=2):
+def record_run(folder, *, seed, sizes, learn_start=2, game="Pong"):
     """A fake recorded run: the CNN moved by ``sizes[i]`` (relative) between checks i-1 and i."""
     params = nn.utils.parameters_to_vector(DataEfficientAtariEncoder(4).frozen_part.parameters())
     gen = torch.Generator().manual_seed(seed)
@@ -23,7 +23,7 @@ def record_run(folder, *, seed, sizes, learn_start=2):
         {"steps": steps, "parameters": torch.stack(snapshots)}, folder / "encoder_trajectory.pt"
     )
     config = {
-        "env": {"name": "Pong"}, "seed": seed, "optim": {"learn_start": learn_start},
+        "env": {"name": game}, "seed": seed, "optim": {"learn_start": learn_start},
         "collector": {"total_frames": steps[-1]},
     }  # fmt: skip
     (folder / "report.json").write_text(json.dumps({"config": config}))
@@ -57,3 +57,24 @@ def test_bounds_come_from_the_calibration_run_and_are_replayed_on_held_out_runs(
     assert "Held-out runs: where the calibrated bounds fire" in page
     assert "calibrated, from step 50" in page
     assert (tmp_path / "page" / f"{calibration.PAGE}.png").exists()
+
+
+def test_a_held_out_run_of_another_game_is_probed_with_its_own_frames(tmp_path, monkeypatch):
+    probed = []
+
+    def probe_batch(game, num, seed):
+        probed.append(game)
+        return torch.rand(num, 4, 84, 84, generator=torch.Generator().manual_seed(len(game)))
+
+    monkeypatch.setattr(calibration, "probe_batch", probe_batch)
+    decay = [0.2, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03]
+    calibration_run = record_run(tmp_path / "pong", seed=0, sizes=decay)
+    other_game = record_run(tmp_path / "krull", seed=0, sizes=decay, game="Krull")
+    report = calibration.calibrate(
+        calibration_run, safe_step=50, probe_size=2, out_dir=tmp_path / "page",
+        validate=(other_game,),
+    )  # fmt: skip
+    assert probed == ["Pong", "Krull"]
+    (held_out,) = report.raw["held_out"]
+    assert held_out["game"] == "Krull"
+    assert "| Krull, seed 0 |" in report.write().read_text()
