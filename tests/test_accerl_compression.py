@@ -182,6 +182,70 @@ def test_loading_the_running_packet_again_keeps_the_network_and_pickling_rebuild
     torch.testing.assert_close(clone(td.clone())["logits"], policy(td.clone())["logits"])
 
 
+def nudged(actor, seed):
+    """The learner after an update: every weight moved a little."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in actor.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return actor
+
+
+@pytest.mark.parametrize(
+    "spec, reused", [("fp32", True), ("bf16", True), ("int8", True), ("int8+trace", True),
+                     ("prune0.5+int8", False)],
+)  # fmt: skip
+def test_a_packet_of_the_running_structure_is_loaded_into_the_spare_network(spec, reused):
+    compressor = PolicyCompressor.from_spec(spec)
+    learner = discrete_actor(width=64)
+    policy = CompressedPolicy(learner, compressor)
+    networks = [policy.network]
+    td = obs(6)
+    for version in (1, 2, 3, 4):
+        policy.load_packet(compressor.pack(nudged(learner, version), version=version))
+        networks.append(policy.network)
+        rebuilt = CompressedPolicy(learner, compressor)  # the same weights, built from scratch
+        torch.testing.assert_close(policy(td.clone())["logits"], rebuilt(td.clone())["logits"])
+        assert policy.version == version
+    # two networks take turns when the structure stays (pruning keeps other units each time)
+    assert (networks[2] is networks[0] and networks[3] is networks[1]) is reused
+    assert networks[1] is not networks[0]
+
+
+def test_a_network_a_step_still_runs_is_never_refilled():
+    compressor = PolicyCompressor.from_spec("int8")
+    learner = discrete_actor(width=64)
+    policy = CompressedPolicy(learner, compressor)
+    td = obs(6)
+    step = policy._acting_network()  # a step that began before the next packets arrive
+    running, _ = step.__enter__()
+    before = running(td.clone())["logits"]
+    for version in (1, 2):
+        policy.load_packet(compressor.pack(nudged(learner, version), version=version))
+        assert policy.network is not running
+    assert torch.equal(running(td.clone())["logits"], before)
+    step.__exit__(None, None, None)
+    policy.load_packet(compressor.pack(nudged(learner, 3), version=3))
+    rebuilt = CompressedPolicy(learner, compressor)
+    torch.testing.assert_close(policy(td.clone())["logits"], rebuilt(td.clone())["logits"])
+
+
+def test_refill_refuses_another_structure_and_leaves_the_network_untouched():
+    actor = discrete_actor(width=64)
+    int8 = PolicyCompressor.from_spec("int8")
+    built_from = int8.pack(actor, version=1)
+    network = PolicyCompressor.rebuild(discrete_actor(width=64), built_from)
+    td = obs(6)
+    before = network(td.clone())["logits"]
+    other_spec = PolicyCompressor.from_spec("bf16").pack(actor)
+    other_width = int8.pack(discrete_actor(width=32))
+    assert not PolicyCompressor.refill(network, built_from, other_spec)
+    assert not PolicyCompressor.refill(network, built_from, other_width)
+    assert torch.equal(network(td.clone())["logits"], before)
+    assert PolicyCompressor.refill(network, built_from, int8.pack(nudged(actor, 1)))
+    assert not torch.equal(network(td.clone())["logits"], before)
+
+
 def test_int8_packet_is_four_times_smaller():
     actor = discrete_actor(width=256)
     fp32 = PolicyCompressor.packet_nbytes(PolicyCompressor().pack(actor))

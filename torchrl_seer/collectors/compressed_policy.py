@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import copy
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from tensordict import NestedKey, TensorDictBase
@@ -44,7 +48,10 @@ class CompressedPolicy(TensorDictModuleBase):
 
     The compressed network is rebuilt from weight packets (see
     :class:`~torchrl_seer.collectors.PolicyCompressor`) on top of a private full-precision
-    *template* of the policy's architecture. The template is not a registered submodule, so
+    *template* of the policy's architecture. The network a packet replaces is kept as a spare:
+    the next packet of the same structure is loaded into it
+    (:meth:`~torchrl_seer.collectors.PolicyCompressor.refill`) once no step runs it any more,
+    instead of compressing the template again. The template is not a registered submodule, so
     ``TensorDict.from_module`` never exposes stale full-precision weights: weights reach a
     compressed policy only through :meth:`load_packet` (in-process) or
     :class:`~torchrl_seer.collectors.CompressedWeightSyncScheme` (worker processes).
@@ -72,6 +79,8 @@ class CompressedPolicy(TensorDictModuleBase):
         ('bf16', 7)
     """
 
+    _spare: tuple[nn.Module, TensorDictBase | None] | None  # the replaced network, its packet
+
     def __init__(
         self,
         policy: TensorDictModuleBase,
@@ -92,6 +101,7 @@ class CompressedPolicy(TensorDictModuleBase):
         for param in template.parameters():
             param.requires_grad_(False)
         object.__setattr__(self, "_template", template)  # deliberately not a submodule
+        self._init_acting()
         self.network: nn.Module
         self.version = 0
         self.packet: TensorDictBase | None = None
@@ -117,15 +127,50 @@ class CompressedPolicy(TensorDictModuleBase):
         """
         if packet is self.packet:
             return
-        network = PolicyCompressor.rebuild(self._template, packet)
+        network = self._refilled_spare(packet) or PolicyCompressor.rebuild(self._template, packet)
         version = int(packet["version"])
-        # Workers apply packets from a background thread while acting: publish the network and
-        # its version as one tuple so a step never pairs one packet's network with another's
-        # version.
-        object.__setattr__(self, "_acting", (network, version))
+        with self._acting_lock:
+            # the network being replaced becomes the spare the next packet may be loaded into
+            replaced = getattr(self, "_acting", None)
+            self._spare = None if replaced is None else (replaced[0], self.packet)
+            # Workers apply packets from a background thread while acting: publish the network
+            # and its version as one tuple so a step never pairs one packet's network with
+            # another's version.
+            object.__setattr__(self, "_acting", (network, version))
         self.network = network
         self.version = version
         self.packet = packet
+
+    def _refilled_spare(self, packet: TensorDictBase) -> nn.Module | None:
+        """The spare network with ``packet`` loaded, if it has its structure and is idle."""
+        with self._acting_lock:
+            spare, self._spare = self._spare, None  # claimed: no step can start on it now
+            if spare is None or self._running[id(spare[0])]:
+                return None
+        network, built_from = spare
+        try:
+            return network if PolicyCompressor.refill(network, built_from, packet) else None
+        except (RuntimeError, ValueError):  # half-loaded: dropped; rebuild reports the cause
+            return None
+
+    def _init_acting(self) -> None:
+        self._acting_lock = threading.Lock()
+        self._running: Counter[int] = Counter()  # steps running, by id of their network
+        self._spare = None
+
+    @contextmanager
+    def _acting_network(self) -> Iterator[tuple[nn.Module, int]]:
+        """The network and version a step runs; the network is not refilled meanwhile."""
+        with self._acting_lock:
+            network, version = self._acting
+            self._running[id(network)] += 1
+        try:
+            yield network, version
+        finally:
+            with self._acting_lock:
+                self._running[id(network)] -= 1
+                if not self._running[id(network)]:
+                    del self._running[id(network)]
 
     def check_packet(self, packet: TensorDictBase) -> None:
         """Raises if :meth:`load_packet` would refuse ``packet``; the running network is kept.
@@ -166,13 +211,15 @@ class CompressedPolicy(TensorDictModuleBase):
         # ship the packet (plain tensors) and rebuild the network on arrival.
         state = self.__dict__.copy()
         state["_modules"] = {k: v for k, v in state["_modules"].items() if k != "network"}
-        state.pop("_acting", None)
+        for name in ("_acting", "_acting_lock", "_running", "_spare"):
+            state.pop(name, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
         packet = state.pop("packet")
         assert packet is not None
         self.__dict__.update(state, packet=None)
+        self._init_acting()
         self.load_packet(packet)
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -184,7 +231,10 @@ class CompressedPolicy(TensorDictModuleBase):
         Returns:
             The tensordict with the policy's outputs and ``version_key``.
         """
-        network, version = self._acting
+        with self._acting_network() as (network, version):
+            return self._act(network, version, tensordict)
+
+    def _act(self, network: nn.Module, version: int, tensordict: TensorDictBase) -> TensorDictBase:
         inputs = {key: tensordict.get(key, None) for key in self.in_keys}
         for key, value in inputs.items():
             if (

@@ -13,7 +13,9 @@ therefore serialises a compressed policy into a *weight packet*, a plain :class:
   pipeline the sender currently runs (the Monitor may switch it between ships).
 
 :meth:`PolicyCompressor.rebuild` turns a packet back into a runnable module on top of a
-full-precision *template* of the same architecture.
+full-precision *template* of the same architecture; :meth:`PolicyCompressor.refill` loads a
+later packet of the same structure into a module built earlier, without compressing the
+template again.
 """
 
 from __future__ import annotations
@@ -104,6 +106,46 @@ def _check_packet_fits(current: dict[str, Any], shipped: TensorDictBase) -> None
                     f"but this policy's architecture gives {tuple(expected.shape)}: the packet "
                     "was made from another network (other layer sizes)."
                 )
+
+
+def _load_shipped_state(module: nn.Module, packet: TensorDictBase) -> None:
+    """Loads a packet's decoded state into a module of the packet's structure."""
+    current = module.state_dict()
+    _check_packet_fits(current, packet["state"])
+    state: OrderedDict[str, Any] = OrderedDict()
+    # version metadata tells quantized modules which serialisation format to expect
+    state._metadata = getattr(current, "_metadata", {})  # type: ignore[attr-defined]
+    for name, value in current.items():
+        key = _escape(name)
+        if not isinstance(value, (torch.Tensor, tuple)):
+            state[name] = value  # e.g. the dtype entry of packed params
+            continue
+        shipped = packet["state"][key]
+        if isinstance(value, tuple):
+            state[name] = tuple(
+                _decode_tensor(shipped[str(i)]) if str(i) in shipped.keys() else None
+                for i in range(len(value))
+            )
+        else:
+            state[name] = _decode_tensor(shipped)
+    module.load_state_dict(state)
+
+
+def _same_structure(first: TensorDictBase, second: TensorDictBase) -> bool:
+    """Whether two packets build the same network: same pipeline, plan and state layout."""
+    if first["pipeline"].spec() != second["pipeline"].spec():
+        return False
+    plans = [dict(packet["plan"].items(True, True)) for packet in (first, second)]
+    if plans[0].keys() != plans[1].keys():
+        return False
+    if not all(torch.equal(plans[0][key], plans[1][key]) for key in plans[0]):
+        return False
+    states = [dict(packet["state"].items(True, True)) for packet in (first, second)]
+    return states[0].keys() == states[1].keys() and all(
+        states[0][key].shape == states[1][key].shape
+        and states[0][key].dtype == states[1][key].dtype
+        for key in states[0]
+    )
 
 
 class PolicyCompressor:
@@ -292,9 +334,7 @@ class PolicyCompressor:
         compressor: PolicyCompressor = packet["pipeline"]
         if not isinstance(compressor, PolicyCompressor):
             raise TypeError(f"not a weight packet: 'pipeline' holds {type(compressor).__name__}")
-        ctx = quiet_torch_ao()
-        ctx.__enter__()
-        try:
+        with quiet_torch_ao():
             try:
                 module, _ = compressor.compress(template, plan=packet["plan"])
             except (IndexError, RuntimeError) as error:
@@ -303,28 +343,52 @@ class PolicyCompressor:
                     "compression plan refers to units this architecture does not have (the "
                     f"packet was made from another network): {error}"
                 ) from error
-            current = module.state_dict()
-            _check_packet_fits(current, packet["state"])
-            state: OrderedDict[str, Any] = OrderedDict()
-            # version metadata tells quantized modules which serialisation format to expect
-            state._metadata = getattr(current, "_metadata", {})  # type: ignore[attr-defined]
-            for name, value in current.items():
-                key = _escape(name)
-                if not isinstance(value, (torch.Tensor, tuple)):
-                    state[name] = value  # e.g. the dtype entry of packed params
-                    continue
-                shipped = packet["state"][key]
-                if isinstance(value, tuple):
-                    state[name] = tuple(
-                        _decode_tensor(shipped[str(i)]) if str(i) in shipped.keys() else None
-                        for i in range(len(value))
-                    )
-                else:
-                    state[name] = _decode_tensor(shipped)
-            module.load_state_dict(state)
-        finally:
-            ctx.__exit__(None, None, None)
+            _load_shipped_state(module, packet)
         return module.eval()
+
+    @staticmethod
+    def refill(network: nn.Module, built_from: TensorDictBase, packet: TensorDictBase) -> bool:
+        """Loads ``packet`` into ``network`` when both packets build the same structure.
+
+        A worker that receives a packet for the pipeline it already runs needs new weights,
+        not a new network: this skips compressing the template again (for ``int8``, a second
+        quantization of every weight that the load then overwrites). With the first acting step
+        after it, a refill took 0.40 of a rebuild's time for an ``int8`` MLP with two hidden
+        layers of 2,048 or 4,096 units, and 0.42-0.54 with ``int8+trace``, whose graph is
+        traced again in both cases (``accerl_packet_load.md``). Structures match when the pipelines have the same
+        :meth:`spec`, the plans are equal (e.g. the units pruning kept) and the states hold the
+        same entries with the same shapes and dtypes. Static graphs of a
+        :class:`~torchrl_seer.collectors.StaticGraph` step are rebuilt at the next call.
+
+        Args:
+            network: a module returned by :meth:`rebuild` for ``built_from``, not running
+                (its weights are overwritten).
+            built_from: the packet ``network`` was built from.
+            packet: the new packet.
+
+        Returns:
+            ``True`` if ``network`` now runs ``packet``; ``False`` if the structures differ,
+            ``network`` untouched (call :meth:`rebuild` instead).
+
+        Examples:
+            >>> from torch import nn
+            >>> compressor = PolicyCompressor.from_spec("int8")
+            >>> policy = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+            >>> first = compressor.pack(policy, version=1)
+            >>> network = PolicyCompressor.rebuild(policy, first)
+            >>> PolicyCompressor.refill(network, first, compressor.pack(policy, version=2))
+            True
+            >>> PolicyCompressor.refill(
+            ...     network, first, PolicyCompressor.from_spec("bf16").pack(policy)
+            ... )
+            False
+        """
+        if not _same_structure(built_from, packet):
+            return False
+        with quiet_torch_ao():
+            _load_shipped_state(network, packet)
+        network.eval()
+        return True
 
     @staticmethod
     def packet_nbytes(packet: TensorDictBase) -> int:
