@@ -79,7 +79,7 @@ class CompressedPolicy(TensorDictModuleBase):
         ('bf16', 7)
     """
 
-    _spare: tuple[nn.Module, TensorDictBase | None] | None  # the replaced network, its packet
+    _spare: tuple[nn.Module, TensorDictBase] | None  # the replaced network and its packet
 
     def __init__(
         self,
@@ -132,7 +132,8 @@ class CompressedPolicy(TensorDictModuleBase):
         with self._acting_lock:
             # the network being replaced becomes the spare the next packet may be loaded into
             replaced = getattr(self, "_acting", None)
-            self._spare = None if replaced is None else (replaced[0], self.packet)
+            if replaced is not None and self.packet is not None:
+                self._spare = (replaced[0], self.packet)
             # Workers apply packets from a background thread while acting: publish the network
             # and its version as one tuple so a step never pairs one packet's network with
             # another's version.
