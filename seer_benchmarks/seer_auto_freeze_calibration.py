@@ -104,7 +104,9 @@ def probe_batch(game: str, num: int, seed: int) -> torch.Tensor:
     from torchrl_seer.envs import make_atari_env
 
     env = make_atari_env(game, seed=seed)
-    rollout = env.rollout(num, break_when_any_done=False)
+    with torch.random.fork_rng():  # the random actions too: the same probe on every run
+        torch.manual_seed(seed)
+        rollout = env.rollout(num, break_when_any_done=False)
     env.close()
     return rollout["pixels"]
 
