@@ -127,7 +127,9 @@ class CompressedPolicy(TensorDictModuleBase):
         """
         if packet is self.packet:
             return
-        network = self._refilled_spare(packet) or PolicyCompressor.rebuild(self._template, packet)
+        network = self._refilled_spare(packet)
+        if network is None:  # not `or`: sequential modules are falsy when they have no layers
+            network = PolicyCompressor.rebuild(self._template, packet)
         version = int(packet["version"])
         with self._acting_lock:
             # the network being replaced becomes the spare the next packet may be loaded into
