@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import torch
 from tensordict import TensorDict, TensorDictBase
-from tensordict.nn import TensorDictModule
-from torchrl.modules import MLP, ProbabilisticActor
+from torchrl.modules import ProbabilisticActor
 
+from seer_benchmarks.bench_accerl import categorical_mlp
 from seer_benchmarks.harness import BenchmarkReport, interleaved_timings
 from torchrl_seer.collectors import PolicyCompressor
 
@@ -34,12 +34,7 @@ PIPELINES = ("int8", "int8+trace")
 def cartpole_actor(width: int, seed: int) -> ProbabilisticActor:
     """The AcceRL IMPALA recipe's CartPole policy with two hidden layers of ``width`` units."""
     torch.manual_seed(seed)
-    network = MLP(in_features=4, out_features=2, num_cells=[width, width])
-    return ProbabilisticActor(
-        TensorDictModule(network, in_keys=["observation"], out_keys=["logits"]),
-        in_keys=["logits"],
-        distribution_class=torch.distributions.Categorical,
-    ).eval()
+    return categorical_mlp(4, 2, width).eval()
 
 
 def load_and_act(

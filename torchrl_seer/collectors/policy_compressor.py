@@ -354,7 +354,7 @@ class PolicyCompressor:
         not a new network: this skips compressing the template again (for ``int8``, a second
         quantization of every weight that the load then overwrites). With the first acting
         step after it, a refill took 0.40 of a rebuild's time for an ``int8`` MLP with two
-        hidden layers of 2,048 or 4,096 units, and 0.42-0.54 with ``int8+trace``, whose graph
+        hidden layers of 2,048 or 4,096 units, and 0.42-0.55 with ``int8+trace``, whose graph
         is traced again in both cases (``accerl_packet_load.md``). Structures match when the
         pipelines have the same :meth:`spec`, the plans are equal (e.g. the units pruning
         kept) and the states hold the same entries with the same shapes and dtypes. Static
