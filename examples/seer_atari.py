@@ -50,13 +50,16 @@ from tqdm import tqdm
 from torchrl_seer.data import LatentReplayOptions, QuantizedStorage, reference_capacity_atari
 from torchrl_seer.envs import make_atari_env
 from torchrl_seer.modules import DataEfficientAtariEncoder, LatentOrPixelFeatures
-from torchrl_seer.trainers import CONVERGENCE_STATISTICS, FreezeEncoderHook, ParameterConvergence
+from torchrl_seer.trainers import CONVERGENCE_STATISTICS, FreezeEncoderHook
 from torchrl_seer.trainers.helpers import (
     EpisodeReturns,
     RecipeRun,
     check_atari_game,
     check_config,
+    check_freeze_at,
+    freeze_criterion,
     resolve_device,
+    save_encoder_trajectory,
     seed_everything,
     write_seer_report,
 )
@@ -88,9 +91,7 @@ def check(cfg: DictConfig) -> None:
                  "seer.latent_dtype": ["fp32", "bf16", "int8"],
                  "seer.auto_statistic": list(CONVERGENCE_STATISTICS)},
     )  # fmt: skip
-    freeze_at = cfg.seer.freeze_at
-    if freeze_at != "auto" and not (isinstance(freeze_at, int) and freeze_at >= 0):
-        raise ValueError(f"seer.freeze_at must be a step >= 0 or 'auto', got {freeze_at!r}.")
+    check_freeze_at(cfg.seer.freeze_at)
     if cfg.seer.load_encoder is not None and not Path(cfg.seer.load_encoder).is_file():
         raise ValueError(f"seer.load_encoder={cfg.seer.load_encoder!r} is not a file.")
     check_atari_game(cfg.env.name)
@@ -155,10 +156,9 @@ def train(cfg: DictConfig) -> Path:
         if cfg.seer.latent_dtype != "fp32"
         else functools.partial(LazyTensorStorage, device=device)
     )
-    freeze_at = cfg.seer.freeze_at
     hook = FreezeEncoderHook(
         encoder,
-        freeze_at=freeze_at,
+        freeze_at=cfg.seer.freeze_at,
         modules=[loss],
         optimizers=[optimizer],
         replay_buffer=rb,
@@ -172,17 +172,9 @@ def train(cfg: DictConfig) -> Path:
             ),
             storage_factory=latent_storage,
         ),
-        convergence=ParameterConvergence(
-            encoder.frozen_part.parameters(),
-            check_interval=cfg.seer.auto_interval,
-            statistic=cfg.seer.auto_statistic,
-            threshold=cfg.seer.auto_threshold,
-            window=cfg.seer.auto_window,
-            min_step=max(cfg.optim.learn_start, cfg.seer.auto_min_step),
-            keep_trajectory=cfg.seer.record_trajectory,
-        )
-        if freeze_at == "auto" or cfg.seer.record_trajectory
-        else None,
+        convergence=freeze_criterion(
+            cfg.seer, encoder.frozen_part.parameters(), learn_start=cfg.optim.learn_start
+        ),
     )
 
     # 6. training loop, one collector per checkpoint interval
@@ -200,12 +192,7 @@ def train(cfg: DictConfig) -> Path:
     target_updater.counter = record["target_updates"]
 
     def report() -> Path:
-        if hook.convergence is not None and hook.convergence.trajectory:
-            steps_kept, snapshots = zip(*hook.convergence.trajectory, strict=True)
-            torch.save(
-                {"steps": list(steps_kept), "parameters": torch.stack(snapshots)},
-                run.dir / "encoder_trajectory.pt",
-            )
+        save_encoder_trajectory(hook.convergence, run.dir)
         return write_seer_report(
             run.dir,
             title=f"SEER + DQN on {cfg.env.name}",

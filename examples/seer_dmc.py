@@ -11,11 +11,14 @@ Read top to bottom:
    (``CURLLoss``: two random crops, the EMA target encoder as key encoder, bilinear W) trains
    the encoder beside the critic (``loss.curl=false`` turns it off);
 4. a pixel replay buffer;
-5. ``FreezeEncoderHook``: at T_f the whole encoder stops training (no encoder optimizer, no
-   contrastive update, no EMA), the target critic is hard-copied from the online one, every
-   stored observation is encoded into K random-crop latents (K = ``seer.num_copies``), the pixel
-   storage is freed and the buffer re-sized to the same memory budget; new transitions are
-   encoded on write and each sampled element uses one of its K copies;
+5. ``FreezeEncoderHook``: at T_f (``seer.freeze_at``: a step, or ``auto``: once the encoder's
+   relative parameter change stays below a bound) the whole encoder stops training (no encoder
+   optimizer, no contrastive update, no EMA), the target critic is hard-copied from the online
+   one, every stored observation is encoded into K random-crop latents (K =
+   ``seer.num_copies``), the pixel storage is freed and the buffer re-sized to the same memory
+   budget; new transitions are encoded on write and each sampled element uses one of its K
+   copies (``seer.record_trajectory=true`` keeps the encoder's parameters at every check in
+   ``encoder_trajectory.pt``);
 6. the loop: collect -> write -> ``hook.step`` -> sample -> encoder stage -> SAC loss -> steps
    -> (before the freeze) the contrastive update; ``optim.autocast=bf16`` runs the learner's
    forward passes in bf16 mixed precision (fp32 weights) on the run's device, ~2x faster updates
@@ -49,13 +52,16 @@ from torchrl_seer.data import LatentEncodeTransform, LatentReplayOptions
 from torchrl_seer.envs import PLANET_ACTION_REPEAT, make_dmc_env, split_dmc_task
 from torchrl_seer.modules import CenterCrop, CURLPixelEncoder, LatentOrPixelFeatures, RandomCrop
 from torchrl_seer.objectives import CURLLoss
-from torchrl_seer.trainers import FreezeEncoderHook
+from torchrl_seer.trainers import CONVERGENCE_STATISTICS, FreezeEncoderHook
 from torchrl_seer.trainers.helpers import (
     EpisodeReturns,
     RecipeRun,
     autocast,
     check_config,
+    check_freeze_at,
+    freeze_criterion,
     resolve_device,
+    save_encoder_trajectory,
     seed_everything,
     write_seer_report,
 )
@@ -86,9 +92,11 @@ def check(cfg: DictConfig) -> tuple[str, str]:
             "optim.batch_size", "optim.actor_update_freq", "network.hidden", "seer.num_copies",
             "logger.report_every",
         ],
-        non_negative=["optim.learn_start", "seer.freeze_at"],
-        choices={"optim.autocast": ["none", "bf16"], "seer.target_sync": ["full", "encoder"]},
+        non_negative=["optim.learn_start", "seer.auto_min_step"],
+        choices={"optim.autocast": ["none", "bf16"], "seer.target_sync": ["full", "encoder"],
+                 "seer.auto_statistic": list(CONVERGENCE_STATISTICS)},
     )  # fmt: skip
+    check_freeze_at(cfg.seer.freeze_at)
     if cfg.env.action_repeat is not None:
         check_config(cfg, positive=["env.action_repeat"])
     return split_dmc_task(cfg.env.name)
@@ -190,6 +198,9 @@ def train(cfg: DictConfig) -> Path:
             max_capacity=cfg.seer.max_capacity,
             storage_factory=lambda capacity: LazyTensorStorage(capacity, device=device),
         ),
+        convergence=freeze_criterion(
+            cfg.seer, encoder.frozen_part.parameters(), learn_start=cfg.optim.learn_start
+        ),
     )
 
     # 6. training loop, one collector per checkpoint interval; optional bf16 autocast of the
@@ -206,6 +217,7 @@ def train(cfg: DictConfig) -> Path:
     record = record or {"update_seconds": [], "updates": 0}
 
     def report() -> Path:
+        save_encoder_trajectory(hook.convergence, run.dir)
         return write_seer_report(
             run.dir,
             title=f"SEER + SAC on {cfg.env.name} from pixels",

@@ -4,12 +4,15 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from _recipes import (
     assert_same_checkpoints,
     recipe_config,
     run_recipe,
     run_stopped_after_checkpoint,
 )
+
+from torchrl_seer.modules import CURLPixelEncoder
 
 ATARI_TINY = (
     "collector.total_frames=240", "seer.freeze_at=96", "optim.learn_start=48",
@@ -176,4 +179,29 @@ def test_dmc_recipe_freeze_only_ablation_keeps_pixel_replay(tmp_path):
 def test_dmc_recipe_refuses_an_unknown_task_before_creating_anything(tmp_path):
     with pytest.raises(ValueError, match="Did you mean"):
         run_recipe("seer_dmc", "env.name=cartpole_swingupp", f"logger.output_dir={tmp_path}")
+    assert not any(tmp_path.iterdir())
+
+
+def test_dmc_recipe_auto_freeze_fires_and_records_the_encoder_trajectory(tmp_path):
+    # checks every 4 agent steps from the first (1, 5, 9, ...); counted from step 12; any
+    # change is below the bound, so the third counted check (21) fires
+    report = run_recipe(
+        "seer_dmc", *DMC_TINY, "seer.freeze_at=auto", "seer.auto_interval=4",
+        "seer.auto_threshold=1e9", "seer.auto_min_step=12", "seer.record_trajectory=true",
+        "logger.backend=null", f"logger.output_dir={tmp_path}",
+    )  # fmt: skip
+    assert "freeze step T_f (agent steps) | 21" in report.read_text()
+    trajectory = torch.load(report.parent / "encoder_trajectory.pt")
+    assert trajectory["steps"] == [1, 5, 9, 13, 17, 21]
+    assert trajectory["parameters"].shape[1] == sum(
+        p.numel() for p in CURLPixelEncoder(9).frozen_part.parameters()
+    )
+    # updates start at step 8: the encoder stands still from 1 to 5, then moves
+    moves = trajectory["parameters"].diff(dim=0).norm(dim=1)
+    assert moves[0] == 0 and moves[1:].gt(0).all()
+
+
+def test_dmc_recipe_refuses_a_bad_freeze_step(tmp_path):
+    with pytest.raises(ValueError, match=re.escape("seer.freeze_at must be a step >= 0 or 'auto'")):
+        run_recipe("seer_dmc", "seer.freeze_at=later", f"logger.output_dir={tmp_path}")
     assert not any(tmp_path.iterdir())

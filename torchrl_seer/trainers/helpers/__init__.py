@@ -32,6 +32,11 @@ from torchrl_seer.trainers.helpers.episodes import EpisodeReturns  # noqa: E402
 from torchrl_seer.trainers.helpers.report import ReportPlot, ReportTable, write_report  # noqa: E402
 from torchrl_seer.trainers.helpers.run import RecipeRun  # noqa: E402
 from torchrl_seer.trainers.helpers.seeding import get_rng_state, seed_everything, set_rng_state  # noqa: E402
+from torchrl_seer.trainers.helpers.seer_freeze import (  # noqa: E402
+    check_freeze_at,
+    freeze_criterion,
+    save_encoder_trajectory,
+)
 from torchrl_seer.trainers.helpers.seer_report import write_seer_report  # noqa: E402
 
 __all__ = [
@@ -44,11 +49,14 @@ __all__ = [
     "check_atari_game",
     "check_choice",
     "check_config",
+    "check_freeze_at",
     "check_positive",
     "frame_segments",
+    "freeze_criterion",
     "get_rng_state",
     "load_recipe_config",
     "resolve_device",
+    "save_encoder_trajectory",
     "seed_everything",
     "set_rng_state",
     "write_report",
