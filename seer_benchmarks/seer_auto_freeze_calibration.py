@@ -1,15 +1,20 @@
-r"""Calibrates ``freeze_at="auto"`` on the CNN trajectory of a real Atari run.
+r"""Calibrates ``freeze_at="auto"`` on the encoder trajectory of a real SEER recipe run.
 
-A long experiment, not part of ``make bench``. Run the Atari recipe once with the trajectory
-recorded (the CNN's parameters at every criterion check; no freeze, so the whole run is seen)::
+A long experiment, not part of ``make bench``. Run a SEER recipe once with the trajectory
+recorded (the frozen layers' parameters at every criterion check; no freeze, so the whole run is
+seen)::
 
     python examples/seer_atari.py env.name=RoadRunner seed=0 seer.freeze_at=100000000 \
         seer.record_trajectory=true seer.auto_interval=1000 logger.output_dir=runs/auto
     python -m seer_benchmarks.seer_auto_freeze_calibration runs/auto/<run folder>
 
+Runs of ``examples/seer_atari.py`` write ``docs/benchmarks/seer_auto_freeze_calibration.*``,
+runs of ``examples/seer_dmc.py`` (whose whole encoder freezes; the probe is the centre 84x84
+crop of its 100x100 renders) ``seer_auto_freeze_calibration_dmc.*``.
+
 From the recorded snapshots it computes, at every check, both statistics of
 :class:`~torchrl_seer.trainers.ParameterConvergence` (``relative_change`` and ``drift_ratio``
-over several windows) and the **latent drift to the final CNN**,
+over several windows) and the **latent drift to the final encoder**,
 ``||f_t(x) - f_T(x)|| / ||f_T(x)||`` on a fixed probe batch of the game's observations: the error
 that freezing at ``t`` bakes into the stored latents relative to training on. Each criterion is
 replayed offline with the class itself (so it fires exactly where it would have fired online).
@@ -18,21 +23,21 @@ Calibration rule (fixed before the run): the freeze step known to cost no return
 the reference (``--safe-step``; 50,000 of 100,000 steps on RoadRunner, three seeds, in
 ``seer_parity.md``). A statistic's calibrated bound is the largest value it took over the
 ``patience`` checks ending at that step, so that the calibrated criterion fires there on this run;
-the page then reports where each bound fires, and how the latent drift to the final CNN looks at
+the page then reports where each bound fires, and how the latent drift to the final encoder looks at
 those steps. Held-out runs (``--validate <run folder>``, e.g. another seed recorded the same way)
 are not used for calibration: the page reports where each calibrated bound fires on them (a run
 of another game checks whether the bound carries over to it; its latent drift is measured on
-that game's observations).
+that game's observations; held-out runs of the other recipe are refused).
 Criteria are replayed from the step learning starts (``optim.learn_start``) and, with
 ``--earliest-step N``, also with checks before ``N`` not counted (the recipe's
 ``seer.auto_min_step``).
-Writes ``docs/benchmarks/seer_auto_freeze_calibration.{md,json,png}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,12 @@ import torch
 from torch import nn
 
 from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport
-from torchrl_seer.modules import DataEfficientAtariEncoder
+from torchrl_seer.modules import (
+    CenterCrop,
+    CURLPixelEncoder,
+    DataEfficientAtariEncoder,
+    SplitEncoder,
+)
 from torchrl_seer.trainers import ParameterConvergence
 
 PAGE = "seer_auto_freeze_calibration"
@@ -51,9 +61,10 @@ PATIENCE = 3
 
 @dataclass
 class RecordedRun:
-    """The CNN trajectory of one recipe run and the settings the criteria need."""
+    """The encoder trajectory of one recipe run and the settings the criteria need."""
 
     name: str
+    recipe: str
     game: str
     seed: int
     learn_start: int
@@ -66,8 +77,15 @@ class RecordedRun:
         """Reads ``encoder_trajectory.pt`` and the configuration from a run folder."""
         trajectory = torch.load(run_dir / "encoder_trajectory.pt")
         config = json.loads((run_dir / "report.json").read_text())["config"]
+        exp_name = json.loads((run_dir / "run.json").read_text())["exp_name"]
+        recipe = next((name for name in RECIPES if exp_name.startswith(f"{name}_")), None)
+        if recipe is None:
+            raise ValueError(
+                f"{run_dir} is a run of {exp_name!r}; expected a run of one of {list(RECIPES)}."
+            )
         return cls(
             name=run_dir.name,
+            recipe=recipe,
             game=config["env"]["name"],
             seed=config["seed"],
             learn_start=config["optim"]["learn_start"],
@@ -99,11 +117,26 @@ def replay_criterion(
     return criterion
 
 
-def probe_batch(game: str, num: int, seed: int) -> torch.Tensor:
-    """Stacked observations of ``game`` under a uniform random policy (the probe batch)."""
+def atari_probe(game: str, num: int, seed: int) -> torch.Tensor:
+    """Stacked observations of an Atari ``game`` under a uniform random policy."""
     from torchrl_seer.envs import make_atari_env
 
-    env = make_atari_env(game, seed=seed)
+    return _random_rollout_pixels(make_atari_env(game, seed=seed), num, seed)
+
+
+def dmc_probe(task: str, num: int, seed: int) -> torch.Tensor:
+    """Centre 84x84 crops of a DMC ``task``'s stacked 100x100 renders under random actions."""
+    from torchrl_seer.envs import PLANET_ACTION_REPEAT, make_dmc_env, split_dmc_task
+
+    domain, name = split_dmc_task(task)
+    env = make_dmc_env(
+        domain, name, size=100, frame_stack=3, action_repeat=PLANET_ACTION_REPEAT.get(task, 1),
+        seed=seed,
+    )  # fmt: skip
+    return CenterCrop(84)(_random_rollout_pixels(env, num, seed))
+
+
+def _random_rollout_pixels(env: Any, num: int, seed: int) -> torch.Tensor:
     with torch.random.fork_rng():  # the random actions too: the same probe on every run
         torch.manual_seed(seed)
         rollout = env.rollout(num, break_when_any_done=False)
@@ -111,9 +144,35 @@ def probe_batch(game: str, num: int, seed: int) -> torch.Tensor:
     return rollout["pixels"]
 
 
-def latent_drift(snapshots: torch.Tensor, probe: torch.Tensor) -> list[float]:
+@dataclass(frozen=True)
+class RecipeEncoder:
+    """How the encoder a recipe records is rebuilt and probed, and the page its runs write."""
+
+    script: str
+    part: str  # what the frozen layers are called on the page
+    encoder: Callable[[], SplitEncoder]
+    probe: Callable[[str, int, int], torch.Tensor]
+    page: str
+
+
+RECIPES = {
+    "seer_atari": RecipeEncoder(
+        "examples/seer_atari.py", "CNN", lambda: DataEfficientAtariEncoder(4), atari_probe, PAGE
+    ),
+    "seer_dmc": RecipeEncoder(
+        "examples/seer_dmc.py", "encoder", lambda: CURLPixelEncoder(9), dmc_probe, f"{PAGE}_dmc"
+    ),
+}
+
+
+def probe_batch(recipe: str, game: str, num: int, seed: int) -> torch.Tensor:
+    """The probe batch of a recipe's ``game``: observations under a uniform random policy."""
+    return RECIPES[recipe].probe(game, num, seed)
+
+
+def latent_drift(recipe: str, snapshots: torch.Tensor, probe: torch.Tensor) -> list[float]:
     """Relative distance of each snapshot's latents on ``probe`` to the final snapshot's."""
-    encoder = DataEfficientAtariEncoder(probe.shape[-3])
+    encoder = RECIPES[recipe].encoder()
     params = list(encoder.frozen_part.parameters())
     latents = []
     with torch.no_grad():
@@ -146,6 +205,7 @@ def _plot(
     safe: int,
     *,
     held_out: dict[str, dict[str, list[tuple[int, float]]]],
+    part: str,
 ) -> None:
     import matplotlib
 
@@ -167,7 +227,7 @@ def _plot(
     top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     bottom.plot(steps, drift, color="black")
     bottom.axvline(safe, color="grey", linestyle="--", linewidth=1, label="freeze step shown safe")
-    bottom.set_ylabel("latent drift to final CNN")
+    bottom.set_ylabel(f"latent drift to final {part}")
     bottom.set_xlabel("agent steps")
     bottom.legend(fontsize=8)
     fig.tight_layout()
@@ -195,13 +255,20 @@ def calibrate(
     """Computes the statistics, the calibrated bounds and their firing steps; writes the page."""
     run = RecordedRun.load(run_dir)
     held_out = [RecordedRun.load(path) for path in validate]
+    for other in held_out:
+        if other.recipe != run.recipe:
+            raise ValueError(
+                f"held-out run {other.name} is a {other.recipe} run; the calibration run is a "
+                f"{run.recipe} run (a bound is calibrated for one recipe's encoder)."
+            )
+    recipe = RECIPES[run.recipe]
     criteria = criteria_to_replay()
     defaults = {label: run.replay(**kwargs) for label, kwargs in criteria.items()}
     histories = {label: criterion.history for label, criterion in defaults.items()}
     probes: dict[str, torch.Tensor] = {}  # one probe batch per game: drift on its own frames
     for game in dict.fromkeys([run.game, *(other.game for other in held_out)]):
-        probes[game] = probe_batch(game, probe_size, seed=12345)
-    drift = latent_drift(run.snapshots, probes[run.game])
+        probes[game] = probe_batch(run.recipe, game, probe_size, seed=12345)
+    drift = latent_drift(run.recipe, run.snapshots, probes[run.game])
     drift_at = dict(zip(run.steps, drift, strict=True))
 
     rows, raw_bounds = [], {}
@@ -237,17 +304,17 @@ def calibrate(
     late_header = [] if earliest_step is None else [f"calibrated, from step {earliest_step:,}"]
 
     report = BenchmarkReport(
-        PAGE,
+        recipe.page,
         f"SEER: calibrating freeze_at=auto on a real run ({run.game})",
         description=(
-            f"The CNN of `examples/seer_atari.py` ({run.game}, seed {run.seed}, "
+            f"The {recipe.part} of `{recipe.script}` ({run.game}, seed {run.seed}, "
             f"{run.total_steps:,} agent steps, no freeze) was snapshotted every "
             f"{run.steps[1] - run.steps[0]:,} agent steps (`seer.record_trajectory=true`). Each "
             "criterion of `ParameterConvergence` is replayed on those snapshots (patience "
-            f"{PATIENCE}, earliest step {run.learn_start:,}); the latent drift to the final CNN is "
-            f"measured on {probe_size} stacked observations of the game under a uniform random "
-            "policy. Calibration: a statistic's bound is the largest value it took over the "
-            f"{PATIENCE} checks ending at the freeze step shown safe for this game "
+            f"{PATIENCE}, earliest step {run.learn_start:,}); the latent drift to the final "
+            f"{recipe.part} is measured on {probe_size} stacked observations of the game under a "
+            "uniform random policy. Calibration: a statistic's bound is the largest value it "
+            f"took over the {PATIENCE} checks ending at the freeze step shown safe for this game "
             f"({safe_step:,}), so the calibrated criterion fires there on this run."
             + (
                 f" Held out: {len(held_out)} run(s) recorded the same way, not used to calibrate."
@@ -291,9 +358,9 @@ def calibrate(
         ],
     )  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
-    figure = out_dir / f"{PAGE}.png"
+    figure = out_dir / f"{recipe.page}.png"
     others = {f"{r['game']}, seed {r['seed']}": r["histories"] for r in raw_held_out}
-    _plot(figure, run.steps, histories, drift, safe_step, held_out=others)
+    _plot(figure, run.steps, histories, drift, safe_step, held_out=others, part=recipe.part)
     report.add_figure(figure, "criterion statistics and latent drift along the run")
     report.raw = {
         "run": run.name,
@@ -319,7 +386,7 @@ def validation_rows(
 
     ``probe`` holds observations of the held-out run's own game.
     """
-    drift_at = dict(zip(run.steps, latent_drift(run.snapshots, probe), strict=True))
+    drift_at = dict(zip(run.steps, latent_drift(run.recipe, run.snapshots, probe), strict=True))
     rows, fired_at, fired_late, histories = [], {}, {}, {}
     for label, kwargs in criteria.items():
         bound = bounds[label]["bound"]
@@ -360,7 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "run_dir", type=Path, help="a seer_atari run folder with encoder_trajectory.pt"
+        "run_dir", type=Path, help="a seer_atari or seer_dmc run folder with encoder_trajectory.pt"
     )
     parser.add_argument(
         "--safe-step", type=int, default=50_000, help="freeze step known to cost no return"

@@ -2,16 +2,17 @@
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
 from seer_benchmarks import seer_auto_freeze_calibration as calibration
-from torchrl_seer.modules import DataEfficientAtariEncoder
 
 
-def record_run(folder, *, seed, sizes, learn_start=2, game="Pong"):
-    """A fake recorded run: the CNN moved by ``sizes[i]`` (relative) between checks i-1 and i."""
-    params = nn.utils.parameters_to_vector(DataEfficientAtariEncoder(4).frozen_part.parameters())
+def record_run(folder, *, seed, sizes, learn_start=2, game="Pong", recipe="seer_atari"):
+    """A fake recorded run: the encoder moved by ``sizes[i]`` (relative) from check i-1 to i."""
+    encoder = calibration.RECIPES[recipe].encoder()
+    params = nn.utils.parameters_to_vector(encoder.frozen_part.parameters())
     gen = torch.Generator().manual_seed(seed)
     snapshots = [params.detach().clone()]
     for size in sizes:
@@ -27,6 +28,7 @@ def record_run(folder, *, seed, sizes, learn_start=2, game="Pong"):
         "collector": {"total_frames": steps[-1]},
     }  # fmt: skip
     (folder / "report.json").write_text(json.dumps({"config": config}))
+    (folder / "run.json").write_text(json.dumps({"exp_name": f"{recipe}_{game}_1a2b3c4d"}))
     return folder
 
 
@@ -34,7 +36,7 @@ def test_bounds_come_from_the_calibration_run_and_are_replayed_on_held_out_runs(
     tmp_path, monkeypatch
 ):
     monkeypatch.setattr(
-        calibration, "probe_batch", lambda game, num, seed: torch.rand(num, 4, 84, 84)
+        calibration, "probe_batch", lambda recipe, game, num, seed: torch.rand(num, 4, 84, 84)
     )
     decay = [0.02, 0.2, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.03, 0.03, 0.02, 0.02]
     calibration_run = record_run(tmp_path / "seed0", seed=0, sizes=decay)
@@ -62,7 +64,7 @@ def test_bounds_come_from_the_calibration_run_and_are_replayed_on_held_out_runs(
 def test_a_held_out_run_of_another_game_is_probed_with_its_own_frames(tmp_path, monkeypatch):
     probed = []
 
-    def probe_batch(game, num, seed):
+    def probe_batch(recipe, game, num, seed):
         probed.append(game)
         return torch.rand(num, 4, 84, 84, generator=torch.Generator().manual_seed(len(game)))
 
@@ -78,3 +80,28 @@ def test_a_held_out_run_of_another_game_is_probed_with_its_own_frames(tmp_path, 
     (held_out,) = report.raw["held_out"]
     assert held_out["game"] == "Krull"
     assert "| Krull, seed 0 |" in report.write().read_text()
+
+
+def test_a_dmc_run_is_probed_with_its_renders_and_writes_its_own_page(tmp_path):
+    decay = [0.2, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03]
+    run = record_run(tmp_path / "dmc", seed=0, sizes=decay, game="cartpole_swingup",
+                     recipe="seer_dmc")  # fmt: skip
+    report = calibration.calibrate(run, safe_step=50, probe_size=4, out_dir=tmp_path / "page")
+    page = report.write()
+    assert page.name == "seer_auto_freeze_calibration_dmc.md"
+    assert "The encoder of `examples/seer_dmc.py` (cartpole_swingup, seed 0" in page.read_text()
+    drift = report.raw["latent_drift"]  # measured with the CURL encoder on 84x84 centre crops
+    assert drift[-1] == 0 and all(d > 0 for d in drift[:-1])
+
+
+def test_held_out_runs_of_another_recipe_and_runs_of_other_recipes_are_refused(tmp_path):
+    atari = record_run(tmp_path / "atari", seed=0, sizes=[0.1, 0.1, 0.1])
+    dmc = record_run(tmp_path / "dmc", seed=0, sizes=[0.1, 0.1, 0.1], game="cartpole_swingup",
+                     recipe="seer_dmc")  # fmt: skip
+    with pytest.raises(ValueError, match="calibration run is a seer_atari run"):
+        calibration.calibrate(
+            atari, safe_step=20, probe_size=2, out_dir=tmp_path / "page", validate=(dmc,)
+        )
+    (dmc / "run.json").write_text(json.dumps({"exp_name": "composed_sac_dmc_cartpole_1a2b"}))
+    with pytest.raises(ValueError, match="expected a run of one of"):
+        calibration.RecordedRun.load(dmc)
