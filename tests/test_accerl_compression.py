@@ -5,10 +5,11 @@ import pickle
 import pytest
 import torch
 from tensordict import TensorDict
-from tensordict.nn import NormalParamExtractor, TensorDictModule
+from tensordict.nn import TensorDictModule
 from torch import nn
-from torchrl.modules import MLP, ProbabilisticActor, TanhNormal
+from torchrl.modules import MLP, ProbabilisticActor
 
+from seer_benchmarks.bench_accerl import categorical_mlp, nature_cnn, tanh_normal_mlp
 from torchrl_seer.collectors import (
     Cast,
     CompressedPolicy,
@@ -28,49 +29,17 @@ KL_BOUND = 0.02  # the Monitor's documented default bound
 
 def discrete_actor(width=256, n_obs=8, n_act=4):
     torch.manual_seed(0)
-    net = MLP(in_features=n_obs, out_features=n_act, num_cells=[width, width])
-    return ProbabilisticActor(
-        TensorDictModule(net, in_keys=["observation"], out_keys=["logits"]),
-        in_keys=["logits"],
-        distribution_class=torch.distributions.Categorical,
-        return_log_prob=True,
-    )
+    return categorical_mlp(n_obs, n_act, width)
 
 
 def continuous_actor(width=256, n_obs=8, n_act=2):
     torch.manual_seed(0)
-    net = nn.Sequential(
-        MLP(in_features=n_obs, out_features=2 * n_act, num_cells=[width, width]),
-        NormalParamExtractor(),
-    )
-    return ProbabilisticActor(
-        TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"]),
-        in_keys=["loc", "scale"],
-        distribution_class=TanhNormal,
-        return_log_prob=True,
-    )
+    return tanh_normal_mlp(n_obs, n_act, width)
 
 
 def nature_cnn_actor(n_act=6):
     torch.manual_seed(0)
-    cnn = nn.Sequential(
-        nn.Conv2d(4, 32, 8, 4),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 4, 2),
-        nn.ReLU(),
-        nn.Conv2d(64, 64, 3, 1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(3136, 512),
-        nn.ReLU(),
-        nn.Linear(512, n_act),
-    )
-    return ProbabilisticActor(
-        TensorDictModule(cnn, in_keys=["pixels"], out_keys=["logits"]),
-        in_keys=["logits"],
-        distribution_class=torch.distributions.Categorical,
-        return_log_prob=True,
-    )
+    return nature_cnn(n_act)
 
 
 def obs(n=256, n_obs=8):
