@@ -54,6 +54,21 @@ action repeat 8)::
         logger.output_dir=runs/parity_seer_dmc/s
     python -m seer_benchmarks.parity_seer runs/parity_seer_dmc --recipe dmc
 
+DMC with the freeze after half the run (``--recipe dmc_late``): the no-freeze run stops at
+6,250 agent steps (its checkpoint); the SEER arm is a copy of its folder with
+``seer.freeze_at: 6250`` in the copy's ``config.yaml``, resumed to 12,500 steps; the no-freeze
+run is resumed to 12,500 steps (both identical up to the freeze)::
+
+    python examples/seer_dmc.py env.name=cartpole_swingup seed=0 loss.curl=false \
+        seer.freeze_at=100000000 seer.record_trajectory=true checkpoint.interval=1250 \
+        collector.total_frames=6250 logger.output_dir=runs/dmc_late/nofreeze
+    cp -r runs/dmc_late/nofreeze/<run> runs/dmc_late/seer/   # edit its config.yaml as above
+    python examples/seer_dmc.py ... seer.freeze_at=6250 collector.total_frames=12500 \
+        resume=runs/dmc_late/seer/<run>
+    python examples/seer_dmc.py ... collector.total_frames=12500 \
+        resume=runs/dmc_late/nofreeze/<run>
+    python -m seer_benchmarks.parity_seer runs/dmc_late --recipe dmc_late
+
 Each run folder holds its ``config.yaml``, ``report.json`` and the TorchRL logger's CSV files.
 The page (``docs/benchmarks/seer_parity.md`` for Atari, ``seer_parity_dmc.md`` for DMC) reports,
 per run, the training return at the end of the run, the learner updates before and after the
@@ -198,6 +213,28 @@ RECIPES = {
             f"{FINAL_SHARE:.0%} of each run's environment steps, the second-half return those "
             "ending in its second half. Learner seconds = updates x median update time, per "
             "phase."
+        ),
+        bin_frames=5_000,
+        window_frames=10_000,
+        default_pixel_capacity=5_000,
+        recipe="dmc",
+    ),
+    "dmc_late": RecipePage(
+        page="seer_late_freeze_dmc",
+        title="SEER on DMC from pixels with the freeze after half the run (CPU)",
+        description=(
+            "SAC from pixels with the CURL/SAC-AE encoder from `examples/seer_dmc.py` at the "
+            "settings of the DMC parity page (100x100 renders, 3 stacked frames, random 84x84 "
+            "crops, batch 128, hidden 1024, pixel replay of 5,000 transitions, learning from "
+            "1,000 steps, one update per agent step, 12,500 agent steps = 100k environment "
+            "steps at action repeat 8, `loss.curl=false`), fp32 learner. The SEER arm freezes "
+            "the whole encoder at half the run (6,250 agent steps = 50k environment steps) and "
+            "continues on latent replay (K=4 random-crop latents) grown to the pixel buffer's "
+            "memory budget; it is the no-freeze run of the same seed continued from its "
+            "checkpoint at the freeze step (identical before it). Returns are training-episode "
+            "returns (1,000 environment steps each, actions sampled from the policy): final "
+            f"return = episodes ending in the last {FINAL_SHARE:.0%} of the run's environment "
+            "steps. Learner seconds = updates x median update time, per phase."
         ),
         bin_frames=5_000,
         window_frames=10_000,
