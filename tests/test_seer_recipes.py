@@ -205,3 +205,25 @@ def test_dmc_recipe_refuses_a_bad_freeze_step(tmp_path):
     with pytest.raises(ValueError, match=re.escape("seer.freeze_at must be a step >= 0 or 'auto'")):
         run_recipe("seer_dmc", "seer.freeze_at=later", f"logger.output_dir={tmp_path}")
     assert not any(tmp_path.iterdir())
+
+
+def test_dmc_recipe_resumed_equals_an_uninterrupted_run_and_keeps_its_trajectory(tmp_path):
+    # no freeze, encoder recorded every 4 agent steps, a checkpoint every 12: stopped at 12 and
+    # resumed to 24 with more frames (how a run is branched at a checkpoint)
+    unfrozen = [o for o in DMC_TINY if not o.startswith("seer.freeze_at=")]
+    common = (
+        *unfrozen, "seer.freeze_at=1000", "seer.record_trajectory=true", "seer.auto_interval=4",
+        "checkpoint.interval=12", "logger.backend=null",
+    )  # fmt: skip
+    full = run_recipe("seer_dmc", *common, f"logger.output_dir={tmp_path / 'full'}")
+    assert "| learner updates before / after freeze | 17 / 0 |" in full.read_text()
+    stopped = run_recipe(
+        "seer_dmc", *common, "collector.total_frames=12", f"logger.output_dir={tmp_path / 'cut'}"
+    )
+    resumed = run_recipe("seer_dmc", *common, f"resume={stopped.parent}")
+    assert resumed.parent == stopped.parent
+    assert_same_checkpoints(full.parent / "checkpoint", resumed.parent / "checkpoint")
+    kept = torch.load(resumed.parent / "encoder_trajectory.pt")
+    reference = torch.load(full.parent / "encoder_trajectory.pt")
+    assert kept["steps"] == reference["steps"] == [1, 5, 9, 13, 17, 21]
+    assert torch.equal(kept["parameters"], reference["parameters"])
