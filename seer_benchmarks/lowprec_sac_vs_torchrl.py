@@ -18,6 +18,19 @@ so that both see the same machine load::
     wait
     python -m seer_benchmarks.lowprec_sac_vs_torchrl runs/lowprec_full --note "..."
 
+More arms join the page later without running the others again: each goes under its own runs
+folder (e.g. the bf16 preset, ``"loss.precisions=[bf16]"``, which pays off on CPUs with bf16
+matrix instructions) and the page's earlier record is imported::
+
+    python examples/lowprec_sac_dmc.py seed=0 collector.total_frames=100000 \
+        "loss.precisions=[bf16]" logger.eval_every=10000 logger.eval_episodes=5 \
+        checkpoint.interval=10000 logger.output_dir=runs/lowprec_bf16/ours_s0
+    python -m seer_benchmarks.lowprec_sac_vs_torchrl runs/lowprec_bf16 \
+        --import-runs docs/benchmarks/lowprec_sac_vs_torchrl.json --note "..."
+
+Every arm records the CPU it ran on; a time ratio is taken only between a seed's runs on one
+machine made together (an imported run is not timed against a new one).
+
 The page ``docs/benchmarks/lowprec_sac_vs_torchrl.md`` reports, per seed and arm, the evaluation
 return curve, the return at the last evaluation, and the training wall time per environment step
 with the evaluations left out: for our recipe its run report's wall time minus its evaluation
@@ -39,7 +52,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from seer_benchmarks.curves import Curve, read_scalar_csv
-from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport
+from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport, machine_info
 
 NAME = "lowprec_sac_vs_torchrl"
 TORCHRL_ARM = "TorchRL sac.py, fp32"
@@ -91,22 +104,77 @@ def ms_per_step(arm: dict[str, Any]) -> float:
 
 
 def read_pairs(root: Path) -> dict[int, list[dict[str, Any]]]:
-    """Every arm of every seed under ``root`` (``ours_s<seed>/`` and ``torchrl_s<seed>/``)."""
+    """Every arm of every seed under ``root`` (``ours_s<seed>/`` and ``torchrl_s<seed>/``).
+
+    The arms are tagged with the CPU of the machine this runs on (runs are aggregated where
+    they ran).
+    """
     seeds = sorted({int(p.name.split("_s")[-1]) for p in root.glob("*_s[0-9]*") if p.is_dir()})
+    cpu = machine_info()["cpu"]
     return {
-        seed: read_ours(root / f"ours_s{seed}") + read_torchrl(root / f"torchrl_s{seed}")
+        seed: [
+            dict(arm, machine=cpu)
+            for arm in read_ours(root / f"ours_s{seed}") + read_torchrl(root / f"torchrl_s{seed}")
+        ]
         for seed in seeds
     }
+
+
+def imported_pairs(record: Path) -> dict[int, list[dict[str, Any]]]:
+    """The arms of an earlier record of this page (its JSON), for runs not made again.
+
+    Each arm keeps the CPU it ran on (from the record's machine, unless the arm names its own)
+    and names the record it came from.
+    """
+    saved = json.loads(record.read_text())
+    cpu = saved["machine"]["cpu"]
+    return {
+        int(seed): [
+            dict(arm, machine=arm.get("machine", cpu), imported_from=record.name) for arm in arms
+        ]
+        for seed, arms in saved["raw"]["runs"].items()
+    }
+
+
+def merged(
+    runs: dict[int, list[dict[str, Any]]], earlier: dict[int, list[dict[str, Any]]]
+) -> dict[int, list[dict[str, Any]]]:
+    """``runs`` plus the arms of ``earlier`` that ``runs`` has not for the same seed."""
+    seeds = sorted(set(runs) | set(earlier))
+    out = {}
+    for seed in seeds:
+        fresh = runs.get(seed, [])
+        names = {arm["arm"] for arm in fresh}
+        out[seed] = [arm for arm in earlier.get(seed, []) if arm["arm"] not in names] + fresh
+    return out
+
+
+def paired_reference(arm: dict[str, Any], arms: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The TorchRL run a time ratio of ``arm`` is taken against: same seed, same machine.
+
+    Runs on different machines (or an imported run and a new one) are not timed against each
+    other: the ratio would measure the machines.
+    """
+    if arm["arm"] == TORCHRL_ARM:
+        return None
+    for reference in arms:
+        if (
+            reference["arm"] == TORCHRL_ARM
+            and reference["steps"]
+            and reference.get("machine") == arm.get("machine")
+            and reference.get("imported_from") == arm.get("imported_from")
+        ):
+            return reference
+    return None
 
 
 def speed_check_rows(pairs: dict[int, list[dict[str, Any]]]) -> list[list[Any]]:
     """One row per seed and arm of ours: steps, both times per step, their ratio, returns."""
     rows = []
     for seed, arms in pairs.items():
-        by_arm = {arm["arm"]: arm for arm in arms}
-        reference = by_arm.get(TORCHRL_ARM)
         for arm in arms:
-            if arm is reference or reference is None or not reference["steps"]:
+            reference = paired_reference(arm, arms)
+            if reference is None:
                 continue
             last, theirs = arm["curve"][-1:], reference["curve"][-1:]
             rows.append([
@@ -136,8 +204,17 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="folder of shorter paired runs (same layout) timed with the current recipe",
     )
+    parser.add_argument(
+        "--import-runs",
+        type=Path,
+        default=None,
+        help="an earlier JSON record of this page: its arms join those under root (a seed's "
+        "arm run again under root replaces the imported one)",
+    )
     args = parser.parse_args(argv)
     runs = read_pairs(args.root)
+    if args.import_runs is not None:
+        runs = merged(runs, imported_pairs(args.import_runs))
     if not any(runs.values()):
         raise SystemExit(f"no runs under {args.root}")
 
@@ -157,29 +234,26 @@ def main(argv: list[str] | None = None) -> None:
             "collector.init_random_frames=1000`), logger (`logger.backend=csv "
             "logger.eval_iter=10000`) and the CPU device: alpha 1.0 at the start, target "
             "polyak 0.995 every update, 1,000 environment steps and 1,000 updates per batch, "
-            "evaluation over 1 episode. Both runs of a seed ran at the same time on the same "
-            "machine, so they saw the same load."
+            "evaluation over 1 episode. A seed's fp32 run of ours and TorchRL's run ran at the "
+            "same time on the same machine, so they saw the same load; a time ratio is given "
+            "only between runs of one machine made together (machine column)."
         ),
         command=f"python -m seer_benchmarks.{NAME} <runs folder>` after the runs listed in that "
         "module's docstring (a long experiment, not part of `make bench",
     )
     rows, ratios = [], []
     for seed, arms in runs.items():
-        by_arm = {arm["arm"]: arm for arm in arms}
-        reference = by_arm.get(TORCHRL_ARM)
         for arm in arms:
             last = arm["curve"][-1] if arm["curve"] else None
-            ratio = (
-                ms_per_step(arm) / ms_per_step(reference)
-                if reference is not None and reference["steps"] and arm is not reference
-                else None
-            )
+            reference = paired_reference(arm, arms)
+            ratio = ms_per_step(arm) / ms_per_step(reference) if reference is not None else None
             if ratio is not None:
                 ratios.append((arm["arm"], ratio))
             rows.append(
                 [
                     seed,
                     arm["arm"],
+                    arm["machine"],
                     arm["steps"],
                     last[0] if last else "-",
                     round(last[1], 1) if last else "-",
@@ -193,12 +267,13 @@ def main(argv: list[str] | None = None) -> None:
         [
             "seed",
             "arm",
+            "machine",
             "environment steps reached",
             "last evaluation at step",
             "return there",
             "best evaluation return",
             "training ms per environment step (evaluation excluded)",
-            "÷ TorchRL's, same seed",
+            "÷ TorchRL's, same seed and machine",
         ],
         rows,
     )

@@ -125,6 +125,39 @@ def test_lowprec_vs_torchrl_reads_both_kinds_of_run(tmp_path):
     assert row[6:] == ["9 at 20", "8 at 20"]
 
 
+def test_lowprec_vs_torchrl_times_only_runs_of_one_machine(tmp_path):
+    from seer_benchmarks.lowprec_sac_vs_torchrl import (
+        TORCHRL_ARM,
+        imported_pairs,
+        merged,
+        paired_reference,
+    )
+
+    def arm(name, seconds):
+        return {"arm": name, "curve": [[20, 1.0]], "steps": 20, "updates": 10,
+                "train_seconds": seconds}  # fmt: skip
+
+    record = tmp_path / "earlier.json"
+    earlier_runs = {"0": [arm("ours, fp32", 2.0), arm(TORCHRL_ARM, 1.0)]}
+    record.write_text(json.dumps({"machine": {"cpu": "CPU A"}, "raw": {"runs": earlier_runs}}))
+    earlier = imported_pairs(record)
+    assert {a["machine"] for a in earlier[0]} == {"CPU A"}
+    fresh = {0: [dict(arm("ours, bf16", 3.0), machine="CPU B")],
+             1: [dict(arm("ours, bf16", 3.0), machine="CPU B")]}  # fmt: skip
+    runs = merged(fresh, earlier)
+    assert [a["arm"] for a in runs[0]] == ["ours, fp32", TORCHRL_ARM, "ours, bf16"]
+    fp32, torchrl, bf16 = runs[0]
+    assert paired_reference(fp32, runs[0]) is torchrl  # same record, same machine
+    assert paired_reference(bf16, runs[0]) is None  # another machine: no time ratio
+    assert paired_reference(torchrl, runs[0]) is None
+    # an arm run again replaces the imported one of its seed
+    again = merged({0: [dict(arm("ours, fp32", 5.0), machine="CPU B")]}, earlier)
+    assert [(a["arm"], a["train_seconds"]) for a in again[0]] == [
+        (TORCHRL_ARM, 1.0),
+        ("ours, fp32", 5.0),
+    ]
+
+
 def _layout_report(width, workers, walls):
     settings = {"width": width, "critic_width": 64, "envs_per_worker": 1, "seed": 0,
                 "frames_per_batch": 256, "workers": workers, "overlap": True}  # fmt: skip
