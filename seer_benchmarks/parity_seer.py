@@ -60,8 +60,9 @@ DMC with the freeze after half the run (``--recipe dmc_late``): the no-freeze ru
 run is resumed to 12,500 steps (both identical up to the freeze)::
 
     python examples/seer_dmc.py env.name=cartpole_swingup seed=0 loss.curl=false \
-        seer.freeze_at=100000000 seer.record_trajectory=true checkpoint.interval=1250 \
-        collector.total_frames=6250 logger.output_dir=runs/dmc_late/nofreeze
+        optim.autocast=bf16 seer.freeze_at=100000000 seer.record_trajectory=true \
+        checkpoint.interval=1250 collector.total_frames=6250 \
+        logger.output_dir=runs/dmc_late/nofreeze
     cp -r runs/dmc_late/nofreeze/<run> runs/dmc_late/seer/   # edit its config.yaml as above
     python examples/seer_dmc.py ... seer.freeze_at=6250 collector.total_frames=12500 \
         resume=runs/dmc_late/seer/<run>
@@ -227,7 +228,8 @@ RECIPES = {
             "settings of the DMC parity page (100x100 renders, 3 stacked frames, random 84x84 "
             "crops, batch 128, hidden 1024, pixel replay of 5,000 transitions, learning from "
             "1,000 steps, one update per agent step, 12,500 agent steps = 100k environment "
-            "steps at action repeat 8, `loss.curl=false`), fp32 learner. The SEER arm freezes "
+            "steps at action repeat 8, `loss.curl=false`, the learner's forward passes in bf16 "
+            "autocast: `optim.autocast=bf16`). The SEER arm freezes "
             "the whole encoder at half the run (6,250 agent steps = 50k environment steps) and "
             "continues on latent replay (K=4 random-crop latents) grown to the pixel buffer's "
             "memory budget; it is the no-freeze run of the same seed continued from its "
