@@ -56,6 +56,7 @@ from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport, machine_info
 
 NAME = "lowprec_sac_vs_torchrl"
 TORCHRL_ARM = "TorchRL sac.py, fp32"
+SPEED_CHECK = "Paired speed check: shorter runs of both at once"
 
 
 def read_ours(run_root: Path) -> list[dict[str, Any]]:
@@ -136,6 +137,21 @@ def imported_pairs(record: Path) -> dict[int, list[dict[str, Any]]]:
     }
 
 
+def earlier_speed_checks(record: Path) -> list[dict[str, Any]]:
+    """The paired speed check tables of an earlier record, titled with its commit and CPU."""
+    saved = json.loads(record.read_text())
+    machine = saved["machine"]
+    return [
+        dict(
+            table,
+            title=f"{SPEED_CHECK}, our recipe at commit {machine['commit']} ({machine['cpu']}, "
+            "from the earlier record)",
+        )
+        for table in saved["tables"]
+        if table["title"].startswith(SPEED_CHECK)
+    ]
+
+
 def merged(
     runs: dict[int, list[dict[str, Any]]], earlier: dict[int, list[dict[str, Any]]]
 ) -> dict[int, list[dict[str, Any]]]:
@@ -209,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         default=None,
         help="an earlier JSON record of this page: its arms join those under root (a seed's "
-        "arm run again under root replaces the imported one)",
+        "arm run again under root replaces the imported one), and its paired speed check is "
+        "kept unless --speed-check is given",
     )
     args = parser.parse_args(argv)
     runs = read_pairs(args.root)
@@ -287,12 +304,15 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.speed_check is not None:
         report.add_table(
-            "Paired speed check: shorter runs of both at once, our recipe as of this commit",
+            f"{SPEED_CHECK}, our recipe as of this commit",
             ["seed", "arm", "environment steps (ours / TorchRL's)",
              "ours: training ms per step", "TorchRL's: training ms per step", "ours ÷ TorchRL's",
              "our last evaluation return", "TorchRL's last evaluation return"],
             speed_check_rows(read_pairs(args.speed_check)),
         )  # fmt: skip
+    elif args.import_runs is not None:
+        for table in earlier_speed_checks(args.import_runs):
+            report.add_table(table["title"], table["columns"], table["rows"])
     for note in args.note:
         report.add_note(note)
 

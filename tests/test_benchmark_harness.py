@@ -127,7 +127,9 @@ def test_lowprec_vs_torchrl_reads_both_kinds_of_run(tmp_path):
 
 def test_lowprec_vs_torchrl_times_only_runs_of_one_machine(tmp_path):
     from seer_benchmarks.lowprec_sac_vs_torchrl import (
+        SPEED_CHECK,
         TORCHRL_ARM,
+        earlier_speed_checks,
         imported_pairs,
         merged,
         paired_reference,
@@ -139,7 +141,14 @@ def test_lowprec_vs_torchrl_times_only_runs_of_one_machine(tmp_path):
 
     record = tmp_path / "earlier.json"
     earlier_runs = {"0": [arm("ours, fp32", 2.0), arm(TORCHRL_ARM, 1.0)]}
-    record.write_text(json.dumps({"machine": {"cpu": "CPU A"}, "raw": {"runs": earlier_runs}}))
+    speed_check = {"title": f"{SPEED_CHECK}, our recipe as of this commit", "columns": ["seed"],
+                   "rows": [[0]]}  # fmt: skip
+    record.write_text(json.dumps({
+        "machine": {"cpu": "CPU A", "commit": "abc1234"}, "raw": {"runs": earlier_runs},
+        "tables": [{"title": "Every run", "columns": [], "rows": []}, speed_check],
+    }))  # fmt: skip
+    [kept] = earlier_speed_checks(record)
+    assert kept["rows"] == [[0]] and "commit abc1234 (CPU A" in kept["title"]
     earlier = imported_pairs(record)
     assert {a["machine"] for a in earlier[0]} == {"CPU A"}
     fresh = {0: [dict(arm("ours, bf16", 3.0), machine="CPU B")],
