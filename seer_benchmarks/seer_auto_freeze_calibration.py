@@ -19,10 +19,13 @@ over several windows) and the **latent drift to the final encoder**,
 that freezing at ``t`` bakes into the stored latents relative to training on. Each criterion is
 replayed offline with the class itself (so it fires exactly where it would have fired online).
 
-Calibration rule (fixed before the run): the freeze step known to cost no return on this game is
-the reference (``--safe-step``; 50,000 of 100,000 steps on RoadRunner, three seeds, in
-``seer_parity.md``). A statistic's calibrated bound is the largest value it took over the
-``patience`` checks ending at that step, so that the calibrated criterion fires there on this run;
+Calibration rule (fixed before the run): a reference freeze step is chosen (``--safe-step``), the
+latest step known to cost no return on this game where one is known (50,000 of 100,000 steps on
+RoadRunner, three seeds, in ``seer_parity.md``); where none is known, the latest step tested (on
+DMC cartpole_swingup 6,250 of 12,500 agent steps, which costs return: ``seer_late_freeze_dmc.md``),
+so that the page shows what a criterion firing there would have seen. A statistic's calibrated
+bound is the largest value it took over the ``patience`` checks ending at that step, so that the
+calibrated criterion fires there on this run;
 the page then reports where each bound fires, and how the latent drift to the final encoder looks at
 those steps. Held-out runs (``--validate <run folder>``, e.g. another seed recorded the same way)
 are not used for calibration: the page reports where each calibrated bound fires on them (a run
@@ -226,7 +229,7 @@ def _plot(
     top.axvline(safe, color="grey", linestyle="--", linewidth=1)
     top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     bottom.plot(steps, drift, color="black")
-    bottom.axvline(safe, color="grey", linestyle="--", linewidth=1, label="freeze step shown safe")
+    bottom.axvline(safe, color="grey", linestyle="--", linewidth=1, label="reference freeze step")
     bottom.set_ylabel(f"latent drift to final {part}")
     bottom.set_xlabel("agent steps")
     bottom.legend(fontsize=8)
@@ -314,8 +317,9 @@ def calibrate(
             f"{PATIENCE}, earliest step {run.learn_start:,}); the latent drift to the final "
             f"{recipe.part} is measured on {probe_size} stacked observations of the game under a "
             "uniform random policy. Calibration: a statistic's bound is the largest value it "
-            f"took over the {PATIENCE} checks ending at the freeze step shown safe for this game "
-            f"({safe_step:,}), so the calibrated criterion fires there on this run."
+            f"took over the {PATIENCE} checks ending at the reference freeze step ({safe_step:,}; "
+            "what a freeze there costs in return is on the game's parity pages), so the "
+            "calibrated criterion fires there on this run."
             + (
                 f" Held out: {len(held_out)} run(s) recorded the same way, not used to calibrate."
                 if held_out
@@ -430,7 +434,10 @@ def main(argv: list[str] | None = None) -> None:
         "run_dir", type=Path, help="a seer_atari or seer_dmc run folder with encoder_trajectory.pt"
     )
     parser.add_argument(
-        "--safe-step", type=int, default=50_000, help="freeze step known to cost no return"
+        "--safe-step",
+        type=int,
+        default=50_000,
+        help="reference freeze step: the latest step known to cost no return, where one is known",
     )
     parser.add_argument("--probe-size", type=int, default=512)
     parser.add_argument(
