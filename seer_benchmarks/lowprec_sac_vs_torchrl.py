@@ -26,7 +26,11 @@ matrix instructions) and the page's earlier record is imported::
         "loss.precisions=[bf16]" logger.eval_every=10000 logger.eval_episodes=5 \
         checkpoint.interval=10000 logger.output_dir=runs/lowprec_bf16/ours_s0
     python -m seer_benchmarks.lowprec_sac_vs_torchrl runs/lowprec_bf16 \
-        --import-runs docs/benchmarks/lowprec_sac_vs_torchrl.json --note "..."
+        --import-runs docs/benchmarks/lowprec_sac_vs_torchrl.json \
+        --speed-check runs/lowprec_bf16_speed --note "..."
+
+(``--speed-check``: shorter runs of the new arm and of TorchRL's example made at once on the new
+arms' machine, laid out as above, so that the new arm gets a time ratio too.)
 
 Every arm records the CPU it ran on; a time ratio is taken only between a seed's runs on one
 machine made together (an imported run is not timed against a new one).
@@ -225,8 +229,7 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         default=None,
         help="an earlier JSON record of this page: its arms join those under root (a seed's "
-        "arm run again under root replaces the imported one), and its paired speed check is "
-        "kept unless --speed-check is given",
+        "arm run again under root replaces the imported one); its paired speed checks are kept",
     )
     args = parser.parse_args(argv)
     runs = read_pairs(args.root)
@@ -304,13 +307,13 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.speed_check is not None:
         report.add_table(
-            f"{SPEED_CHECK}, our recipe as of this commit",
+            f"{SPEED_CHECK}, our recipe as of this commit ({machine_info()['cpu']})",
             ["seed", "arm", "environment steps (ours / TorchRL's)",
              "ours: training ms per step", "TorchRL's: training ms per step", "ours ÷ TorchRL's",
              "our last evaluation return", "TorchRL's last evaluation return"],
             speed_check_rows(read_pairs(args.speed_check)),
         )  # fmt: skip
-    elif args.import_runs is not None:
+    if args.import_runs is not None:
         for table in earlier_speed_checks(args.import_runs):
             report.add_table(table["title"], table["columns"], table["rows"])
     for note in args.note:
