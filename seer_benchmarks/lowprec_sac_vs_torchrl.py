@@ -129,27 +129,40 @@ def imported_pairs(record: Path) -> dict[int, list[dict[str, Any]]]:
     """The arms of an earlier record of this page (its JSON), for runs not made again.
 
     Each arm keeps the CPU it ran on (from the record's machine, unless the arm names its own)
-    and names the record it came from.
+    and names the record it was made for (kept from an earlier import), so that only runs made
+    together are timed against each other.
     """
     saved = json.loads(record.read_text())
     cpu = saved["machine"]["cpu"]
     return {
         int(seed): [
-            dict(arm, machine=arm.get("machine", cpu), imported_from=record.name) for arm in arms
+            dict(
+                arm,
+                machine=arm.get("machine", cpu),
+                imported_from=arm.get("imported_from", record.name),
+            )
+            for arm in arms
         ]
         for seed, arms in saved["raw"]["runs"].items()
     }
 
 
 def earlier_speed_checks(record: Path) -> list[dict[str, Any]]:
-    """The paired speed check tables of an earlier record, titled with its commit and CPU."""
+    """The paired speed check tables of an earlier record.
+
+    The record's own check is titled with its commit and CPU; checks it had imported keep their
+    titles.
+    """
     saved = json.loads(record.read_text())
     machine = saved["machine"]
+    own = f"{SPEED_CHECK}, our recipe as of this commit"
     return [
         dict(
             table,
             title=f"{SPEED_CHECK}, our recipe at commit {machine['commit']} ({machine['cpu']}, "
-            "from the earlier record)",
+            "from the earlier record)"
+            if table["title"].startswith(own)
+            else table["title"],
         )
         for table in saved["tables"]
         if table["title"].startswith(SPEED_CHECK)

@@ -149,6 +149,15 @@ def test_lowprec_vs_torchrl_times_only_runs_of_one_machine(tmp_path):
     }))  # fmt: skip
     [kept] = earlier_speed_checks(record)
     assert kept["rows"] == [[0]] and "commit abc1234 (CPU A" in kept["title"]
+    # a record made with imports keeps the titles and origins of what it imported
+    regenerated = tmp_path / "regenerated.json"
+    regenerated.write_text(json.dumps({
+        "machine": {"cpu": "CPU B", "commit": "def5678"},
+        "raw": {"runs": {"0": [dict(arm(TORCHRL_ARM, 1.0), imported_from="earlier.json")]}},
+        "tables": [kept],
+    }))  # fmt: skip
+    assert earlier_speed_checks(regenerated) == [kept]
+    assert imported_pairs(regenerated)[0][0]["imported_from"] == "earlier.json"
     earlier = imported_pairs(record)
     assert {a["machine"] for a in earlier[0]} == {"CPU A"}
     fresh = {0: [dict(arm("ours, bf16", 3.0), machine="CPU B")],
