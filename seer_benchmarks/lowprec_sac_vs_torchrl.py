@@ -125,35 +125,33 @@ def read_pairs(root: Path) -> dict[int, list[dict[str, Any]]]:
     }
 
 
-def imported_pairs(record: Path) -> dict[int, list[dict[str, Any]]]:
-    """The arms of an earlier record of this page (its JSON), for runs not made again.
+def imported_pairs(saved: dict[str, Any], name: str) -> dict[int, list[dict[str, Any]]]:
+    """The arms of an earlier record of this page, for runs not made again.
 
     Each arm keeps the CPU it ran on (from the record's machine, unless the arm names its own)
     and names the record it was made for (kept from an earlier import), so that only runs made
     together are timed against each other.
+
+    Args:
+        saved (dict): the earlier record (this page's JSON, loaded).
+        name (str): the record's file name, stored with each arm it brings.
     """
-    saved = json.loads(record.read_text())
     cpu = saved["machine"]["cpu"]
     return {
         int(seed): [
-            dict(
-                arm,
-                machine=arm.get("machine", cpu),
-                imported_from=arm.get("imported_from", record.name),
-            )
+            dict(arm, machine=arm.get("machine", cpu), imported_from=arm.get("imported_from", name))
             for arm in arms
         ]
         for seed, arms in saved["raw"]["runs"].items()
     }
 
 
-def earlier_speed_checks(record: Path) -> list[dict[str, Any]]:
-    """The paired speed check tables of an earlier record.
+def earlier_speed_checks(saved: dict[str, Any]) -> list[dict[str, Any]]:
+    """The paired speed check tables of an earlier record (this page's JSON, loaded).
 
     The record's own check is titled with its commit and CPU; checks it had imported keep their
     titles.
     """
-    saved = json.loads(record.read_text())
     machine = saved["machine"]
     own = f"{SPEED_CHECK}, our recipe as of this commit"
     return [
@@ -246,8 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     runs = read_pairs(args.root)
-    if args.import_runs is not None:
-        runs = merged(runs, imported_pairs(args.import_runs))
+    earlier = json.loads(args.import_runs.read_text()) if args.import_runs is not None else None
+    if earlier is not None:
+        runs = merged(runs, imported_pairs(earlier, args.import_runs.name))
     if not any(runs.values()):
         raise SystemExit(f"no runs under {args.root}")
 
@@ -326,29 +325,31 @@ def main(argv: list[str] | None = None) -> None:
              "our last evaluation return", "TorchRL's last evaluation return"],
             speed_check_rows(read_pairs(args.speed_check)),
         )  # fmt: skip
-    if args.import_runs is not None:
-        for table in earlier_speed_checks(args.import_runs):
+    if earlier is not None:
+        for table in earlier_speed_checks(earlier):
             report.add_table(table["title"], table["columns"], table["rows"])
     for note in args.note:
         report.add_note(note)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    styles = {TORCHRL_ARM: "--"}
-    for seed, arms in runs.items():
-        for arm in arms:
-            curve: Curve = arm["curve"]
-            if curve:
-                ax.plot(
-                    [s for s, _ in curve],
-                    [v for _, v in curve],
-                    styles.get(arm["arm"], "-"),
-                    marker="o",
-                    label=f"{arm['arm']} (seed {seed})",
-                )
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("evaluation return")
-    ax.set_title("SAC on cartpole_swingup")
-    ax.legend(fontsize=7)
+    arm_names = sorted(  # ours first, TorchRL's example last
+        {arm["arm"] for arms in runs.values() for arm in arms if arm["curve"]},
+        key=lambda name: (name == TORCHRL_ARM, name),
+    )
+    fig, axes = plt.subplots(
+        1, len(arm_names), figsize=(3.2 * len(arm_names), 3.4), sharey=True, squeeze=False
+    )
+    for ax, arm_name in zip(axes[0], arm_names, strict=True):
+        for seed, arms in runs.items():
+            for arm in arms:
+                if arm["arm"] == arm_name and arm["curve"]:
+                    curve: Curve = arm["curve"]
+                    ax.plot([s / 1000 for s, _ in curve], [v for _, v in curve], marker="o",
+                            markersize=3, color=f"C{seed}", label=f"seed {seed}")  # fmt: skip
+        ax.set_title(arm_name, fontsize=9)
+        ax.set_xlabel("environment steps (thousands)")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("evaluation return")
+    fig.suptitle("SAC on cartpole_swingup", fontsize=10)
     fig.tight_layout()
     figure = DOCS_DIR / f"{NAME}.png"
     fig.savefig(figure, dpi=90)

@@ -125,7 +125,7 @@ def test_lowprec_vs_torchrl_reads_both_kinds_of_run(tmp_path):
     assert row[6:] == ["9 at 20", "8 at 20"]
 
 
-def test_lowprec_vs_torchrl_times_only_runs_of_one_machine(tmp_path):
+def test_lowprec_vs_torchrl_times_only_runs_of_one_machine():
     from seer_benchmarks.lowprec_sac_vs_torchrl import (
         SPEED_CHECK,
         TORCHRL_ARM,
@@ -139,26 +139,25 @@ def test_lowprec_vs_torchrl_times_only_runs_of_one_machine(tmp_path):
         return {"arm": name, "curve": [[20, 1.0]], "steps": 20, "updates": 10,
                 "train_seconds": seconds}  # fmt: skip
 
-    record = tmp_path / "earlier.json"
     earlier_runs = {"0": [arm("ours, fp32", 2.0), arm(TORCHRL_ARM, 1.0)]}
     speed_check = {"title": f"{SPEED_CHECK}, our recipe as of this commit", "columns": ["seed"],
                    "rows": [[0]]}  # fmt: skip
-    record.write_text(json.dumps({
+    # records go through JSON as the page writes them
+    record = json.loads(json.dumps({
         "machine": {"cpu": "CPU A", "commit": "abc1234"}, "raw": {"runs": earlier_runs},
         "tables": [{"title": "Every run", "columns": [], "rows": []}, speed_check],
     }))  # fmt: skip
     [kept] = earlier_speed_checks(record)
     assert kept["rows"] == [[0]] and "commit abc1234 (CPU A" in kept["title"]
     # a record made with imports keeps the titles and origins of what it imported
-    regenerated = tmp_path / "regenerated.json"
-    regenerated.write_text(json.dumps({
+    regenerated = json.loads(json.dumps({
         "machine": {"cpu": "CPU B", "commit": "def5678"},
         "raw": {"runs": {"0": [dict(arm(TORCHRL_ARM, 1.0), imported_from="earlier.json")]}},
         "tables": [kept],
     }))  # fmt: skip
     assert earlier_speed_checks(regenerated) == [kept]
-    assert imported_pairs(regenerated)[0][0]["imported_from"] == "earlier.json"
-    earlier = imported_pairs(record)
+    assert imported_pairs(regenerated, "regenerated.json")[0][0]["imported_from"] == "earlier.json"
+    earlier = imported_pairs(record, "earlier.json")
     assert {a["machine"] for a in earlier[0]} == {"CPU A"}
     fresh = {0: [dict(arm("ours, bf16", 3.0), machine="CPU B")],
              1: [dict(arm("ours, bf16", 3.0), machine="CPU B")]}  # fmt: skip
