@@ -29,8 +29,9 @@ matrix instructions) and the page's earlier record is imported::
         --import-runs docs/benchmarks/lowprec_sac_vs_torchrl.json \
         --speed-check runs/lowprec_bf16_speed --note "..."
 
-(``--speed-check``: shorter runs of the new arm and of TorchRL's example made at once on the new
-arms' machine, laid out as above, so that the new arm gets a time ratio too.)
+(``--speed-check``: runs of the new arm and of TorchRL's example made at once on the new arm's
+machine, shorter or over the full budget, laid out as above, so that the new arm gets a time ratio
+too.)
 
 Every arm records the CPU it ran on; a time ratio is taken only between a seed's runs on one
 machine made together (an imported run is not timed against a new one).
@@ -60,7 +61,8 @@ from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport, machine_info
 
 NAME = "lowprec_sac_vs_torchrl"
 TORCHRL_ARM = "TorchRL sac.py, fp32"
-SPEED_CHECK = "Paired speed check: shorter runs of both at once"
+SPEED_CHECK = "Paired speed check"  # how every such table of the page is titled
+OWN_CHECK = "our recipe as of this commit"
 
 
 def read_ours(run_root: Path) -> list[dict[str, Any]]:
@@ -153,13 +155,12 @@ def earlier_speed_checks(saved: dict[str, Any]) -> list[dict[str, Any]]:
     titles.
     """
     machine = saved["machine"]
-    own = f"{SPEED_CHECK}, our recipe as of this commit"
     return [
         dict(
             table,
-            title=f"{SPEED_CHECK}, our recipe at commit {machine['commit']} ({machine['cpu']}, "
-            "from the earlier record)"
-            if table["title"].startswith(own)
+            title=f"{SPEED_CHECK}: runs of both at once, our recipe at commit "
+            f"{machine['commit']} ({machine['cpu']}, from the earlier record)"
+            if OWN_CHECK in table["title"]
             else table["title"],
         )
         for table in saved["tables"]
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> None:
         "--speed-check",
         type=Path,
         default=None,
-        help="folder of shorter paired runs (same layout) timed with the current recipe",
+        help="folder of paired runs (same layout; shorter, or the full budget) timed with the "
+        "current recipe",
     )
     parser.add_argument(
         "--import-runs",
@@ -319,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.speed_check is not None:
         report.add_table(
-            f"{SPEED_CHECK}, our recipe as of this commit ({machine_info()['cpu']})",
+            f"{SPEED_CHECK}: runs of both at once, {OWN_CHECK} ({machine_info()['cpu']})",
             ["seed", "arm", "environment steps (ours / TorchRL's)",
              "ours: training ms per step", "TorchRL's: training ms per step", "ours ÷ TorchRL's",
              "our last evaluation return", "TorchRL's last evaluation return"],
