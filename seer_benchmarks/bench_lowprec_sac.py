@@ -14,9 +14,11 @@ on the data). The fp32 baseline is TorchRL's ``SACLoss`` + three ``torch.optim.A
 * **Time:** one update = loss forward + backward + optimizer steps (+ a target update every
   second update, as in the reference). Timed in blocks of updates after warm-up (the mean per
   update within a block, as the paper's "mean over 500 updates after warm-up"), bf16,
-  bf16-lean and fp32 interleaved in the same run; the figure is the median over blocks.
-  fp16 has no CPU kernels: it is timed with a tiny repeat count as a correctness path only;
-  fp16 on a GPU is not measured here.
+  bf16-lean and fp32 interleaved in the same run; the figure is the median over blocks. On a
+  CPU with native fp16 matrix products (AVX-512 FP16 or AMX-FP16, see
+  :func:`~torchrl_seer.optim.has_native_kernels`) fp16 and fp16-lean are interleaved too;
+  elsewhere PyTorch emulates fp16 and one update is timed with a tiny repeat count, only to show
+  that the path runs. fp16 on a GPU is not measured here.
 
 Run: ``python -m seer_benchmarks.bench_lowprec_sac [--quick]``.
 """
@@ -35,6 +37,7 @@ from torchrl.objectives import SACLoss, SoftUpdate
 
 from seer_benchmarks.harness import BenchmarkReport, interleaved_timings, time_call
 from torchrl_seer.objectives import PRECISION_PRESETS, LowPrecisionSACLoss
+from torchrl_seer.optim import has_native_kernels
 
 OBS_DIM, ACT_DIM = 24, 6  # walker_walk
 TAU = 0.005
@@ -278,10 +281,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         del learner
 
-    # Time: fp32 and bf16 interleaved, blocks of `block` updates.
+    # Time: fp32 and the 16-bit presets the CPU runs natively interleaved, blocks of `block`
+    # updates.
     batch = make_batch(args.batch_size)
     fp32, bf16 = build("fp32 (TorchRL SACLoss + Adam)"), build("bf16 (preset)")
-    bf16_lean = build("bf16-lean (preset)")
+    learners = {"fp32": fp32, "bf16": bf16, "bf16-lean": build("bf16-lean (preset)")}
+    fp16_native = has_native_kernels(torch.float16)
+    if fp16_native:
+        learners["fp16"] = build("fp16 (preset, all six fixes)")
+        learners["fp16-lean"] = build("fp16-lean (preset)")
 
     def block_of(step: Callable[[TensorDict], None]) -> Callable[[], None]:
         def run() -> None:
@@ -292,9 +300,7 @@ def main(argv: list[str] | None = None) -> None:
 
     timings = interleaved_timings(
         {
-            "fp32": block_of(fp32.update),
-            "bf16": block_of(bf16.update),
-            "bf16-lean": block_of(bf16_lean.update),
+            **{name: block_of(learner.update) for name, learner in learners.items()},
             "fp32 fwd+bwd": block_of(fp32.forward_backward),
             "bf16 fwd+bwd": block_of(bf16.forward_backward),
         },
@@ -307,11 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     single_thread = interleaved_timings(
-        {
-            "fp32": block_of(fp32.update),
-            "bf16": block_of(bf16.update),
-            "bf16-lean": block_of(bf16_lean.update),
-        },
+        {name: block_of(learner.update) for name, learner in learners.items()},
         repeats=repeats,
         warmup=warmup,
     )
@@ -321,12 +323,21 @@ def main(argv: list[str] | None = None) -> None:
         {
             "fp32": mlp_forward_backward(args.hidden, args.batch_size, torch.float32),
             "bf16": mlp_forward_backward(args.hidden, args.batch_size, torch.bfloat16),
+            **(
+                {"fp16": mlp_forward_backward(args.hidden, args.batch_size, torch.float16)}
+                if fp16_native
+                else {}
+            ),
         },
         repeats=repeats * 2,
         warmup=2,
     )
-    fp16 = build("fp16 (preset, all six fixes)")
-    fp16_timing = time_call(lambda: fp16.update(batch), repeats=1 if args.quick else 2, warmup=1)
+    fp16_timing = None
+    if not fp16_native:  # emulated: one or two updates show that the path runs
+        fp16 = build("fp16 (preset, all six fixes)")
+        fp16_timing = time_call(
+            lambda: fp16.update(batch), repeats=1 if args.quick else 2, warmup=1
+        )
 
     bf16_ratio = per_update["bf16"] / per_update["fp32"]
     lean_ratio = per_update["bf16-lean"] / per_update["fp32"]
@@ -358,31 +369,20 @@ def main(argv: list[str] | None = None) -> None:
         ],
         memory_rows,
     )
+    interleaved = ", ".join(learners)
     report.add_table(
-        "Update time (same run, fp32, bf16 and bf16-lean interleaved; target <= 0.6)",
+        f"Update time (same run, {interleaved} interleaved; target <= 0.6)",
         ["configuration", "ms / update (median of blocks)", "÷ fp32", "blocks x updates"],
         [
-            ["fp32 (TorchRL)", f"{1e3 * per_update['fp32']:.1f}", "1.000", f"{repeats}x{block}"],
-            [
-                "bf16 (preset)",
-                f"{1e3 * per_update['bf16']:.1f}",
-                f"{bf16_ratio:.3f}",
-                f"{repeats}x{block}",
-            ],
-            [
-                "bf16-lean (preset)",
-                f"{1e3 * per_update['bf16-lean']:.1f}",
-                f"{lean_ratio:.3f}",
-                f"{repeats}x{block}",
-            ],
             *(
                 [
-                    f"{name} — 1 thread",
-                    f"{1e3 * per_update_1t[name]:.1f}",
-                    f"{per_update_1t[name] / per_update_1t['fp32']:.3f}",
+                    f"{name} ({'TorchRL' if name == 'fp32' else 'preset'}){suffix}",
+                    f"{1e3 * times[name]:.1f}",
+                    f"{times[name] / times['fp32']:.3f}",
                     f"{repeats}x{block}",
                 ]
-                for name in ("fp32", "bf16", "bf16-lean")
+                for suffix, times in (("", per_update), (" — 1 thread", per_update_1t))
+                for name in learners
             ),
             [
                 "loss forward+backward only (fp32 / bf16)",
@@ -396,18 +396,28 @@ def main(argv: list[str] | None = None) -> None:
                 f"{rest16 / rest32:.3f}" if rest32 > 0 else "n/a (fp32 difference within noise)",
                 "difference of medians",
             ],
-            [
-                "fp16 (preset) — CPU correctness path only",
-                f"{1e3 * fp16_timing.median:.0f}",
-                f"{fp16_timing.median / per_update['fp32']:.1f}",
-                f"{len(fp16_timing.seconds)}x1",
-            ],
-            [
-                "bare 2-layer MLP fwd+bwd, bf16 vs fp32 (context)",
-                f"{1e3 * mlp['bf16'].median:.1f}",
-                f"{mlp['bf16'].median / mlp['fp32'].median:.3f}",
-                f"{repeats * 2}x1",
-            ],
+            *(
+                [
+                    [
+                        "fp16 (preset), emulated on this CPU: shows the path runs",
+                        f"{1e3 * fp16_timing.median:.0f}",
+                        f"{fp16_timing.median / per_update['fp32']:.1f}",
+                        f"{len(fp16_timing.seconds)}x1",
+                    ]
+                ]
+                if fp16_timing is not None
+                else []
+            ),
+            *(
+                [
+                    f"bare 2-layer MLP fwd+bwd, {name} vs fp32 (context)",
+                    f"{1e3 * mlp[name].median:.1f}",
+                    f"{mlp[name].median / mlp['fp32'].median:.3f}",
+                    f"{repeats * 2}x1",
+                ]
+                for name in mlp
+                if name != "fp32"
+            ),
         ],
     )
 
@@ -446,15 +456,25 @@ def main(argv: list[str] | None = None) -> None:
         "Kahan compensation or stochastic rounding makes twenty or more elementwise passes "
         "over every parameter where PyTorch's Adam makes about five. Timings on this shared "
         "2-core machine vary with the load of other processes; the ratios come from "
-        "interleaved blocks of the same run. fp16 on this CPU only shows that the path "
-        "runs; fp16 on a GPU is not measured here."
+        "interleaved blocks of the same run. "
+        + (
+            "This CPU runs fp16 natively, so fp16 and fp16-lean are timed like bf16: fp16 "
+            f"{per_update['fp16'] / per_update['fp32']:.3f}, fp16-lean "
+            f"{per_update['fp16-lean'] / per_update['fp32']:.3f} of fp32 with two threads, "
+            f"{per_update_1t['fp16'] / per_update_1t['fp32']:.3f} and "
+            f"{per_update_1t['fp16-lean'] / per_update_1t['fp32']:.3f} with one. "
+            if fp16_native
+            else "This CPU emulates fp16: its one timed update only shows that the path runs. "
+        )
+        + "fp16 on a GPU is not measured here."
     )
     report.raw = {
         "memory_bytes": memory_raw,
         "update_seconds_per_block": {k: v.as_dict() for k, v in timings.items()},
         "update_seconds_per_block_one_thread": {k: v.as_dict() for k, v in single_thread.items()},
         "block_updates": block,
-        "fp16_update_seconds": fp16_timing.as_dict(),
+        "fp16_native": fp16_native,
+        "fp16_emulated_update_seconds": fp16_timing.as_dict() if fp16_timing else None,
         "mlp_fwd_bwd_seconds": {k: v.as_dict() for k, v in mlp.items()},
         "hidden": args.hidden,
         "batch_size": args.batch_size,
