@@ -25,8 +25,10 @@ and plots their returns side by side. Read top to bottom:
    return curves of every precision) rewritten at every evaluation; a checkpoint every
    ``checkpoint.interval`` steps (``resume=<run dir>`` continues a run).
 
-fp16 is meant for GPUs: on a CPU it is a correctness run (CPU fp16 kernels are slow to very
-slow depending on the CPU and PyTorch build), and bf16 is the low-precision path to use.
+16-bit precisions pay off in time only where the hardware runs them natively: bf16 on CPUs with
+AVX-512 BF16 or AMX, fp16 on GPUs and on CPUs with AVX-512 FP16 (elsewhere PyTorch emulates them,
+several times slower than fp32; the loss warns). At this recipe's 2x256 networks neither is faster
+than fp32 on such a CPU: their value here is memory and the check that training stays finite.
 ``bf16-lean`` / ``fp16-lean`` hold the learner state in 0.55 of fp32's (int8 Kahan
 compensations, stochastically rounded actor and critic updates). Configuration:
 ``examples/configs/lowprec_sac_dmc.yaml``, e.g.::

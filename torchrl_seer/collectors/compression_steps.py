@@ -335,8 +335,10 @@ class Cast(CompressionStep):
 
     The network inside every ``TensorDictModule`` of the policy is wrapped so that its floating
     inputs are cast to ``dtype`` and its floating outputs back to ``float32``: distributions,
-    log-probabilities and the environment keep seeing ``float32``. On CPUs with AVX-512 BF16,
-    ``bf16`` is the fast path; ``fp16`` has no fast CPU kernels and is meant for accelerators.
+    log-probabilities and the environment keep seeing ``float32``. A 16-bit dtype is fast only
+    where the hardware runs its matrix products natively (on CPUs: AVX-512 BF16 or AMX for
+    ``bf16``, AVX-512 FP16 for ``fp16``; see :func:`~torchrl_seer.optim.has_native_kernels`);
+    elsewhere PyTorch emulates it, several times slower than ``float32``.
 
     Args:
         dtype: ``"bf16"``, ``"fp16"`` or ``"fp32"`` (no-op control).
