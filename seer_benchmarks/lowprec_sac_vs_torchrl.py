@@ -148,11 +148,14 @@ def imported_pairs(saved: dict[str, Any], name: str) -> dict[int, list[dict[str,
     }
 
 
-def earlier_speed_checks(saved: dict[str, Any]) -> list[dict[str, Any]]:
+def earlier_speed_checks(
+    saved: dict[str, Any], fresh_rows: list[list[Any]] | None = None
+) -> list[dict[str, Any]]:
     """The paired speed check tables of an earlier record (this page's JSON, loaded).
 
     The record's own check is titled with its commit and CPU; checks it had imported keep their
-    titles.
+    titles. A check whose rows are ``fresh_rows`` (the same runs, checked again for the new
+    page) is left out.
     """
     machine = saved["machine"]
     return [
@@ -165,6 +168,8 @@ def earlier_speed_checks(saved: dict[str, Any]) -> list[dict[str, Any]]:
         )
         for table in saved["tables"]
         if table["title"].startswith(SPEED_CHECK)
+        # compared as the record stores them (JSON)
+        and json.loads(json.dumps(table["rows"])) != json.loads(json.dumps(fresh_rows))
     ]
 
 
@@ -319,16 +324,17 @@ def main(argv: list[str] | None = None) -> None:
             f"over {len(values)} seed(s): {statistics.median(values):.2f} (target ≤ 1.1)."
         )
 
-    if args.speed_check is not None:
+    fresh_rows = speed_check_rows(read_pairs(args.speed_check)) if args.speed_check else None
+    if fresh_rows is not None:
         report.add_table(
             f"{SPEED_CHECK}: runs of both at once, {OWN_CHECK} ({machine_info()['cpu']})",
             ["seed", "arm", "environment steps (ours / TorchRL's)",
              "ours: training ms per step", "TorchRL's: training ms per step", "ours ÷ TorchRL's",
              "our last evaluation return", "TorchRL's last evaluation return"],
-            speed_check_rows(read_pairs(args.speed_check)),
+            fresh_rows,
         )  # fmt: skip
     if earlier is not None:
-        for table in earlier_speed_checks(earlier):
+        for table in earlier_speed_checks(earlier, fresh_rows):
             report.add_table(table["title"], table["columns"], table["rows"])
     for note in args.note:
         report.add_note(note)

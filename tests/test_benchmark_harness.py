@@ -157,6 +157,8 @@ def test_lowprec_vs_torchrl_times_only_runs_of_one_machine():
         "tables": [kept],
     }))  # fmt: skip
     assert earlier_speed_checks(regenerated) == [kept]
+    # the same runs given again as the new page's check are not kept twice
+    assert earlier_speed_checks(regenerated, fresh_rows=[[0]]) == []
     assert imported_pairs(regenerated, "regenerated.json")[0][0]["imported_from"] == "earlier.json"
     earlier = imported_pairs(record, "earlier.json")
     assert {a["machine"] for a in earlier[0]} == {"CPU A"}
