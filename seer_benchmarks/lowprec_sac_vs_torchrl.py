@@ -167,9 +167,7 @@ def earlier_speed_checks(
             else table["title"],
         )
         for table in saved["tables"]
-        if table["title"].startswith(SPEED_CHECK)
-        # compared as the record stores them (JSON)
-        and json.loads(json.dumps(table["rows"])) != json.loads(json.dumps(fresh_rows))
+        if table["title"].startswith(SPEED_CHECK) and table["rows"] != fresh_rows
     ]
 
 
