@@ -129,30 +129,6 @@ class KahanSoftUpdate(SoftUpdate):
                 f"{torch.finfo(dtype).max / float(largest):.4g}."
             )
 
-    def _check_step_fits(self) -> None:
-        """Raises before any write if a step would overflow (``s θ``, ``s θ'`` or their gap)."""
-        if self.compensation_dtype is not None:
-            return  # a convex combination formed in fp32: within the dtype's range
-        for key, sources in self._sources.items():
-            targets = self._targets.get(f"target_{key}")
-            for leaf in targets.keys(True, True):
-                source, target = sources.get(leaf).data, targets.get(leaf).data
-                scaled_source, scaled_target = source * self.scale, target * self.scale
-                if (
-                    torch.isfinite(scaled_source).all()
-                    and torch.isfinite(scaled_target).all()
-                    and torch.isfinite(scaled_source - scaled_target).all()
-                ):
-                    continue
-                largest = float(torch.maximum(source.abs().amax(), target.abs().amax()))
-                limit = torch.finfo(target.dtype).max
-                raise OverflowError(
-                    f"KahanSoftUpdate: this step would overflow {target.dtype} (scale="
-                    f"{self.scale:g}, largest |weight| of source or target={largest:.4g}, "
-                    f"largest finite {limit:g}); no target was updated. Use scale < "
-                    f"{limit / (2 * largest):.4g}."
-                )
-
     @torch.no_grad()
     def step(self) -> None:
         """Apply one Kahan-compensated soft update to every target.
@@ -164,36 +140,59 @@ class KahanSoftUpdate(SoftUpdate):
         """
         if not self.initialized:
             raise RuntimeError(f"{type(self).__name__} must be initialized before step().")
-        self._check_step_fits()
         tau = 1.0 - self.eps
+        leaves = []
         for key, sources in self._sources.items():
             targets = self._targets.get(f"target_{key}")
             compensations = self._compensation.get(f"target_{key}")
             for leaf in targets.keys(True, True):
-                self._kahan_step(
-                    sources.get(leaf).data, targets.get(leaf).data, compensations.get(leaf), tau
+                leaves.append(
+                    (sources.get(leaf).data, targets.get(leaf).data, compensations.get(leaf))
                 )
-        self._check_finite()
+        if self.compensation_dtype is not None:
+            # a convex combination formed in fp32: within the dtype's range
+            for source, target, compensation in leaves:
+                # lerp from the represented value, not from its 16-bit part
+                compensated_lerp_(target, compensation, source, tau)
+            return
+        # s θ - s θ' is finite only if s θ, s θ' and their gap are: check every leaf first
+        gaps = []
+        for source, target, _ in leaves:
+            if self.scale == 1.0:
+                gaps.append((None, torch.sub(source, target)))
+            else:
+                scaled = torch.mul(target, self.scale)
+                gaps.append((scaled, torch.mul(source, self.scale).sub_(scaled)))
+        if not bool(torch.stack([torch.isfinite(gap).all() for _, gap in gaps]).all()):
+            self._raise_overflow([(source, target) for source, target, _ in leaves])
+        for (_, target, compensation), (scaled, gap) in zip(leaves, gaps, strict=True):
+            self._kahan_step(target, compensation, scaled, gap.mul_(tau))
+
+    def _raise_overflow(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        largest = max(
+            float(torch.maximum(source.abs().amax(), target.abs().amax()))
+            for source, target in pairs
+        )
+        dtype = pairs[0][1].dtype
+        limit = torch.finfo(dtype).max
+        raise OverflowError(
+            f"KahanSoftUpdate: this step would overflow {dtype} (scale={self.scale:g}, "
+            f"largest |weight| of source or target={largest:.4g}, largest finite "
+            f"{limit:g}); no target was updated. Use scale < {limit / (2 * largest):.4g}."
+        )
 
     def _kahan_step(
         self,
-        source: torch.Tensor,
         target: torch.Tensor,
         compensation: torch.Tensor,
-        tau: float,
+        scaled: torch.Tensor | None,
+        increment: torch.Tensor,
     ) -> None:
-        if self.compensation_dtype is not None:
-            # lerp from the represented value, not from its 16-bit part
-            compensated_lerp_(target, compensation, source, tau)
-            return
         scratch = torch.empty_like(target)
-        if self.scale == 1.0:
-            increment = torch.sub(source, target).mul_(tau)
+        if scaled is None:  # scale 1
             compensated_add_(target, compensation, increment, scratch=scratch)
             return
         # transients: the rebuilt scaled target, the increment and the Kahan scratch
-        scaled = torch.mul(target, self.scale)
-        increment = torch.mul(source, self.scale).sub_(scaled).mul_(tau)
         compensated_add_(scaled, compensation, increment, scratch=scratch)
         torch.div(scaled, self.scale, out=target)
         # (fl(s * target), c) must represent what (scaled, c) does: add the exact difference

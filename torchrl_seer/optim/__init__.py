@@ -16,7 +16,7 @@ from torchrl_seer.optim.hadam import HAdam
 from torchrl_seer.optim.loss_scaler import LossScaler
 from torchrl_seer.optim.loss_scaling_stepper import NONFINITE_INPUTS_KEY, LossScalingStepper
 from torchrl_seer.optim.native_precision import has_native_kernels
-from torchrl_seer.optim.stochastic_rounding import stochastic_add_
+from torchrl_seer.optim.stochastic_rounding import stochastic_add_, stochastic_store_
 
 __all__ = [
     "COMPENSATION_FRACTION_BITS",
@@ -35,5 +35,6 @@ __all__ = [
     "has_native_kernels",
     "residual_quantum",
     "stochastic_add_",
+    "stochastic_store_",
     "store_compensated_",
 ]

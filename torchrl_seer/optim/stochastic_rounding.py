@@ -8,7 +8,7 @@ import torch
 
 from torchrl_seer.optim.compensated_sum import aligned_slices, check_compensation_dtype
 
-__all__ = ["stochastic_add_"]
+__all__ = ["stochastic_add_", "stochastic_store_"]
 
 # the 16 fp32 significand bits that bf16 drops
 _BF16_DROPPED = (1 << 16) - 1
@@ -54,20 +54,71 @@ def stochastic_add_(
     """
     check_compensation_dtype(torch.int8, value.dtype)
     increment = increment.expand_as(value).contiguous()
-    round_ = _round_bf16_ if value.dtype == torch.bfloat16 else _round_nearest_neighbour_
     for v, inc in aligned_slices(value, increment):
-        round_(v, v.float().add_(inc), generator)
+        _ROUNDERS[value.dtype](v, v.float().add_(inc), generator)
+
+
+def stochastic_store_(
+    value: torch.Tensor,
+    exact: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+) -> None:
+    r"""Store fp32 ``exact`` into a 16-bit ``value``, rounding stochastically.
+
+    The rounding of :func:`stochastic_add_` applied to a value computed in fp32 by the
+    caller (for instance :math:`\sqrt{\beta_2}\,s` in one multiplication, where
+    ``stochastic_add_`` would need the increment :math:`(\sqrt{\beta_2} - 1)\,s` and a
+    second pass).
+
+    Args:
+        value (torch.Tensor): ``torch.float16`` or ``torch.bfloat16`` destination.
+        exact (torch.Tensor): ``torch.float32`` tensor of the shape of ``value``; used as
+            scratch (overwritten).
+
+    Keyword Args:
+        generator (torch.Generator, optional): source of the rounding decisions. Defaults to
+            the global generator.
+
+    Examples:
+        >>> import torch
+        >>> from torchrl_seer.optim import stochastic_store_
+        >>> _ = torch.manual_seed(0)
+        >>> value = torch.empty(10_000, dtype=torch.bfloat16)
+        >>> stochastic_store_(value, torch.full((10_000,), 1.001))
+        >>> sorted(set(value.tolist()))  # the two bf16 neighbours of 1.001
+        [1.0, 1.0078125]
+        >>> round(value.double().mean().item(), 3)
+        1.001
+    """
+    check_compensation_dtype(torch.int8, value.dtype)
+    if exact.dtype != torch.float32 or exact.shape != value.shape:
+        raise ValueError(
+            f"exact must be a torch.float32 tensor of shape {tuple(value.shape)}, got "
+            f"{exact.dtype} of shape {tuple(exact.shape)}."
+        )
+    for v, x in aligned_slices(value, exact):
+        _ROUNDERS[value.dtype](v, x, generator)
 
 
 def _round_bf16_(value: torch.Tensor, exact: torch.Tensor, generator) -> None:
     """Store fp32 ``exact`` into bf16 ``value``, rounding the magnitude stochastically."""
     bits = exact.view(torch.int32)
-    noise = torch.empty_like(bits).random_(generator=generator).bitwise_and_(_BF16_DROPPED)
+    noise = _uniform_16_bit(bits.numel(), bits.device, generator).view_as(bits)
     # the bits are sign and magnitude: this rounds the magnitude up with the probability of
     # its dropped fraction; a carry into the exponent is that rounding up, and inf (and the
     # default NaN, whose top significand bit is set) keep their bits after the mask
     bits.add_(noise).bitwise_and_(~_BF16_DROPPED)
     value.copy_(exact)
+
+
+def _uniform_16_bit(
+    count: int, device: torch.device, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``count`` int32 integers uniform in ``[0, 2**16)``, four per 64-bit draw."""
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(torch.iinfo(torch.int64).min, None, generator=generator)  # all 64 bits
+    return words.view(torch.int16)[:count].to(torch.int32).bitwise_and_(_BF16_DROPPED)
 
 
 def _round_nearest_neighbour_(value: torch.Tensor, exact: torch.Tensor, generator) -> None:
@@ -80,3 +131,6 @@ def _round_nearest_neighbour_(value: torch.Tensor, exact: torch.Tensor, generato
     threshold = dropped.div_(gap)  # in [0, 1/2]; NaN or 0 where nothing should move
     move = torch.empty_like(threshold).uniform_(generator=generator) < threshold
     value.copy_(torch.where(move, other, value))
+
+
+_ROUNDERS = {torch.bfloat16: _round_bf16_, torch.float16: _round_nearest_neighbour_}
