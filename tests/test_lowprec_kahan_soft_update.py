@@ -204,10 +204,14 @@ def test_kahan_soft_update_overflow_hazard_detected():
         KahanSoftUpdate(loss, tau=TAU, scale=1e4)
     ok = _loss(torch.float16)
     updater = KahanSoftUpdate(ok, tau=TAU, scale=1e4)
+    _drift(ok, torch.Generator().manual_seed(0))  # every leaf has an increment to write
     with torch.no_grad():
-        next(iter(ok.value_network_params.values(True, True))).data[0] = 7.0
-    with pytest.raises(OverflowError):
+        list(ok.value_network_params.values(True, True))[-1].data[0] = 7.0  # the last leaf
+    targets = [t.data.clone() for t in ok.target_value_network_params.values(True, True)]
+    with pytest.raises(OverflowError, match="no target was updated"):
         updater.step()
+    leaves = ok.target_value_network_params.values(True, True)
+    assert all(torch.equal(t.data, before) for t, before in zip(leaves, targets, strict=True))
 
 
 @pytest.mark.parametrize("comp_dtype", [None, torch.int8])

@@ -156,7 +156,7 @@ class KahanSoftUpdate(SoftUpdate):
                 compensated_lerp_(target, compensation, source, tau)
             return
         # s θ - s θ' is finite only if s θ, s θ' and their gap are: check every leaf first
-        gaps = []
+        gaps: list[tuple[torch.Tensor | None, torch.Tensor]] = []
         for source, target, _ in leaves:
             if self.scale == 1.0:
                 gaps.append((None, torch.sub(source, target)))
@@ -165,8 +165,8 @@ class KahanSoftUpdate(SoftUpdate):
                 gaps.append((scaled, torch.mul(source, self.scale).sub_(scaled)))
         if not bool(torch.stack([torch.isfinite(gap).all() for _, gap in gaps]).all()):
             self._raise_overflow([(source, target) for source, target, _ in leaves])
-        for (_, target, compensation), (scaled, gap) in zip(leaves, gaps, strict=True):
-            self._kahan_step(target, compensation, scaled, gap.mul_(tau))
+        for (_, target, compensation), (scaled_target, gap) in zip(leaves, gaps, strict=True):
+            self._kahan_step(target, compensation, scaled_target, gap.mul_(tau))
 
     def _raise_overflow(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         largest = max(
