@@ -31,7 +31,8 @@ matrix instructions) and the page's earlier record is imported::
 
 (``--speed-check``: runs of the new arm and of TorchRL's example made at once on the new arm's
 machine, shorter or over the full budget, laid out as above, so that the new arm gets a time ratio
-too.)
+too. ``--label <text>``: appended to the names of our arms under the runs folder, so that runs of a
+changed recipe stand beside the imported runs of the same precision instead of replacing them.)
 
 Every arm records the CPU it ran on; a time ratio is taken only between a seed's runs on one
 machine made together (an imported run is not timed against a new one).
@@ -124,6 +125,21 @@ def read_pairs(root: Path) -> dict[int, list[dict[str, Any]]]:
             for arm in read_ours(root / f"ours_s{seed}") + read_torchrl(root / f"torchrl_s{seed}")
         ]
         for seed in seeds
+    }
+
+
+def labelled(runs: dict[int, list[dict[str, Any]]], label: str) -> dict[int, list[dict[str, Any]]]:
+    """``runs`` with ``label`` appended to the name of each arm of ours (not TorchRL's).
+
+    Runs of a changed recipe then stand beside the imported runs of the same precision instead
+    of replacing them (e.g. ``"ours, bf16"`` becomes ``"ours, bf16, <label>"``).
+    """
+    return {
+        seed: [
+            arm if arm["arm"] == TORCHRL_ARM else dict(arm, arm=f"{arm['arm']}, {label}")
+            for arm in arms
+        ]
+        for seed, arms in runs.items()
     }
 
 
@@ -241,6 +257,12 @@ def main(argv: list[str] | None = None) -> None:
         "current recipe",
     )
     parser.add_argument(
+        "--label",
+        default=None,
+        help="appended to the arm names of our runs under root (e.g. a changed optimizer), so "
+        "that they stand beside the imported runs of the same precision instead of replacing them",
+    )
+    parser.add_argument(
         "--import-runs",
         type=Path,
         default=None,
@@ -249,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     runs = read_pairs(args.root)
+    if args.label is not None:
+        runs = labelled(runs, args.label)
     earlier = json.loads(args.import_runs.read_text()) if args.import_runs is not None else None
     if earlier is not None:
         runs = merged(runs, imported_pairs(earlier, args.import_runs.name))

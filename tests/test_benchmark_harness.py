@@ -131,6 +131,7 @@ def test_lowprec_vs_torchrl_times_only_runs_of_one_machine():
         TORCHRL_ARM,
         earlier_speed_checks,
         imported_pairs,
+        labelled,
         merged,
         paired_reference,
     )
@@ -170,6 +171,12 @@ def test_lowprec_vs_torchrl_times_only_runs_of_one_machine():
     assert paired_reference(fp32, runs[0]) is torchrl  # same record, same machine
     assert paired_reference(bf16, runs[0]) is None  # another machine: no time ratio
     assert paired_reference(torchrl, runs[0]) is None
+    # a labelled arm stands beside the imported one of its precision
+    beside = merged(labelled({0: [dict(arm("ours, fp32", 5.0), machine="CPU B"),
+                                  dict(arm(TORCHRL_ARM, 4.0), machine="CPU B")]}, "new optimizer"),
+                    earlier)  # fmt: skip
+    assert sorted(a["arm"] for a in beside[0]) == [TORCHRL_ARM, "ours, fp32",
+                                                   "ours, fp32, new optimizer"]  # fmt: skip
     # an arm run again replaces the imported one of its seed
     again = merged({0: [dict(arm("ours, fp32", 5.0), machine="CPU B")]}, earlier)
     assert [(a["arm"], a["train_seconds"]) for a in again[0]] == [
