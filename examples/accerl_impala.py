@@ -72,6 +72,8 @@ def check(cfg: DictConfig) -> None:
         check_atari_game(cfg.env.name)
     if cfg.accerl.distill_width is not None:
         check_config(cfg, positive=["accerl.distill_width"])
+        if cfg.accerl.distill_updates_per_batch is not None:
+            check_config(cfg, positive=["accerl.distill_updates_per_batch"])
         if cfg.checkpoint.interval > 0:
             raise ValueError(
                 "accerl.distill_width cannot be combined with checkpoint.interval > 0: the "
@@ -184,7 +186,10 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
         student, _ = make_networks(probe_env, cfg.accerl.distill_width)
         with torch.no_grad():
             student(td.unsqueeze(0))
-        distiller = AsyncDistiller(actor, student, kl_bound=kl_bound, seed=cfg.seed)
+        distiller = AsyncDistiller(
+            actor, student, kl_bound=kl_bound, seed=cfg.seed,
+            updates_per_batch=cfg.accerl.distill_updates_per_batch,
+        )  # fmt: skip
         ladder = [PolicyCompressor([distiller.step, *compressor.steps]), *ladder]
     monitor = CompressionMonitor(actor, ladder=ladder, kl_bound=kl_bound, logger=run.logger)
     if distiller is not None:
@@ -237,7 +242,10 @@ def train_arm(cfg: DictConfig, run: RecipeRun, arm: AcceRLArm, compression: str)
         if distiller is not None:
             distiller.stop()
             print(f"[{arm.label}] distillation: {distiller.stats()}")
-    return run_log.summary(compression=why, monitor=monitor)
+    record = run_log.summary(compression=why, monitor=monitor)
+    if distiller is not None:
+        record["distillation"] = distiller.stats()
+    return record
 
 
 def train(cfg: DictConfig) -> Path:

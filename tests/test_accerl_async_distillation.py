@@ -87,6 +87,32 @@ def test_student_outside_the_bound_is_never_published():
     assert distiller.step.student is first and distiller.last_kl > 1e-9
 
 
+def test_a_paced_thread_takes_at_most_its_steps_per_batch_and_then_sleeps():
+    teacher = actor(16)
+    distiller = AsyncDistiller(teacher, actor(4, seed=1), kl_bound=1e-9, updates_per_batch=3)
+    distiller.start()
+    distiller.observe(states(), teacher)
+    wait_for(lambda: distiller.updates >= 3)
+    time.sleep(0.3)  # time for many unpaced steps
+    assert distiller.updates == 3
+    distiller.observe(states(seed=1), teacher)
+    distiller.observe(states(seed=2), teacher)
+    wait_for(lambda: distiller.updates >= 9)
+    time.sleep(0.3)
+    distiller.stop()
+    assert distiller.updates == 9
+
+
+def test_an_unpaced_thread_keeps_training_on_the_states_it_holds():
+    teacher = actor(16)
+    distiller = AsyncDistiller(teacher, actor(4, seed=1), kl_bound=1e-9)
+    distiller.start()
+    distiller.observe(states(), teacher)
+    wait_for(lambda: distiller.updates >= 20)
+    distiller.stop()
+    assert distiller.updates >= 20
+
+
 def test_observe_copies_the_teacher_weights():
     teacher = actor(8)
     distiller = AsyncDistiller(teacher, actor(8, seed=1), kl_bound=0.1)
@@ -176,6 +202,8 @@ def test_the_thread_never_changes_the_exploration_type_another_thread_acts_in(mo
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         AsyncDistiller(actor(8), actor(4), kl_bound=0.1, batch_size=0)
+    with pytest.raises(ValueError, match="updates_per_batch must be >= 1 or None, got 0"):
+        AsyncDistiller(actor(8), actor(4), kl_bound=0.1, updates_per_batch=0)
     with pytest.raises(ValueError, match="kl_bound must be > 0"):
         AsyncDistiller(actor(8), actor(4), kl_bound=0.0)
 
@@ -185,7 +213,8 @@ def test_impala_recipe_distils_a_student_in_the_background(tmp_path, capsys):
         "accerl_impala", "accerl.compression=int8", "accerl.distill_width=8",
         "collector.workers=0", "network.width=32", "collector.total_frames=1024",
         "collector.frames_per_batch=128", "accerl.monitor_every=1", "accerl.compare=false",
-        "logger.backend=null", f"logger.output_dir={tmp_path}",
+        "accerl.distill_updates_per_batch=2", "logger.backend=null",
+        f"logger.output_dir={tmp_path}",
     )  # fmt: skip
     (run,) = json.loads((report.parent / "report.json").read_text())["runs"]
     assert run["frames"] == 1024
@@ -193,12 +222,19 @@ def test_impala_recipe_distils_a_student_in_the_background(tmp_path, capsys):
     assert run["final_pipeline"] in levels
     assert all({e["from"], e["to"]} <= levels for e in run["monitor_events"])
     updates = re.search(r"distillation: \{'updates': (\d+)", capsys.readouterr().out)
-    assert updates is not None and int(updates.group(1)) > 0
+    assert updates is not None and 0 < int(updates.group(1)) <= 2 * 1024 // 128  # paced
+    assert run["distillation"]["updates"] == int(updates.group(1))
+    assert len(run["monitor_history"]) == 1024 // 128  # one Monitor check per batch
 
 
-def test_distillation_refuses_checkpoints(tmp_path):
+def test_distillation_refuses_checkpoints_and_a_bad_pace(tmp_path):
     with pytest.raises(ValueError, match=r"accerl\.distill_width cannot be combined"):
         run_recipe(
             "accerl_impala", "accerl.distill_width=8", "checkpoint.interval=512",
+            f"logger.output_dir={tmp_path}",
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"accerl\.distill_updates_per_batch must be > 0"):
+        run_recipe(
+            "accerl_impala", "accerl.distill_width=8", "accerl.distill_updates_per_batch=0",
             f"logger.output_dir={tmp_path}",
         )  # fmt: skip

@@ -212,3 +212,40 @@ def test_accerl_layouts_gives_each_arm_its_fastest_layout():
         [2048, 1, 1024, 2, "30.0 (1 worker)", "40.0 (2 workers)", 0.75],
         [4096, 1, 1024, 1, "70.0 (1 worker)", "90.0 (1 worker)", 0.78],
     ]
+
+
+def _distilling_arm(levels_and_kls, events, frames=2048, curve=((10.0, 512, 50.0),)):
+    history = []
+    for step, (level, kl) in enumerate(levels_and_kls, start=1):
+        entry = {"step": 256.0 * step, "monitor/level": float(level), "monitor/kl": 1e-4}
+        if level == 0:
+            entry["monitor/kl"] = kl
+        else:
+            entry["monitor/kl_more_compressed"] = kl
+        history.append(entry)
+    return {"monitor_history": history, "monitor_events": events, "frames": frames,
+            "curve": [list(point) for point in curve], "wall": 20.0, "learner_time": 5.0,
+            "distillation": {"updates": 40, "publications": 3}}  # fmt: skip
+
+
+def test_accerl_distillation_reads_the_student_from_the_monitor():
+    from seer_benchmarks.accerl_distillation import seed_rows, student_frames, student_kl
+
+    up = {"step": 1024, "direction": "up", "from": "int8+trace", "to": "distill+int8+trace"}
+    down = {"step": 1536, "direction": "down", "from": "distill+int8+trace", "to": "int8+trace"}
+    arm = _distilling_arm([(1, 0.3), (1, 0.005), (0, 0.004), (0, 0.05), (1, 0.2)], [up, down])
+    # the student is the candidate at level 1 and the acting policy at level 0
+    assert student_kl(arm) == [(256.0, 0.3, False), (512.0, 0.005, False), (768.0, 0.004, True),
+                               (1024.0, 0.05, True), (1280.0, 0.2, False)]  # fmt: skip
+    assert student_frames(arm) == 512  # from the move up at 1,024 to the move down at 1,536
+    assert student_frames({**arm, "monitor_events": [up]}) == 2048 - 1024  # still acting
+    assert student_frames({**arm, "monitor_events": []}) == 0
+
+    fp32 = {"curve": [[20.0, 512, 150.0]], "wall": 30.0, "learner_time": 4.0}
+    report = {"settings": {"seed": 0}, "runs": [
+        {**arm, "curve": [[8.0, 512, 120.0]] * 5}, {**fp32, "curve": [[12.0, 512, 120.0]] * 5},
+    ]}  # fmt: skip
+    best = {0: {**fp32, "curve": [[16.0, 512, 120.0]] * 5}}
+    students, times, ratios = seed_rows([report], best, threshold=100.0, bound=0.02)
+    assert students == [[0, 40, 3, 5, 2, 0.05, 0.004, "512 of 2,048"]]  # 2 checks under 0.01
+    assert times[0][:5] == [0, 8.0, 12.0, 16.0, 0.5] and ratios == [0.5]

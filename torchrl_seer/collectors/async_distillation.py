@@ -35,7 +35,11 @@ class AsyncDistiller:
     states and of the weights is taken: the learner never waits for the student's training).
     The thread samples ``batch_size`` states among the ``capacity`` most recent ones, takes one
     optimiser step on the distillation loss, and every ``check_every`` steps measures
-    KL(teacher‖student) on the ``probe_size`` most recent states. A student whose KL is at most
+    KL(teacher‖student) on the ``probe_size`` most recent states. Unpaced, the thread trains
+    as fast as it can and takes a core of its own; with ``updates_per_batch=n`` it takes at
+    most ``n`` steps per observed batch (unused steps carry over) and then sleeps until the
+    next batch, which bounds its share of the CPU when it shares cores with the learner and
+    the actors. A student whose KL is at most
     ``kl_bound`` (use the Monitor's bound) is published to :attr:`step`.
 
     Ship it through the compression ladder: make ``PolicyCompressor([distiller.step, ...])`` a
@@ -67,6 +71,8 @@ class AsyncDistiller:
         check_every (int): student updates between divergence checks. Defaults to ``20``.
         probe_size (int): most recent states a check measures. Defaults to ``256``.
         seed (int): seed of the thread's state sampling. Defaults to ``0``.
+        updates_per_batch (int, optional): student steps allowed per :meth:`observe` call;
+            ``None`` (the default) trains without pause.
 
     Examples:
         >>> import time
@@ -107,11 +113,16 @@ class AsyncDistiller:
         check_every: int = 20,
         probe_size: int = 256,
         seed: int = 0,
+        updates_per_batch: int | None = None,
     ) -> None:
         for name, value in (("batch_size", batch_size), ("capacity", capacity),
                             ("check_every", check_every), ("probe_size", probe_size)):  # fmt: skip
             if value < 1:
                 raise ValueError(f"AsyncDistiller: {name} must be >= 1, got {value}")
+        if updates_per_batch is not None and updates_per_batch < 1:
+            raise ValueError(
+                f"AsyncDistiller: updates_per_batch must be >= 1 or None, got {updates_per_batch}"
+            )
         if kl_bound <= 0:
             raise ValueError(f"AsyncDistiller: kl_bound must be > 0, got {kl_bound}")
         self.teacher = copy.deepcopy(teacher).eval()
@@ -130,6 +141,8 @@ class AsyncDistiller:
         self.published_kl = float("nan")
         self.last_kl = float("nan")
         self.capacity = capacity
+        self.updates_per_batch = updates_per_batch
+        self._allowed_updates = 0  # steps left before the next batch (paced threads only)
         self._in_keys = list(teacher.in_keys)
         self._batches: deque[TensorDictBase] = deque()  # flat batches of states, oldest first
         self._held = 0
@@ -163,6 +176,8 @@ class AsyncDistiller:
             self._held += states.numel()
             while self._held - self._batches[0].numel() >= self.capacity:
                 self._held -= self._batches.popleft().numel()
+            if self.updates_per_batch is not None:
+                self._allowed_updates += self.updates_per_batch
             with torch.no_grad():
                 for mine, theirs in zip(
                     self.teacher.parameters(), teacher.parameters(), strict=True
@@ -211,9 +226,21 @@ class AsyncDistiller:
             return None
         return states[torch.randint(states.numel(), (self.batch_size,), generator=self._generator)]
 
+    def _may_update(self) -> bool:
+        """Takes one step from the pace's allowance; clears the wake-up event when none is left."""
+        with self._lock:
+            if self.updates_per_batch is None or self._allowed_updates > 0:
+                self._allowed_updates -= self.updates_per_batch is not None
+                return True
+            self._new_data.clear()  # observe() adds steps under the lock, then sets it
+            return False
+
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                if not self._may_update():
+                    self._new_data.wait()
+                    continue
                 states = self._sample()
                 if states is None:
                     self._new_data.wait()

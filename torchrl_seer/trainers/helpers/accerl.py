@@ -293,6 +293,7 @@ class RunLog:
             "compression": compression,
             "final_pipeline": monitor.compressor.spec(),
             "monitor_events": monitor.events,
+            "monitor_history": monitor.history,
         }
 
 
