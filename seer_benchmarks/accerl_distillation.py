@@ -98,19 +98,24 @@ def seed_rows(distill: list[dict], best: dict[int, dict], threshold: float, boun
             round(min(kls), 4) if kls else "—",
             f"{student_frames(compressed):,} of {compressed['frames']:,}",
         ])  # fmt: skip
-        fp32_best = best.get(seed)
+        fp32_two = best.get(seed)
         times = [_time(compressed, threshold), _time(same_layout, threshold),
-                 _time(fp32_best, threshold) if fp32_best else None]  # fmt: skip
-        ratio = times[0] / times[2] if times[0] is not None and times[2] is not None else None
+                 _time(fp32_two, threshold) if fp32_two else None]  # fmt: skip
+        # fp32 in whichever of its layouts reached the threshold first on this seed
+        fp32_reached = [t for t in times[1:] if t is not None]
+        fp32_first = min(fp32_reached) if fp32_reached else None
+        ratio = times[0] / fp32_first if times[0] is not None and fp32_first else None
         if ratio is not None:
             ratios.append(ratio)
+        same = times[0] / times[1] if times[0] is not None and times[1] else None
         time_rows.append([
-            seed, *(_cell(t) for t in times), "—" if ratio is None else round(ratio, 2),
+            seed, *(_cell(t) for t in times), "—" if same is None else round(same, 2),
+            "—" if ratio is None else round(ratio, 2),
             f"{compressed['wall']:.1f} / {same_layout['wall']:.1f} / "
-            + (f"{fp32_best['wall']:.1f}" if fp32_best else "—"),
+            + (f"{fp32_two['wall']:.1f}" if fp32_two else "—"),
             f"{compressed['learner_time']:.1f} / {same_layout['learner_time']:.1f}",
             f"{final_return(compressed):.1f} / {final_return(same_layout):.1f} / "
-            + (f"{final_return(fp32_best):.1f}" if fp32_best else "—"),
+            + (f"{final_return(fp32_two):.1f}" if fp32_two else "—"),
         ])  # fmt: skip
     return student_rows, time_rows, ratios
 
@@ -183,10 +188,11 @@ def main(argv: list[str] | None = None) -> None:
             f"batch(es)) moves the actors to the student after {RECOVER_PATIENCE} consecutive "
             f"checks with its KL under {RECOVER_FRACTION:g} x {bound:g}. Each seed runs the "
             f"compressed arm and fp32 actors in the same layout ({s['workers']} worker) back "
-            f"to back in one process, and fp32 actors in their best layout "
-            f"({', '.join(map(str, sorted(best_workers))) or '—'} workers) separately. Time to "
-            "threshold = wall time at which the mean of the last 5 logged returns first "
-            f"reaches {threshold:g}. Target: compressed ÷ fp32 (best layout) ≤ 0.7. "
+            "to back in one process, and fp32 actors in their fastest layout per frame "
+            f"({', '.join(map(str, sorted(best_workers))) or '—'} workers, `accerl_layouts.md`) "
+            "separately; the ratio takes, per seed, whichever fp32 layout reached the threshold "
+            "first. Time to threshold = wall time at which the mean of the last 5 logged "
+            f"returns first reaches {threshold:g}. Target: compressed ÷ fp32 ≤ 0.7. "
             + args.conditions
         ).strip(),
         command="python -m seer_benchmarks.accerl_distillation <root>` after the recipe runs "
@@ -202,16 +208,17 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     report.add_table(
         f"Wall time to return {threshold:g} (s), per seed",
-        ["seed", "compressed + student (1 worker)", "fp32 (same layout)", "fp32 (best layout)",
-         "compressed ÷ fp32 best", "wall (s) c / f same / f best", "learner busy (s) c / f",
-         "final return c / f same / f best"],
+        ["seed", "compressed + student (1 worker)", "fp32 (1 worker)", "fp32 (2 workers)",
+         "÷ fp32 (1 worker)", "÷ fp32 (first of its layouts)", "wall (s) c / f1 / f2",
+         "learner busy (s) c / f1", "final return c / f1 / f2"],
         time_rows,
     )  # fmt: skip
     figure = plot(distill, best, bound, DOCS_DIR / "accerl_distillation.png")
     report.add_figure(figure, "student KL per Monitor check; return vs wall time")
     if ratios:
         report.add_note(
-            f"Compressed ÷ fp32 (best layout), time to return {threshold:g}: median "
+            f"Compressed ÷ fp32 (whichever fp32 layout reached it first), time to return "
+            f"{threshold:g}: median "
             f"{statistics.median(ratios):.2f} over {len(ratios)} seed(s) "
             f"({', '.join(f'{r:.2f}' for r in ratios)}); target ≤ 0.7."
         )

@@ -409,7 +409,8 @@ def imported_runs(
     Args:
         record (Path): the page's JSON record.
         select (list of str): ``TASK:SEED`` or ``TASK:SEED:ARM`` of the runs to take.
-        capacity (int): their pixel buffer capacity, named in the arm as :func:`arm_name` does.
+        capacity (int): their pixel buffer capacity, named in the arm as :func:`arm_name` does
+            (unless the arm already names one).
         recipe (RecipePage): the page being written.
     """
     wanted = [item.split(":", 2) for item in select]
@@ -423,7 +424,8 @@ def imported_runs(
         ):
             per_step = 4 if recipe.recipe == "atari" else PLANET_ACTION_REPEAT.get(run["task"], 1)
             run = dict(run, imported_from=record.name, frames_per_step=per_step)
-            if capacity != recipe.default_pixel_capacity:
+            # runs of a page that names buffers in its arms (re-imported) keep their name
+            if capacity != recipe.default_pixel_capacity and PIXEL_BUFFER not in run["arm"]:
                 run["arm"] = f"{run['arm']}{PIXEL_BUFFER}{capacity:,}"
             runs.append(run)
     return runs

@@ -248,4 +248,24 @@ def test_accerl_distillation_reads_the_student_from_the_monitor():
     best = {0: {**fp32, "curve": [[16.0, 512, 120.0]] * 5}}
     students, times, ratios = seed_rows([report], best, threshold=100.0, bound=0.02)
     assert students == [[0, 40, 3, 5, 2, 0.05, 0.004, "512 of 2,048"]]  # 2 checks under 0.01
-    assert times[0][:5] == [0, 8.0, 12.0, 16.0, 0.5] and ratios == [0.5]
+    # against the fp32 layout that got there first (1 worker here: 12 s)
+    assert times[0][:6] == [0, 8.0, 12.0, 16.0, 0.67, 0.67] and ratios == [8.0 / 12.0]
+    best[0]["curve"] = [[40.0, 512, 50.0]] * 5  # fp32 with 2 workers never reaches 100
+    assert seed_rows([report], best, threshold=100.0, bound=0.02)[1][0][3] == "not reached"
+
+
+def test_parity_seer_reimports_runs_that_already_name_their_buffer(tmp_path):
+    from seer_benchmarks.parity_seer import RECIPES, imported_runs
+
+    record = tmp_path / "page.json"
+    record.write_text(json.dumps({"raw": {"runs": [
+        {"task": "Krull", "seed": 0, "arm": "no freeze, pixel buffer 20,000"},
+        {"task": "Krull", "seed": 0, "arm": "no freeze"},
+        {"task": "Krull", "seed": 1, "arm": "no freeze"},
+    ]}}))  # fmt: skip
+    runs = imported_runs(record, ["Krull:0"], 20_000, RECIPES["atari_capped"])
+    assert [run["arm"] for run in runs] == [
+        "no freeze, pixel buffer 20,000",
+        "no freeze, pixel buffer 20,000",
+    ]
+    assert all(run["frames_per_step"] == 4 for run in runs)
