@@ -13,6 +13,7 @@ in their own best layout (two workers on this machine, ``accerl_layouts.md``) ru
         network.width=2048 network.critic_width=64 env.envs_per_worker=1 collector.workers=1 \
         collector.overlap=true collector.total_frames=20480 collector.frames_per_batch=256 \
         accerl.ship_every=4 seed=<0, 1, 2> logger.output_dir=<root>/distill
+    # the same without accerl.distill_updates_per_batch: an unpaced student (rows of its own)
     python examples/accerl_impala.py accerl.compression=none accerl.compare=false \
         accerl.monitor_every=1 accerl.threshold=100 network.width=2048 network.critic_width=64 \
         env.envs_per_worker=1 collector.workers=2 collector.overlap=true \
@@ -20,9 +21,9 @@ in their own best layout (two workers on this machine, ``accerl_layouts.md``) ru
         seed=<0, 1, 2> logger.output_dir=<root>/fp32_best
 
 then ``python -m seer_benchmarks.accerl_distillation <root>`` writes
-``docs/benchmarks/accerl_distillation.md``: per seed, the student's KL at every Monitor check
-against the recovery bound, the frames the student acted, the distiller's updates and
-publications, and the wall time to the return threshold of each arm.
+``docs/benchmarks/accerl_distillation.md``: per run (student pace and seed), the student's KL
+at every Monitor check against the recovery bound, the frames the student acted, the
+distiller's updates and publications, and the wall time to the return threshold of each arm.
 """
 
 from __future__ import annotations
@@ -75,6 +76,12 @@ def student_frames(arm: dict[str, Any]) -> int:
     return total + (arm["frames"] - since if since is not None else 0)
 
 
+def pace(report: dict[str, Any]) -> str:
+    """The student's pace in a run: steps per learner batch, or ``"unpaced"``."""
+    steps = report["config"]["accerl"].get("distill_updates_per_batch")
+    return "unpaced" if steps is None else f"{steps} per batch"
+
+
 def _time(arm: dict[str, Any], threshold: float) -> float | None:
     return time_to_threshold(arm["curve"], threshold)
 
@@ -84,15 +91,16 @@ def _cell(seconds: float | None) -> Any:
 
 
 def seed_rows(distill: list[dict], best: dict[int, dict], threshold: float, bound: float):
-    """The per-seed tables: what the student did, and each arm's time to the threshold."""
-    student_rows, time_rows, ratios = [], [], []
+    """The per-seed tables (a row per run), and the time ratios of each pace of the student."""
+    student_rows, time_rows = [], []
+    ratios: dict[str, list[float]] = {}
     for rep in distill:
         seed = rep["settings"]["seed"]
         compressed, same_layout = rep["runs"]
         kls = [kl for _, kl, _ in student_kl(compressed)]
         stats = compressed.get("distillation", {})
         student_rows.append([
-            seed, stats.get("updates", "—"), stats.get("publications", "—"),
+            pace(rep), seed, stats.get("updates", "—"), stats.get("publications", "—"),
             len(kls), sum(kl < RECOVER_FRACTION * bound for kl in kls),
             round(statistics.median(kls), 4) if kls else "—",
             round(min(kls), 4) if kls else "—",
@@ -106,10 +114,10 @@ def seed_rows(distill: list[dict], best: dict[int, dict], threshold: float, boun
         fp32_first = min(fp32_reached) if fp32_reached else None
         ratio = times[0] / fp32_first if times[0] is not None and fp32_first else None
         if ratio is not None:
-            ratios.append(ratio)
+            ratios.setdefault(pace(rep), []).append(ratio)
         same = times[0] / times[1] if times[0] is not None and times[1] else None
         time_rows.append([
-            seed, *(_cell(t) for t in times), "—" if same is None else round(same, 2),
+            pace(rep), seed, *(_cell(t) for t in times), "—" if same is None else round(same, 2),
             "—" if ratio is None else round(ratio, 2),
             f"{compressed['wall']:.1f} / {same_layout['wall']:.1f} / "
             + (f"{fp32_two['wall']:.1f}" if fp32_two else "—"),
@@ -123,25 +131,32 @@ def seed_rows(distill: list[dict], best: dict[int, dict], threshold: float, boun
 def plot(distill: list[dict], best: dict[int, dict], bound: float, path: Path) -> Path:
     """Left: the student's KL at every Monitor check; right: return against wall time."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for index, rep in enumerate(distill):
+    paces = list(dict.fromkeys(pace(rep) for rep in distill))
+    shown: set[str] = set()
+    for rep in distill:
         compressed, same_layout = rep["runs"]
-        seed = rep["settings"]["seed"]
+        seed, style = rep["settings"]["seed"], ("-", "--", ":")[paces.index(pace(rep)) % 3]
         points = student_kl(compressed)
         if points:
             frames, kls, _ = zip(*points, strict=True)
-            left.plot(frames, kls, lw=1, marker=".", ms=3, label=f"seed {seed}")
-        for arm, color, name in ((compressed, "tab:red", "compressed + student, 1 worker"),
+            left.plot(frames, kls, lw=1, ls=style, marker=".", ms=3,
+                      label=f"seed {seed}, {pace(rep)}")  # fmt: skip
+        reds = ("tab:red", "tab:purple", "tab:brown")
+        for arm, color, name in ((compressed, reds[paces.index(pace(rep)) % 3],
+                                  f"compressed + student ({pace(rep)}), 1 worker"),
                                  (same_layout, "grey", "fp32, 1 worker"),
                                  (best.get(seed), "black", "fp32, 2 workers")):  # fmt: skip
             if arm and arm["curve"]:
                 t, _, ret = zip(*arm["curve"], strict=True)
-                right.plot(t, ret, color=color, alpha=0.7, lw=1, label=name if index == 0 else None)
+                right.plot(t, ret, color=color, alpha=0.7, lw=1,
+                           label=None if name in shown else name)  # fmt: skip
+                shown.add(name)
     left.axhline(bound, color="tab:orange", ls="--", label=f"KL bound {bound:g}")
     left.axhline(RECOVER_FRACTION * bound, color="tab:green", ls=":",
                  label=f"recovery bound {RECOVER_FRACTION * bound:g}")  # fmt: skip
     left.set(yscale="log", xlabel="frames", ylabel="KL(learner ‖ student)",
              title="distilled student at each Monitor check")  # fmt: skip
-    left.legend(fontsize=8)
+    left.legend(fontsize=7, ncol=2)
     right.set(xlabel="wall time (s)", ylabel="episode return", title="return vs wall time")
     right.legend(fontsize=8)
     fig.tight_layout()
@@ -160,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     distill = [r for r in distill if len(r["runs"]) == 2 and "distillation" in r["runs"][0]]
     if not distill:
         raise SystemExit(f"no finished distilling two-arm runs under {args.root / 'distill'}")
-    distill.sort(key=lambda r: r["settings"]["seed"])
+    distill.sort(key=lambda r: (pace(r) == "unpaced", r["settings"]["seed"]))
     best = {}
     for path in sorted(args.root.glob("fp32_best/*/report.json")):
         rep = read_report(path)
@@ -182,8 +197,8 @@ def main(argv: list[str] | None = None) -> None:
             f"weights shipped every {s['ship_every']} updates. The compressed arm starts on "
             f"`{distill[0]['runs'][0]['compression']}` and distils a "
             f"{cfg['accerl']['distill_width']}-wide student in a background thread "
-            f"(`AsyncDistiller`, {cfg['accerl']['distill_updates_per_batch'] or 'unpaced'} "
-            "student steps per learner batch, published when its KL on the latest states is "
+            "(`AsyncDistiller`, paced at a number of student steps per learner batch or "
+            "unpaced, as each row says; published when its KL on the latest states is "
             f"within {bound:g}); the Monitor (checks every {cfg['accerl']['monitor_every']} "
             f"batch(es)) moves the actors to the student after {RECOVER_PATIENCE} consecutive "
             f"checks with its KL under {RECOVER_FRACTION:g} x {bound:g}. Each seed runs the "
@@ -201,26 +216,25 @@ def main(argv: list[str] | None = None) -> None:
     student_rows, time_rows, ratios = seed_rows(distill, best, threshold, bound)
     report.add_table(
         "The student, per seed",
-        ["seed", "student updates", "publications", "Monitor checks",
+        ["student pace", "seed", "student updates", "publications", "Monitor checks",
          f"checks under the recovery bound ({RECOVER_FRACTION * bound:g})", "median KL",
          "lowest KL", "frames acted by the student"],
         student_rows,
     )  # fmt: skip
     report.add_table(
         f"Wall time to return {threshold:g} (s), per seed",
-        ["seed", "compressed + student (1 worker)", "fp32 (1 worker)", "fp32 (2 workers)",
-         "÷ fp32 (1 worker)", "÷ fp32 (first of its layouts)", "wall (s) c / f1 / f2",
-         "learner busy (s) c / f1", "final return c / f1 / f2"],
+        ["student pace", "seed", "compressed + student (1 worker)", "fp32 (1 worker)",
+         "fp32 (2 workers)", "÷ fp32 (1 worker)", "÷ fp32 (first of its layouts)",
+         "wall (s) c / f1 / f2", "learner busy (s) c / f1", "final return c / f1 / f2"],
         time_rows,
     )  # fmt: skip
     figure = plot(distill, best, bound, DOCS_DIR / "accerl_distillation.png")
     report.add_figure(figure, "student KL per Monitor check; return vs wall time")
-    if ratios:
+    for student_pace, values in ratios.items():
         report.add_note(
-            f"Compressed ÷ fp32 (whichever fp32 layout reached it first), time to return "
-            f"{threshold:g}: median "
-            f"{statistics.median(ratios):.2f} over {len(ratios)} seed(s) "
-            f"({', '.join(f'{r:.2f}' for r in ratios)}); target ≤ 0.7."
+            f"Compressed (student {student_pace}) ÷ fp32 (whichever fp32 layout reached it "
+            f"first), time to return {threshold:g}: median {statistics.median(values):.2f} over "
+            f"{len(values)} seed(s) ({', '.join(f'{r:.2f}' for r in values)}); target ≤ 0.7."
         )
     for note in args.note:
         report.add_note(note)

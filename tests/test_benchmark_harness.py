@@ -242,16 +242,20 @@ def test_accerl_distillation_reads_the_student_from_the_monitor():
     assert student_frames({**arm, "monitor_events": []}) == 0
 
     fp32 = {"curve": [[20.0, 512, 150.0]], "wall": 30.0, "learner_time": 4.0}
-    report = {"settings": {"seed": 0}, "runs": [
+    config = {"accerl": {"distill_updates_per_batch": 8}}
+    report = {"settings": {"seed": 0}, "config": config, "runs": [
         {**arm, "curve": [[8.0, 512, 120.0]] * 5}, {**fp32, "curve": [[12.0, 512, 120.0]] * 5},
     ]}  # fmt: skip
     best = {0: {**fp32, "curve": [[16.0, 512, 120.0]] * 5}}
     students, times, ratios = seed_rows([report], best, threshold=100.0, bound=0.02)
-    assert students == [[0, 40, 3, 5, 2, 0.05, 0.004, "512 of 2,048"]]  # 2 checks under 0.01
+    assert students == [["8 per batch", 0, 40, 3, 5, 2, 0.05, 0.004, "512 of 2,048"]]
     # against the fp32 layout that got there first (1 worker here: 12 s)
-    assert times[0][:6] == [0, 8.0, 12.0, 16.0, 0.67, 0.67] and ratios == [8.0 / 12.0]
+    assert times[0][:7] == ["8 per batch", 0, 8.0, 12.0, 16.0, 0.67, 0.67]
+    assert ratios == {"8 per batch": [8.0 / 12.0]}
     best[0]["curve"] = [[40.0, 512, 50.0]] * 5  # fp32 with 2 workers never reaches 100
-    assert seed_rows([report], best, threshold=100.0, bound=0.02)[1][0][3] == "not reached"
+    assert seed_rows([report], best, threshold=100.0, bound=0.02)[1][0][4] == "not reached"
+    config["accerl"]["distill_updates_per_batch"] = None
+    assert seed_rows([report], best, threshold=100.0, bound=0.02)[0][0][0] == "unpaced"
 
 
 def test_parity_seer_reimports_runs_that_already_name_their_buffer(tmp_path):
