@@ -103,6 +103,19 @@ def test_a_paced_thread_takes_at_most_its_steps_per_batch_and_then_sleeps():
     assert distiller.updates == 9
 
 
+def test_stopping_a_paced_thread_that_waits_for_a_batch_never_hangs():
+    teacher = actor(8)
+    for _ in range(20):  # stop() races with the thread going back to sleep
+        distiller = AsyncDistiller(teacher, actor(4, seed=1), kl_bound=1e-9, updates_per_batch=1)
+        distiller.start()
+        distiller.observe(states(64), teacher)
+        stopper = threading.Thread(target=distiller.stop)
+        stopper.start()
+        stopper.join(timeout=30)
+        assert not stopper.is_alive()
+        assert distiller.updates <= 1
+
+
 def test_an_unpaced_thread_keeps_training_on_the_states_it_holds():
     teacher = actor(16)
     distiller = AsyncDistiller(teacher, actor(4, seed=1), kl_bound=1e-9)

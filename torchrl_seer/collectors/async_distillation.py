@@ -232,7 +232,10 @@ class AsyncDistiller:
             if self.updates_per_batch is None or self._allowed_updates > 0:
                 self._allowed_updates -= self.updates_per_batch is not None
                 return True
-            self._new_data.clear()  # observe() adds steps under the lock, then sets it
+            # observe() adds steps under the lock, then sets the event; stop() sets the stop
+            # flag, then the event: never clear a wake-up that stop() already sent
+            if not self._stop.is_set():
+                self._new_data.clear()
             return False
 
     def _run(self) -> None:
