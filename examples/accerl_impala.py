@@ -49,6 +49,7 @@ from torchrl_seer.trainers.helpers import (
     RecipeRun,
     check_atari_game,
     check_config,
+    check_positive,
     seed_everything,
 )
 from torchrl_seer.trainers.helpers.accerl import (
@@ -71,9 +72,9 @@ def check(cfg: DictConfig) -> None:
     if cfg.env.atari:
         check_atari_game(cfg.env.name)
     if cfg.accerl.distill_width is not None:
-        check_config(cfg, positive=["accerl.distill_width"])
+        check_positive(cfg, "accerl.distill_width")
         if cfg.accerl.distill_updates_per_batch is not None:
-            check_config(cfg, positive=["accerl.distill_updates_per_batch"])
+            check_positive(cfg, "accerl.distill_updates_per_batch")
         if cfg.checkpoint.interval > 0:
             raise ValueError(
                 "accerl.distill_width cannot be combined with checkpoint.interval > 0: the "

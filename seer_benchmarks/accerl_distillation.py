@@ -29,6 +29,7 @@ distiller's updates and publications, and the wall time to the return threshold 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 from pathlib import Path
@@ -42,11 +43,13 @@ import matplotlib.pyplot as plt
 from seer_benchmarks.accerl_overlap import read_report
 from seer_benchmarks.accerl_wall_time import final_return
 from seer_benchmarks.harness import DOCS_DIR, BenchmarkReport
+from torchrl_seer.collectors import CompressionMonitor
 from torchrl_seer.trainers.helpers.accerl import time_to_threshold
 
-#: the Monitor's defaults the recipe uses (CompressionMonitor: recover_fraction, recover_patience)
-RECOVER_FRACTION = 0.5
-RECOVER_PATIENCE = 5
+# the recipe builds its Monitor with these defaults
+_MONITOR_DEFAULTS = inspect.signature(CompressionMonitor).parameters
+RECOVER_FRACTION = _MONITOR_DEFAULTS["recover_fraction"].default
+RECOVER_PATIENCE = _MONITOR_DEFAULTS["recover_patience"].default
 
 
 def student_kl(arm: dict[str, Any]) -> list[tuple[float, float, bool]]:
@@ -135,14 +138,15 @@ def plot(distill: list[dict], best: dict[int, dict], bound: float, path: Path) -
     shown: set[str] = set()
     for rep in distill:
         compressed, same_layout = rep["runs"]
-        seed, style = rep["settings"]["seed"], ("-", "--", ":")[paces.index(pace(rep)) % 3]
+        seed, pace_index = rep["settings"]["seed"], paces.index(pace(rep)) % 3
+        style = ("-", "--", ":")[pace_index]
         points = student_kl(compressed)
         if points:
             frames, kls, _ = zip(*points, strict=True)
             left.plot(frames, kls, lw=1, ls=style, marker=".", ms=3,
                       label=f"seed {seed}, {pace(rep)}")  # fmt: skip
         reds = ("tab:red", "tab:purple", "tab:brown")
-        for arm, color, name in ((compressed, reds[paces.index(pace(rep)) % 3],
+        for arm, color, name in ((compressed, reds[pace_index],
                                   f"compressed + student ({pace(rep)}), 1 worker"),
                                  (same_layout, "grey", "fp32, 1 worker"),
                                  (best.get(seed), "black", "fp32, 2 workers")):  # fmt: skip
@@ -176,16 +180,15 @@ def main(argv: list[str] | None = None) -> None:
     if not distill:
         raise SystemExit(f"no finished distilling two-arm runs under {args.root / 'distill'}")
     distill.sort(key=lambda r: (pace(r) == "unpaced", r["settings"]["seed"]))
-    best = {}
+    best, best_workers = {}, set()
     for path in sorted(args.root.glob("fp32_best/*/report.json")):
         rep = read_report(path)
         best[rep["settings"]["seed"]] = rep["runs"][0]
+        best_workers.add(rep["settings"]["workers"])
     cfg = distill[0]["config"]
     s = distill[0]["settings"]
     bound = float(cfg["accerl"]["kl_bound"])
     threshold = float(json.loads(distill[0]["path"].read_text())["threshold"])
-    best_workers = {read_report(p)["settings"]["workers"]
-                    for p in args.root.glob("fp32_best/*/report.json")}  # fmt: skip
 
     report = BenchmarkReport(
         "accerl_distillation",

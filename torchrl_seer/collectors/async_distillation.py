@@ -229,8 +229,10 @@ class AsyncDistiller:
     def _may_update(self) -> bool:
         """Takes one step from the pace's allowance; clears the wake-up event when none is left."""
         with self._lock:
-            if self.updates_per_batch is None or self._allowed_updates > 0:
-                self._allowed_updates -= self.updates_per_batch is not None
+            if self.updates_per_batch is None:
+                return True
+            if self._allowed_updates > 0:
+                self._allowed_updates -= 1
                 return True
             # observe() adds steps under the lock, then sets the event; stop() sets the stop
             # flag, then the event: never clear a wake-up that stop() already sent
